@@ -1,0 +1,66 @@
+"""The array module: NumPy on the CPU, CuPy on an NVIDIA GPU — one code path.
+
+Every numeric function in gptlite takes its arrays from ``xp`` so the same
+source runs on both. ``get_xp(device)`` picks the module; ``xp_of(array)``
+recovers it from an array (so ops need no extra argument).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_cupy = None
+_cupy_checked = False
+
+
+def _try_cupy():
+    global _cupy, _cupy_checked
+    if not _cupy_checked:
+        _cupy_checked = True
+        try:
+            import cupy  # noqa: F401
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                _cupy = cupy
+        except Exception:  # no CuPy, no driver, or no device
+            _cupy = None
+    return _cupy
+
+
+def cuda_available() -> bool:
+    return _try_cupy() is not None
+
+
+def default_device() -> str:
+    return "cuda" if cuda_available() else "cpu"
+
+
+def get_xp(device: str | None = None):
+    """NumPy for "cpu", CuPy for "cuda"; None means cuda when a GPU is visible."""
+    device = default_device() if device is None else device
+    if device == "cpu":
+        return np
+    if device == "cuda":
+        cp = _try_cupy()
+        if cp is None:
+            raise RuntimeError("device='cuda' requested but CuPy with a visible CUDA GPU is not available (pip install gptlite[cuda])")
+        return cp
+    raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+
+
+def xp_of(array):
+    """The array module an array belongs to."""
+    cp = _cupy
+    if cp is not None and isinstance(array, cp.ndarray):
+        return cp
+    return np
+
+
+def to_numpy(array) -> np.ndarray:
+    """Host copy of any array (no-op for NumPy arrays)."""
+    if isinstance(array, np.ndarray):
+        return array
+    return array.get()
+
+
+def device_of(array) -> str:
+    return "cuda" if xp_of(array) is not np else "cpu"

@@ -1,0 +1,28 @@
+//! gptlite's Rust core: the hot loops of byte-level BPE, nothing else.
+//!
+//! - `pretokenize`: GPT-2 (and cl100k) pre-tokenization scanners
+//! - `encode`: rank-based byte-pair merging with a piece cache
+//! - `vocab`: reading and writing GPT-2 / HF / tiktoken vocabulary files
+//! - `train`: the BPE trainer
+//! - `py_tokenizer`, `py_trainer`: the PyO3 bindings (feature `python`)
+
+pub mod encode;
+pub mod pretokenize;
+pub mod train;
+pub mod vocab;
+
+#[cfg(feature = "python")]
+mod py_tokenizer;
+#[cfg(feature = "python")]
+mod py_trainer;
+
+#[cfg(feature = "python")]
+use pyo3::prelude::*;
+
+#[cfg(feature = "python")]
+#[pymodule]
+fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
+    py_tokenizer::register(py, m)?;
+    py_trainer::register(py, m)?;
+    Ok(())
+}
