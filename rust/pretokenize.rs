@@ -1,1 +1,538 @@
-//! (being written)
+//! Pre-tokenization: cutting text into the pieces that BPE merges within.
+//!
+//! Two patterns, each implemented as a hand-written scanner that reproduces the
+//! leftmost-first alternation semantics of the regex exactly:
+//!
+//! - `Gpt2`:   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+//! - `Cl100k`: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+//!
+//! A regex engine tries the alternatives in order at each position and takes the
+//! first that matches; every alternative here is a greedy run of one character
+//! class, so the scanners decide the alternative from the first one or two
+//! characters and then extend a run. The only backtracking in the patterns is
+//! `\s+(?!\S)`, which gives back exactly one whitespace character when the run is
+//! followed by a non-space (handled explicitly below).
+//!
+//! Character classes (`\p{L}`, `\p{N}`, `\s` = Unicode `White_Space`) come from
+//! regex-syntax's Unicode tables (Unicode 14.0 in regex-syntax 0.6.27, the same
+//! version as CPython 3.11's `unicodedata`), built once into a 64K-entry table for
+//! the BMP plus sorted ranges for the astral planes; ASCII uses a 128-entry table.
+
+use std::sync::OnceLock;
+
+/// Which pre-tokenization regex to reproduce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    Gpt2,
+    Cl100k,
+}
+
+impl Pattern {
+    pub fn from_name(s: &str) -> Option<Pattern> {
+        match s {
+            "gpt2" | "r50k" | "p50k" => Some(Pattern::Gpt2),
+            "cl100k" => Some(Pattern::Cl100k),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pattern::Gpt2 => "gpt2",
+            Pattern::Cl100k => "cl100k",
+        }
+    }
+
+    /// The regex this scanner reproduces (for documentation and tests).
+    pub fn regex(&self) -> &'static str {
+        match self {
+            Pattern::Gpt2 => GPT2_REGEX,
+            Pattern::Cl100k => CL100K_REGEX,
+        }
+    }
+}
+
+pub const GPT2_REGEX: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub const CL100K_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+// ---------------------------------------------------------------------------
+// Character classes
+
+/// Class of a character: exactly one of these (Unicode L, N and White_Space are
+/// disjoint).
+pub const OTHER: u8 = 0;
+pub const LETTER: u8 = 1;
+pub const NUMBER: u8 = 2;
+pub const SPACE: u8 = 3;
+
+struct Tables {
+    bmp: Vec<u8>,                 // class of every code point < 0x10000
+    astral: Vec<(u32, u32, u8)>,  // sorted, disjoint inclusive ranges >= 0x10000
+}
+
+fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
+    use regex_syntax::hir::{Class, HirKind};
+    // The patterns are constants; a failure here is a bug in this file, not user data.
+    let hir = regex_syntax::Parser::new().parse(pattern).expect("valid class pattern");
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(cls)) => {
+            cls.iter().map(|r| (r.start() as u32, r.end() as u32)).collect()
+        }
+        other => panic!("unexpected HIR for {pattern}: {other:?}"),
+    }
+}
+
+fn tables() -> &'static Tables {
+    static TABLES: OnceLock<Tables> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut bmp = vec![OTHER; 0x10000];
+        let mut astral = Vec::new();
+        for (pat, class) in [(r"\p{L}", LETTER), (r"\p{N}", NUMBER), (r"\s", SPACE)] {
+            for (lo, hi) in class_ranges(pat) {
+                for cp in lo..=hi.min(0xFFFF) {
+                    bmp[cp as usize] = class;
+                }
+                if hi >= 0x10000 {
+                    astral.push((lo.max(0x10000), hi, class));
+                }
+            }
+        }
+        astral.sort_unstable();
+        Tables { bmp, astral }
+    })
+}
+
+const fn ascii_table() -> [u8; 128] {
+    let mut t = [OTHER; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_alphabetic() {
+            LETTER
+        } else if c.is_ascii_digit() {
+            NUMBER
+        } else if c == b' ' || (c >= 0x09 && c <= 0x0D) {
+            // \t \n \v \f \r and space; 0x1C-0x1F are not White_Space.
+            SPACE
+        } else {
+            OTHER
+        };
+        i += 1;
+    }
+    t
+}
+static ASCII: [u8; 128] = ascii_table();
+
+/// The class (OTHER / LETTER / NUMBER / SPACE) of a code point.
+#[inline]
+pub fn class_of(cp: u32) -> u8 {
+    if cp < 128 {
+        ASCII[cp as usize]
+    } else if cp < 0x10000 {
+        tables().bmp[cp as usize]
+    } else {
+        let a = &tables().astral;
+        match a.binary_search_by(|&(lo, hi, _)| {
+            if hi < cp {
+                std::cmp::Ordering::Less
+            } else if lo > cp {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        }) {
+            Ok(i) => a[i].2,
+            Err(_) => OTHER,
+        }
+    }
+}
+
+/// Decode the character starting at byte `i` of valid UTF-8: (code point, length).
+#[inline(always)]
+fn decode_at(b: &[u8], i: usize) -> (u32, usize) {
+    let c0 = b[i] as u32;
+    if c0 < 0x80 {
+        (c0, 1)
+    } else if c0 < 0xE0 {
+        (((c0 & 0x1F) << 6) | (b[i + 1] as u32 & 0x3F), 2)
+    } else if c0 < 0xF0 {
+        (((c0 & 0x0F) << 12) | ((b[i + 1] as u32 & 0x3F) << 6) | (b[i + 2] as u32 & 0x3F), 3)
+    } else {
+        (
+            ((c0 & 0x07) << 18)
+                | ((b[i + 1] as u32 & 0x3F) << 12)
+                | ((b[i + 2] as u32 & 0x3F) << 6)
+                | (b[i + 3] as u32 & 0x3F),
+            4,
+        )
+    }
+}
+
+/// Class and length of the character at byte `i` (None at the end of the text).
+#[inline(always)]
+fn peek(b: &[u8], i: usize) -> Option<(u8, u32, usize)> {
+    if i >= b.len() {
+        return None;
+    }
+    let c0 = b[i];
+    if c0 < 0x80 {
+        return Some((ASCII[c0 as usize], c0 as u32, 1));
+    }
+    let (cp, n) = decode_at(b, i);
+    Some((class_of(cp), cp, n))
+}
+
+/// End of the run of characters of class `class` starting at byte `i`.
+#[inline(always)]
+fn run_end(b: &[u8], mut i: usize, class: u8) -> usize {
+    while i < b.len() {
+        let c0 = b[i];
+        if c0 < 0x80 {
+            if ASCII[c0 as usize] != class {
+                break;
+            }
+            i += 1;
+        } else {
+            let (cp, n) = decode_at(b, i);
+            if class_of(cp) != class {
+                break;
+            }
+            i += n;
+        }
+    }
+    i
+}
+
+/// Length of a contraction (`'s 't 're 've 'm 'll 'd`) at byte `i`, 0 if none.
+/// `fold`: case-insensitive as `(?i:...)` (simple Unicode case folding, under
+/// which `s` also matches U+017F LATIN SMALL LETTER LONG S).
+#[inline]
+fn contraction_len(b: &[u8], i: usize, fold: bool) -> usize {
+    debug_assert_eq!(b[i], b'\'');
+    let norm = |j: usize| -> (u8, usize) {
+        if j >= b.len() {
+            return (0, 0);
+        }
+        let c = b[j];
+        if fold {
+            if c == 0xC5 && j + 1 < b.len() && b[j + 1] == 0xBF {
+                return (b's', 2); // U+017F folds to 's'
+            }
+            (c.to_ascii_lowercase(), 1)
+        } else {
+            (c, 1)
+        }
+    };
+    let (c1, n1) = norm(i + 1);
+    match c1 {
+        b's' | b't' | b'm' | b'd' => 1 + n1,
+        b'r' | b'v' | b'l' => {
+            let (c2, n2) = norm(i + 1 + n1);
+            let want = match c1 {
+                b'r' | b'v' => b'e',
+                _ => b'l',
+            };
+            if c2 == want {
+                1 + n1 + n2
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// End of `\s+(?!\S)|\s+` starting at whitespace position `i`.
+#[inline]
+fn whitespace_end(b: &[u8], i: usize, first_len: usize) -> usize {
+    let j = run_end(b, i + first_len, SPACE);
+    if j == b.len() {
+        return j;
+    }
+    // Followed by a non-space: `\s+(?!\S)` backs off one character (if that
+    // leaves at least one); otherwise `\s+` takes the single character.
+    let last = last_char_start(b, j);
+    if last > i {
+        last
+    } else {
+        j
+    }
+}
+
+#[inline]
+fn last_char_start(b: &[u8], j: usize) -> usize {
+    let mut k = j - 1;
+    while b[k] & 0xC0 == 0x80 {
+        k -= 1;
+    }
+    k
+}
+
+/// End (byte offset) of the GPT-2 pre-token starting at `i` (< len).
+#[inline]
+pub fn gpt2_next(b: &[u8], i: usize) -> usize {
+    let (class, cp, n) = match peek(b, i) {
+        Some(x) => x,
+        None => return i,
+    };
+    if cp == b'\'' as u32 {
+        let k = contraction_len(b, i, false);
+        if k > 0 {
+            return i + k;
+        }
+    }
+    match class {
+        LETTER | NUMBER => run_end(b, i + n, class),
+        OTHER => run_end(b, i + n, OTHER),
+        _ => {
+            // Whitespace. A single space joins a following letter/number/other run.
+            if cp == b' ' as u32 {
+                if let Some((c2, _, n2)) = peek(b, i + 1) {
+                    if c2 != SPACE {
+                        return run_end(b, i + 1 + n2, c2);
+                    }
+                }
+            }
+            whitespace_end(b, i, n)
+        }
+    }
+}
+
+#[inline]
+fn is_crlf(cp: u32) -> bool {
+    cp == b'\r' as u32 || cp == b'\n' as u32
+}
+
+/// End of `[\r\n]*` from `i`.
+#[inline]
+fn crlf_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && (b[i] == b'\r' || b[i] == b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// End of the run of at most 3 \p{N} characters from `i`.
+#[inline]
+fn digits3_end(b: &[u8], mut i: usize) -> usize {
+    for _ in 0..3 {
+        match peek(b, i) {
+            Some((NUMBER, _, n)) => i += n,
+            _ => break,
+        }
+    }
+    i
+}
+
+/// End (byte offset) of the cl100k pre-token starting at `i` (< len).
+#[inline]
+pub fn cl100k_next(b: &[u8], i: usize) -> usize {
+    let (class, cp, n) = match peek(b, i) {
+        Some(x) => x,
+        None => return i,
+    };
+    if cp == b'\'' as u32 {
+        let k = contraction_len(b, i, true);
+        if k > 0 {
+            return i + k;
+        }
+    }
+    match class {
+        LETTER => run_end(b, i + n, LETTER),
+        NUMBER => digits3_end(b, i),
+        _ => {
+            let next = peek(b, i + n);
+            // `[^\r\n\p{L}\p{N}]?\p{L}+`: any non-letter/number except CR/LF may prefix letters.
+            if !is_crlf(cp) {
+                if let Some((LETTER, _, n2)) = next {
+                    return run_end(b, i + n + n2, LETTER);
+                }
+            }
+            if class == OTHER {
+                // `[^\s\p{L}\p{N}]+[\r\n]*`
+                return crlf_end(b, run_end(b, i + n, OTHER));
+            }
+            // Whitespace.
+            if cp == b' ' as u32 {
+                if let Some((OTHER, _, n2)) = next {
+                    return crlf_end(b, run_end(b, i + 1 + n2, OTHER));
+                }
+            }
+            // `\s*[\r\n]+`: the whole whitespace run up to its last CR/LF.
+            let j = run_end(b, i + n, SPACE);
+            if let Some(p) = b[i..j].iter().rposition(|&c| c == b'\r' || c == b'\n') {
+                return i + p + 1;
+            }
+            whitespace_end(b, i, n)
+        }
+    }
+}
+
+/// Iterator over the pre-tokens of a text.
+pub struct Split<'a> {
+    text: &'a str,
+    pos: usize,
+    pattern: Pattern,
+}
+
+impl<'a> Iterator for Split<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let b = self.text.as_bytes();
+        if self.pos >= b.len() {
+            return None;
+        }
+        let end = match self.pattern {
+            Pattern::Gpt2 => gpt2_next(b, self.pos),
+            Pattern::Cl100k => cl100k_next(b, self.pos),
+        };
+        debug_assert!(end > self.pos);
+        let s = &self.text[self.pos..end];
+        self.pos = end;
+        Some(s)
+    }
+}
+
+/// The pre-tokens of `text`, in order; they concatenate to `text`.
+pub fn split<'a>(text: &'a str, pattern: Pattern) -> impl Iterator<Item = &'a str> + 'a {
+    Split { text, pos: 0, pattern }
+}
+
+/// Like `split`, as the byte ranges of the pieces (used by the encoder).
+#[inline]
+pub fn for_each_piece(text: &str, pattern: Pattern, mut f: impl FnMut(usize, usize)) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    match pattern {
+        Pattern::Gpt2 => {
+            while i < b.len() {
+                let e = gpt2_next(b, i);
+                f(i, e);
+                i = e;
+            }
+        }
+        Pattern::Cl100k => {
+            while i < b.len() {
+                let e = cl100k_next(b, i);
+                f(i, e);
+                i = e;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fancy_regex::Regex;
+
+    fn by_regex(re: &Regex, text: &str) -> Vec<String> {
+        re.find_iter(text).map(|m| m.unwrap().as_str().to_string()).collect()
+    }
+
+    fn check(text: &str) {
+        thread_local! {
+            static RES: [Regex; 2] = [Regex::new(GPT2_REGEX).unwrap(), Regex::new(CL100K_REGEX).unwrap()];
+        }
+        for (k, pattern) in [Pattern::Gpt2, Pattern::Cl100k].into_iter().enumerate() {
+            let want = RES.with(|r| by_regex(&r[k], text));
+            let got: Vec<String> = split(text, pattern).map(|s| s.to_string()).collect();
+            assert_eq!(got, want, "pattern {:?} on {:?}", pattern, text);
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(class_of('a' as u32), LETTER);
+        assert_eq!(class_of('é' as u32), LETTER);
+        assert_eq!(class_of('中' as u32), LETTER);
+        assert_eq!(class_of('٣' as u32), NUMBER);
+        assert_eq!(class_of('Ⅻ' as u32), NUMBER);
+        assert_eq!(class_of(0x3000), SPACE);
+        assert_eq!(class_of(0x85), SPACE);
+        assert_eq!(class_of(0x1C), OTHER);
+        assert_eq!(class_of(0x1F600), OTHER); // emoji
+        assert_eq!(class_of(0x20000), LETTER); // CJK ext B
+        assert_eq!(class_of(0x1D7CE), NUMBER); // mathematical bold digit zero
+        assert_eq!(class_of(0x10FFFF), OTHER);
+    }
+
+    #[test]
+    fn matches_fancy_regex_on_handpicked_text() {
+        for t in [
+            "",
+            "Hello world",
+            "Hello  world",
+            "  leading and trailing  ",
+            "a\tb\t\tc\n\nd \n e",
+            "I'm, you're, they've, we'll, he'd, it's 'tis 'x",
+            "I'M YOU'RE THEY'VE WE'LL HE'D IT'S",
+            "it'ſ ok",
+            "123 4567 89012345",
+            "x=1+2;  y == 'z'\r\n\r\n  \r\n\tfoo",
+            "emoji 👍🏽 family 👨‍👩‍👧 ok",
+            "e\u{301}te\u{301}", // combining marks are \p{M}: other
+            "\u{1}\u{2} ctrl\u{7f}",
+            " a b c d ",
+            "   ",
+            "\n",
+            " !!! ?? ...\n\n",
+            "日本語のテキスト、です。",
+            "Ω≈ç√∫˜µ≤≥÷",
+            "\u{3000}x\u{3000}\u{3000}y\u{a0}\u{a0}z",
+            "a\u{2028}\u{2029}b",
+            "  \t x",
+            "  1",
+            "?'s",
+            " 's",
+            "'\n",
+            "abc\r\n",
+            "1234567",
+        ] {
+            check(t);
+        }
+    }
+
+    #[test]
+    fn matches_fancy_regex_on_pseudo_random_text() {
+        // A small deterministic generator over a character set that exercises
+        // every branch; the Python tests do the same with hypothesis.
+        let alphabet: Vec<char> = "aZé中 \t\n\r\u{a0}\u{3000}'sStTrReEvVlLmMdD019٣!?.,👍\u{200d}\u{301}\u{1}\u{17f}"
+            .chars()
+            .collect();
+        let mut state: u64 = 0x9E3779B97F4A7C15;
+        for _ in 0..3000 {
+            let mut s = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 24) as usize;
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                s.push(alphabet[(state % alphabet.len() as u64) as usize]);
+            }
+            check(&s);
+        }
+    }
+
+    #[test]
+    fn pieces_concatenate() {
+        let t = "Some text, with   spaces\tand\n\nnewlines 123.";
+        for p in [Pattern::Gpt2, Pattern::Cl100k] {
+            assert_eq!(split(t, p).collect::<String>(), t);
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(Pattern::from_name("gpt2"), Some(Pattern::Gpt2));
+        assert_eq!(Pattern::from_name("cl100k"), Some(Pattern::Cl100k));
+        assert_eq!(Pattern::from_name("nope"), None);
+        assert_eq!(Pattern::Cl100k.name(), "cl100k");
+    }
+}
