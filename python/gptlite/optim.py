@@ -1,0 +1,194 @@
+"""AdamW, learning-rate schedules, gradient clipping — by hand, on ``xp`` arrays.
+
+The update is written to match ``torch.optim.AdamW`` operation for operation
+(decoupled decay first, then the bias-corrected Adam step with ``eps`` added
+after the square root is bias-corrected), so a parity test against PyTorch can
+hold to float32 rounding.
+
+Weight decay is applied only to 2-D weight matrices (embeddings and the
+linear layers); biases and LayerNorm gains are left alone, as in GPT-2 /
+nanoGPT practice.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import to_numpy, xp_of
+
+
+@dataclass
+class AdamWConfig:
+    lr: float = 6e-4
+    betas: tuple = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+    def validate(self) -> None:
+        b1, b2 = self.betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"AdamW betas must be in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ValueError(f"AdamW eps must be > 0, got {self.eps}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.lr >= 0:
+            raise ValueError(f"learning rate must be >= 0, got {self.lr}")
+
+
+def decays(name: str, shape) -> bool:
+    """Whether a parameter gets weight decay: 2-D weights only (no biases, no LayerNorm)."""
+    return len(shape) == 2
+
+
+class AdamW:
+    """AdamW over a ``dict[str, xp.ndarray]`` of parameters, updated in place.
+
+    State: ``m`` and ``v`` (same names/shapes as the params) and ``t`` (number of
+    updates applied). ``state_dict()``/``load_state_dict()`` round-trip it exactly.
+    """
+
+    def __init__(self, params: dict, config: AdamWConfig | None = None):
+        self.config = config or AdamWConfig()
+        self.config.validate()
+        self.params = params
+        self.t = 0
+        self.m = {k: xp_of(p).zeros_like(p) for k, p in params.items()}
+        self.v = {k: xp_of(p).zeros_like(p) for k, p in params.items()}
+        self.decay = {k: decays(k, p.shape) for k, p in params.items()}
+
+    def step(self, grads: dict, lr: float | None = None) -> None:
+        """One update with learning rate ``lr`` (config lr when None)."""
+        cfg = self.config
+        lr = cfg.lr if lr is None else float(lr)
+        b1, b2 = cfg.betas
+        self.t += 1
+        bc1 = 1.0 - b1 ** self.t
+        bc2 = 1.0 - b2 ** self.t
+        step_size = lr / bc1
+        bc2_sqrt = math.sqrt(bc2)
+        missing = set(self.params) - set(grads)
+        if missing:
+            raise KeyError(f"AdamW.step: no gradient for parameter {sorted(missing)[0]!r}")
+        for k, p in self.params.items():
+            g = grads[k]
+            if g.shape != p.shape:
+                raise ValueError(f"AdamW.step: gradient for {k!r} has shape {tuple(g.shape)}, parameter has {tuple(p.shape)}")
+            xp = xp_of(p)
+            if self.decay[k] and cfg.weight_decay:
+                p *= p.dtype.type(1.0 - lr * cfg.weight_decay)
+            m, v = self.m[k], self.v[k]
+            # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g*g  (torch's lerp_/addcmul_ forms)
+            m += (g - m) * m.dtype.type(1.0 - b1)
+            v *= v.dtype.type(b2)
+            v += (g * g) * v.dtype.type(1.0 - b2)
+            denom = xp.sqrt(v) / v.dtype.type(bc2_sqrt)
+            denom += denom.dtype.type(cfg.eps)
+            p -= (m / denom) * p.dtype.type(step_size)
+
+    def state_dict(self) -> dict:
+        """Host (NumPy) copies of m and v as flat tensors, plus the step count."""
+        tensors = {}
+        for k in self.params:
+            tensors[f"m.{k}"] = to_numpy(self.m[k])
+            tensors[f"v.{k}"] = to_numpy(self.v[k])
+        return {"t": self.t, "tensors": tensors}
+
+    def load_state_dict(self, state: dict) -> None:
+        tensors = state["tensors"]
+        for k, p in self.params.items():
+            for slot, store in (("m", self.m), ("v", self.v)):
+                name = f"{slot}.{k}"
+                if name not in tensors:
+                    raise ValueError(f"optimizer state is missing tensor {name!r}")
+                arr = tensors[name]
+                if tuple(arr.shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"optimizer state tensor {name!r} has shape {tuple(arr.shape)}, model parameter has {tuple(p.shape)}"
+                    )
+                store[k] = xp_of(p).asarray(np.asarray(arr), dtype=p.dtype)
+        extra = {n.split(".", 1)[1] for n in tensors} - set(self.params)
+        if extra:
+            raise ValueError(f"optimizer state has tensor for unknown parameter {sorted(extra)[0]!r}")
+        self.t = int(state["t"])
+
+
+# --- gradients ----------------------------------------------------------------------
+def global_grad_norm(grads: dict) -> float:
+    """L2 norm over all gradients together (as torch.nn.utils.clip_grad_norm_)."""
+    total = 0.0
+    for g in grads.values():
+        xp = xp_of(g)
+        n = xp.linalg.norm(g.ravel())
+        total += float(n) ** 2
+    return math.sqrt(total)
+
+
+def clip_grads(grads: dict, max_norm: float | None) -> float:
+    """Scale ``grads`` in place so their global norm is at most ``max_norm``.
+
+    Returns the norm before clipping (inf/nan when a gradient is non-finite; then
+    nothing is scaled). Uses torch's ``max_norm / (norm + 1e-6)`` coefficient.
+    """
+    norm = global_grad_norm(grads)
+    if max_norm is None or max_norm <= 0 or not math.isfinite(norm):
+        return norm
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for g in grads.values():
+            g *= g.dtype.type(coef)
+    return norm
+
+
+def accumulate(total: dict | None, grads: dict, scale: float) -> dict:
+    """total += grads * scale (allocating on first use): gradient accumulation."""
+    if total is None:
+        return {k: g * g.dtype.type(scale) for k, g in grads.items()}
+    for k, g in grads.items():
+        total[k] += g * g.dtype.type(scale)
+    return total
+
+
+# --- learning-rate schedules ------------------------------------------------------------
+@dataclass
+class Schedule:
+    """Learning rate as a function of the 0-based update index.
+
+    ``warmup`` linear ramp from peak/warmup to peak (GPT-1: 2000 steps to 2.5e-4),
+    then ``kind``: "cosine" decays to ``min_lr`` at ``total`` steps, "linear" decays
+    linearly to ``min_lr`` at ``total`` (GPT-1 fine-tuning), "constant" stays at peak.
+    After ``total`` the rate stays at ``min_lr`` (cosine/linear).
+    """
+
+    peak: float
+    total: int
+    warmup: int = 0
+    min_lr: float = 0.0
+    kind: str = "cosine"
+
+    KINDS = ("cosine", "linear", "constant")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"unknown lr schedule {self.kind!r}: expected one of {', '.join(self.KINDS)}")
+        if self.total < 1:
+            raise ValueError(f"schedule needs total steps >= 1, got {self.total}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup steps must be >= 0, got {self.warmup}")
+        if self.peak < 0 or self.min_lr < 0:
+            raise ValueError("learning rates must be >= 0")
+        if self.min_lr > self.peak:
+            raise ValueError(f"min_lr {self.min_lr} is above the peak learning rate {self.peak}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if self.kind == "constant":
+            return self.peak
+        span = max(1, self.total - self.warmup)
+        frac = min(1.0, (step - self.warmup) / span)
+        if self.kind == "linear":
+            return self.peak + (self.min_lr - self.peak) * frac
+        return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + math.cos(math.pi * frac))

@@ -1,0 +1,605 @@
+"""Generative pre-training: the loop, its config, and resumable checkpoints.
+
+A run lives in ``out_dir``::
+
+    out_dir/ckpt/                   the latest checkpoint, itself a model directory:
+        config.json model.safetensors    (HF layout, via gptlite.checkpoint)
+        encoder.json vocab.bpe           (the data's tokenizer, so `generate --model` works)
+        optimizer.safetensors            AdamW m and v
+        trainer_state.json               step, AdamW t, data position, config, metrics line count
+    out_dir/metrics.jsonl           one JSON object per logged step
+    out_dir/train_config.json       the resolved config of the run
+
+A checkpoint is written to a temporary sibling directory, fsynced, and only
+then swapped in (``ckpt`` -> ``ckpt.old``, tmp -> ``ckpt``, remove ``ckpt.old``),
+so at every instant one complete checkpoint exists on disk.
+
+The loop has no randomness besides the batch sampler, whose state is one
+integer (see gptlite.data.Batches), so resuming is exact: N steps, save,
+resume, N steps gives bit-identical losses to 2N steps in one go.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import optim
+from .data import Batches, TokenData, read_meta
+from .fileio import atomic_write_text
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (diverged, bad checkpoint); the message says why."""
+
+
+# --- config -----------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    # [run]
+    out_dir: str = "runs/default"
+    device: str = "cpu"  # "cpu" | "cuda" | "auto"
+    dtype: str = "float32"
+    seed: int = 1337
+    init_from: str = "scratch"  # "scratch" or a model directory to continue from
+    # [data]
+    data_dir: str = ""
+    # [model]
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    n_positions: int = 256
+    vocab_size: int = 0  # 0: the data's tokenizer size
+    n_inner: int = 0  # 0: 4 * n_embd
+    layout: str = "gpt2"
+    # [train]
+    batch_size: int = 8  # sequences per micro-batch
+    block_size: int = 256  # context length of training windows
+    batch_tokens: int = 0  # tokens per optimizer step; 0: one micro-batch (no accumulation)
+    max_steps: int = 1000
+    eval_interval: int = 100
+    eval_batches: int = 20
+    log_interval: int = 10
+    ckpt_interval: int = 500
+    max_bad_steps: int = 5  # consecutive non-finite steps before stopping
+    peak_flops: float = 0.0  # FLOP/s of the device, for MFU; 0: MFU not reported
+    progress: bool = True
+    # [optim]
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: no clipping
+
+    @property
+    def grad_accum(self) -> int:
+        per_micro = self.batch_size * self.block_size
+        return 1 if not self.batch_tokens else self.batch_tokens // per_micro
+
+    def validate(self) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(f"config: {msg}")
+
+        need(self.device in ("cpu", "cuda", "auto"), f"device must be cpu, cuda or auto, got {self.device!r}")
+        need(self.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}")
+        need(self.layout in ("gpt2", "gpt1"), f"layout must be gpt2 or gpt1, got {self.layout!r}")
+        for k in ("n_layer", "n_head", "n_embd", "n_positions", "batch_size", "block_size", "max_steps",
+                  "eval_interval", "log_interval", "ckpt_interval", "max_bad_steps"):
+            need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("vocab_size", "n_inner", "batch_tokens", "eval_batches", "warmup_steps"):
+            need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
+        need(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        need(self.block_size <= self.n_positions,
+             f"block_size={self.block_size} is longer than the model's n_positions={self.n_positions}")
+        per_micro = self.batch_size * self.block_size
+        need(self.batch_tokens % per_micro == 0,
+             f"batch_tokens={self.batch_tokens} is not a multiple of batch_size*block_size={per_micro}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr], got {self.min_lr}")
+        need(self.schedule in optim.Schedule.KINDS, f"schedule must be one of {', '.join(optim.Schedule.KINDS)}, got {self.schedule!r}")
+        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        need(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        need(self.peak_flops >= 0, f"peak_flops must be >= 0, got {self.peak_flops}")
+        need(bool(self.data_dir), "data.data_dir is not set: point it at a `gptlite prepare` output directory")
+
+    def model_keys(self) -> dict:
+        return {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "n_inner", "layout")}
+
+
+# TOML sections group the fields; keys are the field names.
+SECTIONS = {
+    "run": ("out_dir", "device", "dtype", "seed", "init_from"),
+    "data": ("data_dir",),
+    "model": ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "layout"),
+    "train": ("batch_size", "block_size", "batch_tokens", "max_steps", "eval_interval", "eval_batches",
+              "log_interval", "ckpt_interval", "max_bad_steps", "peak_flops", "progress"),
+    "optim": ("lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "beta1", "beta2", "eps", "grad_clip"),
+}
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+assert sorted(k for ks in SECTIONS.values() for k in ks) == sorted(_FIELDS)
+
+
+def _coerce(key: str, value, where: str):
+    """Check/convert a value to the field's type (TOML ints are fine for floats)."""
+    default = _FIELDS[key].default
+    typ = type(default)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _toml_loads(text: str, where: str) -> dict:
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # pragma: no cover - older Pythons
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise RuntimeError("reading TOML configs needs Python 3.11+ or `pip install tomli`") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{where}: invalid TOML: {exc}") from None
+
+
+def config_from_dict(d: dict, where: str = "config", base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from ``{section: {key: value}}`` (or flat keys); unknown keys are errors."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    for sec, body in d.items():
+        if isinstance(body, dict):
+            if sec not in SECTIONS:
+                raise ValueError(f"{where}: unknown section [{sec}] (known: {', '.join(SECTIONS)})")
+            for k, v in body.items():
+                if k not in SECTIONS[sec]:
+                    raise ValueError(f"{where}: unknown key {k!r} in [{sec}] (known: {', '.join(SECTIONS[sec])})")
+                values[k] = _coerce(k, v, where)
+        else:
+            if sec not in _FIELDS:
+                raise ValueError(f"{where}: unknown key {sec!r}")
+            values[sec] = _coerce(sec, body, where)
+    return TrainConfig(**values)
+
+
+def load_config(path, overrides=()) -> TrainConfig:
+    """Read a TOML config and apply ``key=value`` overrides (``optim.lr=3e-4`` or ``lr=3e-4``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    cfg = config_from_dict(_toml_loads(path.read_text(encoding="utf-8"), str(path)), str(path))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
+    values = dataclasses.asdict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if "." in key:
+            sec, k = key.split(".", 1)
+            if sec not in SECTIONS or k not in SECTIONS[sec]:
+                raise ValueError(f"--set: unknown key {key!r}")
+            key = k
+        elif key not in _FIELDS:
+            raise ValueError(f"--set: unknown key {key!r}")
+        try:  # a TOML value (number, bool, quoted string) ...
+            value = _toml_loads(f"v = {raw}", f"--set {key}")["v"]
+        except ValueError:  # ... or a bare string
+            value = raw
+        values[key] = _coerce(key, value, f"--set {key}")
+    return TrainConfig(**values)
+
+
+# --- FLOPs ---------------------------------------------------------------------------------
+def training_flops_per_token(n_params_no_wpe: int, n_layer: int, n_embd: int, T: int) -> float:
+    """6N for the matmuls (forward 2N + backward 4N; the tied LM head counts via wte)
+    plus 12*L*C*T for attention scores and weighted sums (PaLM appendix B / nanoGPT)."""
+    return 6.0 * n_params_no_wpe + 12.0 * n_layer * n_embd * T
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+CKPT = "ckpt"
+STATE = "trainer_state.json"
+OPTIM = "optimizer.safetensors"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def find_checkpoint(out_dir) -> Path | None:
+    """The latest complete checkpoint in a run directory (``ckpt``, or ``ckpt.old`` when a
+    swap was interrupted between its two renames), or None."""
+    out = Path(out_dir)
+    for name in (CKPT, CKPT + ".old"):
+        p = out / name
+        if (p / STATE).exists():
+            return p
+    return None
+
+
+def save_checkpoint(out_dir, model, opt: optim.AdamW, state: dict, tokenizer_dir=None) -> Path:
+    """Write a complete checkpoint next to the current one, then swap it in."""
+    from .checkpoint import save_model, write_safetensors
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f".{CKPT}.tmp-*"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out / f".{CKPT}.tmp-{os.getpid()}"
+    final, old = out / CKPT, out / (CKPT + ".old")
+    try:
+        tmp.mkdir()
+        save_model(model, tmp)
+        ost = opt.state_dict()
+        write_safetensors(tmp / OPTIM, ost["tensors"], {"format": "gptlite-adamw", "t": str(ost["t"])})
+        if tokenizer_dir is not None:
+            for name in ("encoder.json", "vocab.bpe"):
+                src = Path(tokenizer_dir) / name
+                if src.exists():
+                    shutil.copyfile(src, tmp / name)
+        (tmp / STATE).write_text(json.dumps({**state, "adamw_t": ost["t"]}, indent=2) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            kept = f"; the previous checkpoint {final} is kept" if find_checkpoint(out) else ""
+            why = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise OSError(exc.errno, f"could not write checkpoint to {out}: {why}{kept}") from exc
+        raise
+    # Swap: after the first rename only ckpt.old exists (find_checkpoint falls back to it).
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
+    """(trainer_state, optimizer_state) of a checkpoint directory."""
+    from .checkpoint import read_safetensors
+
+    ckpt = Path(ckpt_dir)
+    try:
+        state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"checkpoint {ckpt} is unreadable ({exc})") from None
+    tensors = read_safetensors(ckpt / OPTIM)
+    return state, {"t": state["adamw_t"], "tensors": {k: np.array(v) for k, v in tensors.items()}}
+
+
+# --- the loop ------------------------------------------------------------------------------
+class _Progress:
+    """One-line progress bar with ETA on stderr (a line per log step when not a TTY)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.step0 = None
+
+    def update(self, step: int, text: str, force_line: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self.step0 is None:
+            self.step0, self.t0 = step - 1, time.perf_counter()
+        done = step - self.step0
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step)
+        frac = step / self.total
+        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+        line = f"step {step}/{self.total} [{bar}] {text} | ETA {_fmt_time(eta)}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:160].ljust(100))
+            if force_line:
+                sys.stderr.write("\n")
+        elif force_line:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Trainer:
+    """Pre-training loop over a prepared data directory.
+
+    ``Trainer(cfg, resume=True)`` continues from ``cfg.out_dir``'s checkpoint;
+    ``run(steps=None)`` trains until ``max_steps`` (or ``steps`` more steps) and
+    saves a checkpoint at the end.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
+        from .backend import get_xp
+        from .model import GPT, GPTConfig
+
+        cfg.validate()
+        self.cfg = cfg
+        self.log = log if log is not None else (lambda msg: print(msg, file=sys.stderr))
+        self.out = Path(cfg.out_dir)
+        meta = read_meta(cfg.data_dir)
+        self.meta = meta
+        self.tokenizer_dir = Path(cfg.data_dir) / meta["tokenizer"]["dir"]
+        vocab = cfg.vocab_size or meta["n_vocab"]
+        if vocab < meta["n_vocab"]:
+            raise ValueError(f"config: vocab_size={vocab} is smaller than the data's tokenizer ({meta['n_vocab']} tokens)")
+        self.train_data = TokenData(cfg.data_dir, "train")
+        self.val_data = TokenData(cfg.data_dir, "val") if meta["splits"]["val"]["tokens"] > cfg.block_size else None
+        device = None if cfg.device == "auto" else cfg.device
+        self.xp = get_xp(device)
+        self.device = "cuda" if self.xp is not np else "cpu"
+
+        existing = find_checkpoint(self.out)
+        if existing is not None and not resume:
+            raise ValueError(f"{self.out} already holds a checkpoint ({existing}): pass --resume to continue it, or choose another out_dir")
+        if resume and existing is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.out}")
+
+        mcfg = GPTConfig(vocab_size=vocab, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_inner=cfg.n_inner or None, layout=cfg.layout)
+        if resume:
+            from .checkpoint import load_model
+
+            self._check_shape(existing, mcfg)
+            self.model = load_model(existing, device=self.device, dtype=cfg.dtype)
+        elif cfg.init_from != "scratch":
+            from .checkpoint import load_model
+
+            self.model = load_model(cfg.init_from, device=self.device, dtype=cfg.dtype)
+            self._check_shape(Path(cfg.init_from), mcfg, what="init_from model")
+        else:
+            self.model = GPT(mcfg, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
+
+        self.opt = optim.AdamW(self.model.params, optim.AdamWConfig(
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay))
+        self.schedule = optim.Schedule(peak=cfg.lr, total=cfg.max_steps, warmup=cfg.warmup_steps,
+                                       min_lr=cfg.min_lr, kind=cfg.schedule)
+        self.batches = Batches(self.train_data, cfg.batch_size, cfg.block_size, seed=cfg.seed)
+        self.step = 0
+        self.bad_steps = 0
+        self.tokens_seen = 0
+        self.last_val = None
+        if resume:
+            state, ostate = load_checkpoint_state(existing)
+            self.opt.load_state_dict(ostate)
+            self.step = int(state["step"])
+            self.batches.load_state(state["data"])
+            self.tokens_seen = int(state.get("tokens_seen", 0))
+            self.last_val = state.get("val_loss")
+            self._truncate_metrics(self.step)
+            self.log(f"resumed from {existing} at step {self.step}")
+
+        p = self.model.params
+        n_no_wpe = sum(int(np.prod(v.shape)) for k, v in p.items() if k != "wpe.weight")
+        self.flops_per_token = training_flops_per_token(n_no_wpe, cfg.n_layer, cfg.n_embd, cfg.block_size)
+        self._stop_requested = False
+        self._in_step = False
+
+    def _check_shape(self, ckpt: Path, mcfg, what: str = "checkpoint") -> None:
+        try:
+            saved = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TrainingError(f"{what} {ckpt}: config.json unreadable ({exc})") from None
+        want = mcfg.to_hf_dict()
+        for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"):
+            if key in want and key in saved and saved[key] != want[key]:
+                raise ValueError(f"{what} {ckpt} has {key}={saved[key]} but the config asks for {key}={want[key]}: "
+                                 f"a resumed model must have the same shape")
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "format": "gptlite-train-state",
+            "step": self.step,
+            "data": self.batches.state(),
+            "tokens_seen": self.tokens_seen,
+            "val_loss": self.last_val,
+            "config": dataclasses.asdict(self.cfg),
+            "data_meta": {"n_vocab": self.meta["n_vocab"], "splits": self.meta["splits"]},
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out, self.model, self.opt, self.state(), self.tokenizer_dir)
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and raise KeyboardInterrupt at the next step boundary."""
+        self._stop_requested = True
+
+    # -- metrics -------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint we resume from."""
+        if not self.metrics_path.exists():
+            return
+        keep = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+        atomic_write_text(self.metrics_path, "".join(x + "\n" for x in keep))
+
+    def _write_metrics(self, rec: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # -- evaluation ----------------------------------------------------------------------
+    def val_loss(self) -> float | None:
+        """Mean loss over ``eval_batches`` fixed validation batches (the same every time)."""
+        from .ops import cross_entropy_forward
+
+        if self.val_data is None or self.cfg.eval_batches == 0:
+            return None
+        vb = Batches(self.val_data, self.cfg.batch_size, self.cfg.block_size, seed=self.cfg.seed + 1)
+        total = 0.0
+        for k in range(self.cfg.eval_batches):
+            x, y = vb.batch(k)
+            logits = self.model.logits(self.xp.asarray(x))
+            loss, _ = cross_entropy_forward(logits, self.xp.asarray(y), -1)
+            total += float(loss)
+        return total / self.cfg.eval_batches
+
+    # -- one step ------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """Forward/backward over ``grad_accum`` micro-batches, clip, update. Returns step stats."""
+        cfg, xp = self.cfg, self.xp
+        accum = cfg.grad_accum
+        lr = self.schedule(self.step)
+        grads, loss = None, 0.0
+        for _ in range(accum):
+            x, y = self.batches.next()
+            l, g = self.model.loss_and_grads(xp.asarray(x), xp.asarray(y))
+            grads = optim.accumulate(grads, g, 1.0 / accum)
+            loss += float(l) / accum
+        norm = optim.clip_grads(grads, cfg.grad_clip or None)
+        finite = math.isfinite(loss) and math.isfinite(norm)
+        if finite:
+            self.opt.step(grads, lr)
+        self.step += 1
+        self.tokens_seen += accum * cfg.batch_size * cfg.block_size
+        return {"loss": loss, "grad_norm": norm, "lr": lr, "finite": finite}
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, steps: int | None = None) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
+        tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
+        progress = _Progress(cfg.max_steps, cfg.progress)
+        prev_handler = None
+        if _in_main_thread():
+            def on_sigint(signum, frame):
+                if self._stop_requested:  # second Ctrl-C: stop now
+                    raise KeyboardInterrupt
+                self._stop_requested = True
+            prev_handler = signal.signal(signal.SIGINT, on_sigint)
+        losses = []
+        window_t, window_tokens = 0.0, 0
+        try:
+            if self.step == 0 and self.val_data is not None and cfg.eval_batches:
+                self.last_val = self.val_loss()
+                self._write_metrics({"step": 0, "val_loss": self.last_val})
+            while self.step < end:
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+                t0 = time.perf_counter()
+                self._in_step = True
+                st = self.train_step()
+                self._in_step = False
+                dt = time.perf_counter() - t0
+                window_t += dt
+                window_tokens += tokens_per_step
+                if not st["finite"]:
+                    self.bad_steps += 1
+                    self._write_metrics({"step": self.step, "event": "skipped_nonfinite", "loss": _json_num(st["loss"]),
+                                         "grad_norm": _json_num(st["grad_norm"])})
+                    self.log(f"step {self.step}: non-finite loss/gradient (loss={st['loss']}, grad_norm={st['grad_norm']}); update skipped")
+                    if self.bad_steps >= cfg.max_bad_steps:
+                        good = find_checkpoint(self.out)
+                        raise TrainingError(
+                            f"stopped at step {self.step}: {self.bad_steps} consecutive steps with non-finite loss or gradients "
+                            f"(lower lr, raise warmup_steps or check the data); last good checkpoint: {good or 'none written yet'}")
+                    continue
+                self.bad_steps = 0
+                losses.append(st["loss"])
+                rec = None
+                is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps
+                if self.step % cfg.log_interval == 0 or is_eval or self.step == end:
+                    tps = window_tokens / window_t if window_t > 0 else 0.0
+                    flops = tps * self.flops_per_token
+                    rec = {"step": self.step, "loss": st["loss"], "lr": st["lr"], "grad_norm": st["grad_norm"],
+                           "tokens": self.tokens_seen, "tokens_per_s": tps, "flops_per_s": flops,
+                           "mfu": flops / cfg.peak_flops if cfg.peak_flops else None}
+                    window_t, window_tokens = 0.0, 0
+                if is_eval and self.val_data is not None and cfg.eval_batches:
+                    self.last_val = self.val_loss()
+                    rec["val_loss"] = self.last_val
+                if rec is not None:
+                    self._write_metrics(rec)
+                    val = f" val {self.last_val:.4f}" if self.last_val is not None else ""
+                    progress.update(self.step, f"loss {st['loss']:.4f}{val} lr {st['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s",
+                                    force_line=is_eval)
+                if self.step % cfg.ckpt_interval == 0 and self.step < end:
+                    self.save()
+            path = self.save()
+            progress.close()
+            return {"step": self.step, "checkpoint": str(path), "losses": losses, "val_loss": self.last_val}
+        except KeyboardInterrupt:
+            progress.close()
+            if self._in_step:  # a second Ctrl-C mid-step: the state is half-updated, keep the last checkpoint
+                self.log(f"interrupted inside step {self.step + 1}: nothing saved; the last checkpoint {find_checkpoint(self.out)} is kept")
+                raise
+            path = self.save()
+            self.log(f"interrupted: checkpoint saved at step {self.step} in {path}; continue with --resume")
+            raise
+        finally:
+            if prev_handler is not None:
+                signal.signal(signal.SIGINT, prev_handler)
+
+
+def _json_num(x: float):
+    return x if math.isfinite(x) else str(x)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(cfg: TrainConfig, resume: bool = False, steps: int | None = None) -> dict:
+    return Trainer(cfg, resume=resume).run(steps)
