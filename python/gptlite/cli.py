@@ -33,12 +33,183 @@ def _add_model_commands(sub) -> None:
 
 # --- pre-training: prepare / train / plot ------------------------------------------
 def _add_training_commands(sub) -> None:
-    pass
+    p = sub.add_parser("prepare", help="tokenize text/JSONL files into train/val token shards")
+    p.add_argument("files", nargs="+", help="text files (one document each) or .jsonl files (one document a line)")
+    p.add_argument("-o", "--out", required=True, help="output directory (train.bin, val.bin, meta.json, tokenizer/)")
+    p.add_argument("--tokenizer", default="gpt2", help="'gpt2', 'default' (the shipped model's) or a tokenizer directory")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents (or of the tail of a single document) held out")
+    p.add_argument("--text-field", default=None, help="JSON field holding the text (treats every input as JSONL)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the train/val document split")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="pre-train a model from a TOML config")
+    p.add_argument("--config", required=True, help="TOML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in out_dir")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many more steps (the schedule still spans max_steps)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plot", help="draw a run's train/val loss curves to PNG")
+    p.add_argument("run_dir", help="a `gptlite train` output directory (holding metrics.jsonl)")
+    p.add_argument("-o", "--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_prepare(args) -> int:
+    from .data import prepare
+
+    meta = prepare(args.files, args.tokenizer, args.out, val_fraction=args.val_fraction,
+                   text_field=args.text_field, seed=args.seed)
+    sp = meta["splits"]
+    print(f"{args.out}: train {sp['train']['tokens']:,} tokens ({sp['train']['documents']} docs), "
+          f"val {sp['val']['tokens']:,} tokens ({sp['val']['documents']} docs), {meta['dtype']}, vocab {meta['n_vocab']}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train import Trainer, TrainingError, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    try:
+        result = Trainer(cfg, resume=args.resume).run(args.steps)
+    except TrainingError as exc:
+        raise UserError(str(exc)) from None
+    val = f", val loss {result['val_loss']:.4f}" if result["val_loss"] is not None else ""
+    print(f"step {result['step']}{val}; checkpoint {result['checkpoint']}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from .plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
 
 
 # --- evaluation and fine-tuning ----------------------------------------------------
 def _add_eval_commands(sub) -> None:
-    pass
+    def model_args(p):
+        p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped default model)")
+        p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
+        p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--no-bos", dest="bos", action="store_false",
+                       help="do not put <|endoftext|> before each sequence")
+        p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    ev = sub.add_parser("eval", help="zero-shot evaluation: perplexity, LAMBADA, multiple choice")
+    evs = ev.add_subparsers(dest="eval_command", metavar="TASK")
+    evs.required = True
+    p = evs.add_parser("perplexity", help="perplexity / bits per byte of a text file")
+    p.add_argument("file")
+    p.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's n_positions)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="window step; default = context (non-overlapping); smaller = sliding window")
+    model_args(p)
+    p.set_defaults(func=_cmd_eval_perplexity, batch_size=4)
+    p = evs.add_parser("lambada", help="LAMBADA last-word accuracy and perplexity (jsonl of {\"text\": ...})")
+    p.add_argument("file")
+    p.add_argument("--limit", type=int, default=None, help="first N passages only")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed lines instead of failing")
+    model_args(p)
+    p.set_defaults(func=_cmd_eval_lambada)
+    p = evs.add_parser("choice", help="multiple choice by log-probability (jsonl/csv: context, choices, label)")
+    p.add_argument("file")
+    p.add_argument("--normalize", choices=["total", "mean"], default="total",
+                   help="total log-prob, or mean per token (length-normalised)")
+    p.add_argument("--sep", default=" ", help="text put between context and each choice (default: one space)")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed lines instead of failing")
+    p.add_argument("--predictions", default=None, help="write one predicted index per line to this file")
+    model_args(p)
+    p.set_defaults(func=_cmd_eval_choice)
+
+    from .finetune import add_finetune_arguments
+
+    p = sub.add_parser("finetune", help="GPT-1 supervised fine-tuning (classification, entailment, similarity, choice)")
+    add_finetune_arguments(p)
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _load_eval_model(args):
+    from pathlib import Path
+
+    from . import checkpoint
+
+    if args.model is None:
+        d = Path(__file__).resolve().parent / "assets" / "default"
+        if not (d / "config.json").is_file():
+            raise UserError("no --model given and the default model (gptlite/assets/default) is not installed")
+    else:
+        d = checkpoint.resolve_model_dir(args.model)
+    model = checkpoint.load_model(d, device=args.device, dtype=args.dtype)
+    tok = checkpoint.load_tokenizer(d)
+    if tok is None:
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.gpt2()
+    return model, tok
+
+
+def _print_result(args, d: dict, title: str) -> None:
+    import json
+
+    if args.json:
+        print(json.dumps(d))
+        return
+    print(title)
+    for k, v in d.items():
+        print(f"  {k:16s} {v:.6g}" if isinstance(v, float) else f"  {k:16s} {v}")
+
+
+def _cmd_eval_perplexity(args) -> int:
+    from . import evaluate
+
+    with open(args.file, "r", encoding="utf-8") as f:
+        text = f.read()
+    if not text:
+        raise UserError(f"{args.file} is empty: nothing to evaluate")
+    model, tok = _load_eval_model(args)
+    r = evaluate.perplexity(model, tok, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
+                            bos=args.bos, progress=args.progress and None)
+    _print_result(args, r.as_dict(), f"perplexity of {args.file}")
+    return 0
+
+
+def _cmd_eval_lambada(args) -> int:
+    from . import evaluate
+
+    model, tok = _load_eval_model(args)
+    r = evaluate.lambada(model, tok, args.file, batch_size=args.batch_size, bos=args.bos, skip_bad=args.skip_bad,
+                         limit=args.limit, progress=args.progress and None)
+    for line, why in r.skipped:
+        print(f"gptlite: skipped {args.file}:{line}: {why}", file=sys.stderr)
+    _print_result(args, r.as_dict(), f"LAMBADA on {args.file}")
+    return 0
+
+
+def _cmd_eval_choice(args) -> int:
+    from . import evaluate
+    from .fileio import atomic_write_text
+
+    model, tok = _load_eval_model(args)
+    r = evaluate.choice(model, tok, args.file, normalize=args.normalize, sep=args.sep, batch_size=args.batch_size,
+                        bos=args.bos, skip_bad=args.skip_bad, progress=args.progress and None)
+    for line, why in r.skipped:
+        print(f"gptlite: skipped {args.file}:{line}: {why}", file=sys.stderr)
+    if args.predictions:
+        atomic_write_text(args.predictions, "".join(f"{p}\n" for p in r.predictions))
+    _print_result(args, r.as_dict(), f"multiple choice on {args.file}")
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from .finetune import run_from_args
+
+    return run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

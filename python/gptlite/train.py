@@ -262,13 +262,13 @@ def save_checkpoint(out_dir, model, opt: optim.AdamW, state: dict, tokenizer_dir
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f".{CKPT}.tmp-*"):  # left by a killed writer
-        shutil.rmtree(stale, ignore_errors=True)
+    for pattern in (f".{CKPT}.tmp-*", f"..{CKPT}.tmp-*"):  # left by a killed writer
+        for stale in out.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out / f".{CKPT}.tmp-{os.getpid()}"
     final, old = out / CKPT, out / (CKPT + ".old")
     try:
-        tmp.mkdir()
-        save_model(model, tmp)
+        save_model(model, tmp)  # creates tmp (itself via a temporary + rename)
         ost = opt.state_dict()
         write_safetensors(tmp / OPTIM, ost["tensors"], {"format": "gptlite-adamw", "t": str(ost["t"])})
         if tokenizer_dir is not None:
