@@ -127,10 +127,29 @@ def _add_eval_commands(sub) -> None:
     model_args(p)
     p.set_defaults(func=_cmd_eval_choice)
 
-    from .finetune import add_finetune_arguments
-
-    p = sub.add_parser("finetune", help="GPT-1 supervised fine-tuning (classification, entailment, similarity, choice)")
-    add_finetune_arguments(p)
+    p = sub.add_parser("finetune", help="GPT-1 supervised fine-tuning (classification, entailment, similarity, choice)",
+                       description="GPT-1 fine-tuning: special tokens, a linear head at the extract token, "
+                                   "loss = task loss + lambda * LM loss. Defaults are the GPT-1 paper's.")
+    p.add_argument("--task", required=True, choices=["classification", "entailment", "similarity", "choice"],
+                   help="input transformation; records need text | premise,hypothesis | text_a,text_b | context,choices")
+    p.add_argument("--train", required=True, help="training set (.jsonl or .csv)")
+    p.add_argument("--valid", default=None, help="validation set, evaluated after every epoch")
+    p.add_argument("--out", required=True, help="checkpoint directory (model + head + special tokens)")
+    p.add_argument("--model", default=None, help="pre-trained model directory or hub name (default: the shipped default model)")
+    p.add_argument("--random-init", action="store_true", help="same architecture, random weights (the no-pre-training baseline)")
+    p.add_argument("--labels", default=None, help="comma-separated label set (default: the labels seen in --train)")
+    p.add_argument("--lr", type=float, default=6.25e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--warmup", type=float, default=0.002, help="warmup as a fraction of all steps (then linear decay)")
+    p.add_argument("--lm-coef", type=float, default=0.5, help="lambda, weight of the auxiliary LM loss (0 = ablation)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout on the classifier input")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-len", type=int, default=None, help="longest transformed sequence (default: n_positions)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed lines instead of failing")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--json", action="store_true", help="print the per-epoch history as JSON")
     p.set_defaults(func=_cmd_finetune)
 
 

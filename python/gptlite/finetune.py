@@ -1,0 +1,563 @@
+"""GPT-1 supervised fine-tuning (Radford et al. 2018, section 3.2-3.3).
+
+The pre-trained transformer is kept whole and trained jointly with a linear
+head. Structured inputs become one token sequence through task-specific input
+transformations with three learned special tokens appended to the vocabulary
+(new rows of ``wte``, initialised N(0, 0.02)):
+
+    classification  start text extract
+    entailment      start premise delim hypothesis extract
+    similarity      start a delim b extract  +  start b delim a extract   (extract states summed)
+    choice          start context delim answer_k extract   for every k    (softmax over k)
+
+The head reads the final hidden state at the extract token:
+``z = dropout(h_extract) @ W + b`` and the loss is
+``L = CE(z, label) + lm_coef * LM(sequence)`` (GPT-1's L3 = L2 + lambda L1,
+lambda = 0.5). Every gradient is hand-written: head and dropout here, the
+transformer through ``model.backward(cache, dlogits=..., dhidden=...)``.
+
+Truncation rule (examples longer than ``max_len``): the special tokens are
+always kept; the text fields share the remaining budget "water-filling"
+style -- the longest field is shortened first, until all fit. Fields lose
+tokens at their END, except a choice task's context, which loses tokens at its
+START (the text nearest the answer is kept). Truncated examples are counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .tasks import FINETUNE_SCHEMAS, Dataset, DatasetError, read_records
+
+TASKS = tuple(FINETUNE_SCHEMAS)
+SPECIALS = ("start", "delim", "extract")
+HEAD_FILE = "head.safetensors"
+META_FILE = "finetune.json"
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "classification"
+    lr: float = 6.25e-5  # GPT-1: 6.25e-5
+    batch_size: int = 32  # GPT-1: 32
+    epochs: int = 3  # GPT-1: 3
+    warmup: float = 0.002  # fraction of all updates (GPT-1: 0.2%), then linear decay to 0
+    lm_coef: float = 0.5  # lambda of the auxiliary LM loss (GPT-1: 0.5)
+    dropout: float = 0.1  # on the classifier input (GPT-1: 0.1)
+    weight_decay: float = 0.01  # GPT-1's L2 w = 0.01 on non-bias weights, as decoupled decay
+    betas: tuple = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0  # as in OpenAI's finetune-transformer-lm
+    max_len: int | None = None  # longest transformed sequence; None = model's n_positions
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lm_coef < 0:
+            raise ValueError(f"lm_coef must be >= 0, got {self.lm_coef}")
+        if not 0.0 <= self.warmup <= 1.0:
+            raise ValueError(f"warmup is a fraction of the updates, in [0, 1]; got {self.warmup}")
+
+
+# ----------------------------------------------------------------------------------
+# special tokens
+def add_special_tokens(model, seed: int = 0):
+    """A new GPT whose vocabulary has start/delim/extract appended.
+
+    Returns (model, {"start": id, "delim": id, "extract": id}). The new wte rows
+    are N(0, 0.02); every other parameter is shared with the input model.
+    """
+    from .model import GPT
+    from .backend import device_of
+
+    xp = model.xp
+    V = model.config.vocab_size
+    wte = model.params["wte.weight"]
+    rng = np.random.default_rng(seed)
+    new_rows = xp.asarray(rng.normal(0.0, 0.02, size=(len(SPECIALS), wte.shape[1])), dtype=wte.dtype)
+    params = dict(model.params)
+    params["wte.weight"] = xp.concatenate([wte, new_rows], axis=0)
+    config = dataclasses.replace(model.config, vocab_size=V + len(SPECIALS))
+    new = GPT(config, params=params, device=device_of(wte), dtype=model.dtype)
+    return new, {name: V + i for i, name in enumerate(SPECIALS)}
+
+
+# ----------------------------------------------------------------------------------
+# input transformations
+def _budget_caps(lengths: list[int], budget: int) -> list[int]:
+    """Water-filling: kept lengths with sum <= budget, shortening the longest first."""
+    if sum(lengths) <= budget:
+        return list(lengths)
+    if budget < len(lengths):
+        raise ValueError(f"max_len leaves {budget} tokens for {len(lengths)} text fields")
+    lo, hi = 0, max(lengths)  # largest cap c with sum(min(l, c)) <= budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(n, mid) for n in lengths) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    keep = [min(n, lo) for n in lengths]
+    spare = budget - sum(keep)
+    for i, n in enumerate(lengths):  # hand out the remainder, first fields first
+        if spare and n > keep[i]:
+            keep[i] += 1
+            spare -= 1
+    return keep
+
+
+def _join(fields: list[list[int]], from_start: list[bool], specials: list[list[int]], max_len: int):
+    """specials[0] f0 specials[1] f1 ... specials[-1], fitted into max_len. -> (tokens, truncated)."""
+    budget = max_len - sum(len(s) for s in specials)
+    keep = _budget_caps([len(f) for f in fields], budget)
+    out = list(specials[0])
+    for f, k, fs, sp in zip(fields, keep, from_start, specials[1:]):
+        out += (f[len(f) - k :] if fs else f[:k]) + list(sp)
+    return out, keep != [len(f) for f in fields]
+
+
+@dataclass
+class Example:
+    seqs: list[list[int]]  # 1 (classification, entailment), 2 (similarity) or K (choice) sequences
+    label: int
+    line: int
+    truncated: bool
+
+
+def transform(task: str, data: dict, encode, ids: dict, max_len: int) -> tuple[list[list[int]], bool]:
+    """GPT-1 input transformation of one record -> (token sequences, truncated?)."""
+    s, d, e = [ids["start"]], [ids["delim"]], [ids["extract"]]
+    if task == "classification":
+        seq, cut = _join([encode(data["text"])], [False], [s, e], max_len)
+        return [seq], cut
+    if task == "entailment":
+        seq, cut = _join([encode(data["premise"]), encode(data["hypothesis"])], [False, False], [s, d, e], max_len)
+        return [seq], cut
+    if task == "similarity":
+        a, b = encode(data["text_a"]), encode(data["text_b"])
+        ab, c1 = _join([a, b], [False, False], [s, d, e], max_len)
+        ba, c2 = _join([b, a], [False, False], [s, d, e], max_len)
+        return [ab, ba], c1 or c2
+    if task == "choice":
+        ctx = encode(data["context"])
+        seqs, cut = [], False
+        for ans in data["choices"]:
+            seq, c = _join([ctx, encode(" " + ans)], [True, False], [s, d, e], max_len)
+            seqs.append(seq)
+            cut |= c
+        return seqs, cut
+    raise ValueError(f"unknown task {task!r}")
+
+
+def label_set(task: str, train: Dataset, labels=None) -> list[str] | None:
+    """Class names (as strings) in index order; None for the choice task (label = choice index)."""
+    if task == "choice":
+        return None
+    if labels is not None:
+        labels = [str(x) for x in labels]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"duplicate label in the label set {labels}")
+    else:
+        labels = sorted({str(r.data["label"]) for r in train.records}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    if len(labels) < 2:
+        raise ValueError(f"need at least 2 classes, the label set is {labels}")
+    return labels
+
+
+def encode_dataset(task: str, ds: Dataset, tokenizer, ids: dict, max_len: int, labels) -> list[Example]:
+    index = {lab: i for i, lab in enumerate(labels)} if labels is not None else None
+    n_choices = None
+    out = []
+    for r in ds.records:
+        lab = r.data["label"]
+        if index is not None:
+            if str(lab) not in index:
+                raise DatasetError(f"{ds.path}:{r.line}: label {lab!r} is not in the label set {labels}")
+            y = index[str(lab)]
+        else:
+            k = len(r.data["choices"])
+            if n_choices is None:
+                n_choices = k
+            if k != n_choices:
+                raise DatasetError(f"{ds.path}:{r.line}: {k} choices, earlier records have {n_choices}")
+            if not 0 <= lab < k:
+                raise DatasetError(f"{ds.path}:{r.line}: label {lab} out of range for {k} choices")
+            y = lab
+        seqs, cut = transform(task, r.data, tokenizer.encode_ordinary, ids, max_len)
+        out.append(Example(seqs, y, r.line, cut))
+    return out
+
+
+def collate(examples: list[Example], xp):
+    """-> idx (N,T) int, extract positions (N,), LM targets (N,T) (-1 = ignored), labels (B,)
+
+    N = B * sequences-per-example, row-major by example. Rows are right-padded
+    with token 0 (causal attention: padding never affects earlier positions).
+    The LM target of position t is token t+1; the extract token predicts nothing.
+    """
+    seqs = [s for ex in examples for s in ex.seqs]
+    T = max(len(s) for s in seqs)
+    idx = np.zeros((len(seqs), T), np.int64)
+    tgt = np.full((len(seqs), T), -1, np.int64)
+    pos = np.zeros(len(seqs), np.int64)
+    for i, s in enumerate(seqs):
+        idx[i, : len(s)] = s
+        tgt[i, : len(s) - 1] = s[1:]
+        pos[i] = len(s) - 1
+    labels = np.array([ex.label for ex in examples], np.int64)
+    return xp.asarray(idx), xp.asarray(pos), xp.asarray(tgt), xp.asarray(labels)
+
+
+# ----------------------------------------------------------------------------------
+# the head: paired forward / backward
+def head_forward(H, pos, W, b, mask, n_seq: int, task: str):
+    """Classifier scores from the final hidden states.
+
+    H (N,T,C) hidden, pos (N,) extract positions, W (C,K) b (K,), mask (B,C) or None
+    (dropout keep-mask already scaled by 1/(1-p)); n_seq sequences per example.
+    -> z (B,K) classification/entailment/similarity, (B,n_seq) choice; cache
+    """
+    xp = model_xp(H)
+    N, C = H.shape[0], H.shape[2]
+    h = H[xp.arange(N), pos]  # (N,C)
+    if task == "similarity":
+        h = h.reshape(N // n_seq, n_seq, C).sum(axis=1)  # both orders summed -> (B,C)
+    x = h * mask if mask is not None else h
+    z = x @ W + b  # (B or N, K)
+    if task == "choice":
+        z = z.reshape(N // n_seq, n_seq)  # W is (C,1): one score per choice
+    return z, (x, mask, W, pos, H.shape, n_seq, task)
+
+
+def head_backward(dz, cache):
+    """dz like z -> (dH (N,T,C) nonzero only at the extract rows, dW, db)."""
+    x, mask, W, pos, Hshape, n_seq, task = cache
+    xp = model_xp(dz)
+    if task == "choice":
+        dz = dz.reshape(-1, 1)
+    dW = x.T @ dz
+    db = dz.sum(axis=0)
+    dx = dz @ W.T
+    dh = dx * mask if mask is not None else dx
+    if task == "similarity":
+        dh = xp.repeat(dh, n_seq, axis=0)  # the sum's gradient goes to every order
+    N, T, C = Hshape
+    dH = xp.zeros(Hshape, dtype=dh.dtype)
+    dH[xp.arange(N), pos] = dh  # one extract row per sequence: no collisions
+    return dH, dW, db
+
+
+def model_xp(a):
+    from .backend import xp_of
+
+    return xp_of(a)
+
+
+def dropout_mask(shape, p: float, rng: np.random.Generator, xp, dtype):
+    """Inverted-dropout keep mask scaled by 1/(1-p), drawn on the host (same on CPU and GPU)."""
+    if p <= 0:
+        return None
+    keep = rng.random(shape) >= p
+    return xp.asarray(keep / (1.0 - p), dtype=dtype)
+
+
+def loss_and_grads(model, head: dict, batch, task: str, lm_coef: float, mask=None, n_seq: int = 1):
+    """One fine-tuning step's loss and every gradient.
+
+    batch: collate(...) output. head: {"head.weight": (C,K), "head.bias": (K,)}.
+    Returns (total, task_loss, lm_loss, grads) with grads holding the model's
+    parameter names plus head.weight / head.bias.
+    """
+    from . import ops
+
+    idx, pos, tgt, labels = batch
+    logits, cache = model.forward(idx)
+    z, hcache = head_forward(cache.hidden, pos, head["head.weight"], head["head.bias"], mask, n_seq, task)
+    task_loss, ccache = ops.cross_entropy_forward(z, labels, ignore_index=-1)
+    dz = ops.cross_entropy_backward(ccache)
+    dH, dW, db = head_backward(dz, hcache)
+    if lm_coef > 0:
+        lm_loss, lcache = ops.cross_entropy_forward(logits, tgt, ignore_index=-1, inplace=True)
+        dlogits = ops.cross_entropy_backward(lcache, dloss=lm_coef)
+    else:
+        lm_loss, dlogits = float("nan"), None
+    del logits
+    grads = model.backward(cache, dlogits=dlogits, dhidden=dH)
+    grads["head.weight"] = dW
+    grads["head.bias"] = db
+    total = task_loss + (lm_coef * lm_loss if lm_coef > 0 else 0.0)
+    return total, task_loss, lm_loss, grads
+
+
+def predict_scores(model, head: dict, batch, task: str, n_seq: int):
+    """Scores (B,K) without dropout and without computing the LM logits."""
+    idx, pos, _, _ = batch
+    H = model.hidden_states(idx)
+    z, _ = head_forward(H, pos, head["head.weight"], head["head.bias"], None, n_seq, task)
+    return z
+
+
+# ----------------------------------------------------------------------------------
+# metrics
+def metrics(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> dict:
+    """accuracy; for 2 classes also precision/recall/F1 of class index 1 (the positive class)."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    out = {"accuracy": float((pred == gold).mean())}
+    if n_classes == 2:
+        tp = int(((pred == 1) & (gold == 1)).sum())
+        fp = int(((pred == 1) & (gold == 0)).sum())
+        fn = int(((pred == 0) & (gold == 1)).sum())
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        out.update(precision=prec, recall=rec, f1=2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# the fine-tuned model: model + head + special tokens
+@dataclass
+class Finetuned:
+    model: object
+    head: dict
+    task: str
+    labels: list | None  # class names; None for choice
+    special_tokens: dict
+    max_len: int
+    tokenizer: object = None
+    history: list = field(default_factory=list)
+
+    @property
+    def n_seq(self) -> int:
+        return 2 if self.task == "similarity" else 1
+
+    def predict(self, data, batch_size: int = 32, tokenizer=None, skip_bad: bool = False):
+        """Predicted class index per record (for choice: the choice index) and the metrics when labelled."""
+        tok = tokenizer or self.tokenizer
+        ds = data if isinstance(data, Dataset) else read_records(data, FINETUNE_SCHEMAS[self.task], skip_bad=skip_bad)
+        exs = encode_dataset(self.task, ds, tok, self.special_tokens, self.max_len, self.labels)
+        return evaluate_examples(self, exs, batch_size)
+
+    def save(self, path, tokenizer=None) -> Path:
+        """Model + head + metadata into ``path``, replacing it atomically."""
+        from .checkpoint import save_model, write_safetensors
+        from .backend import to_numpy
+        from .fileio import atomic_write_text
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            save_model(self.model, tmp, tokenizer=tokenizer or self.tokenizer)
+            write_safetensors(tmp / HEAD_FILE, {k: to_numpy(v) for k, v in self.head.items()})
+            meta = {"task": self.task, "labels": self.labels, "special_tokens": self.special_tokens,
+                    "max_len": self.max_len, "history": self.history}
+            atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+            os.chmod(tmp, 0o755)
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                os.rmdir(old)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def load_finetuned(path, device=None, dtype="float32") -> Finetuned:
+    from .checkpoint import load_model, load_tokenizer, read_safetensors
+
+    path = Path(path)
+    if not (path / META_FILE).is_file() or not (path / HEAD_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a fine-tuned checkpoint (needs {META_FILE} and {HEAD_FILE})")
+    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    model = load_model(path, device=device, dtype=dtype)
+    head = {k: model.xp.asarray(v, dtype=model.dtype) for k, v in read_safetensors(path / HEAD_FILE).items()}
+    for k in ("head.weight", "head.bias"):
+        if k not in head:
+            raise ValueError(f"{path / HEAD_FILE}: missing tensor {k!r}")
+    if head["head.weight"].shape[0] != model.config.n_embd:
+        raise ValueError(f"{path / HEAD_FILE}: head.weight has {head['head.weight'].shape[0]} rows, the model has n_embd={model.config.n_embd}")
+    return Finetuned(model, head, meta["task"], meta["labels"], {k: int(v) for k, v in meta["special_tokens"].items()},
+                     int(meta["max_len"]), load_tokenizer(path), meta.get("history", []))
+
+
+def evaluate_examples(ft: Finetuned, exs: list[Example], batch_size: int = 32):
+    preds = []
+    for s in range(0, len(exs), batch_size):
+        batch = collate(exs[s : s + batch_size], ft.model.xp)
+        z = predict_scores(ft.model, ft.head, batch, ft.task, ft.n_seq)
+        preds.append(np.asarray(z.argmax(axis=1).get() if hasattr(z, "get") else z.argmax(axis=1)))
+    pred = np.concatenate(preds)
+    gold = np.array([ex.label for ex in exs])
+    n_classes = len(ft.labels) if ft.labels is not None else len(exs[0].seqs)
+    return pred, metrics(pred, gold, n_classes)
+
+
+# ----------------------------------------------------------------------------------
+# training
+@dataclass
+class FinetuneResult:
+    finetuned: Finetuned
+    history: list  # per epoch: train losses, validation metrics, seconds
+    n_train: int
+    n_valid: int
+    truncated_train: int
+    truncated_valid: int
+    skipped: list  # (file, line, reason)
+
+
+def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None = None, labels=None,
+             out_dir=None, skip_bad: bool = False, log=print) -> FinetuneResult:
+    """Fine-tune ``model`` (a GPT, or a Finetuned to continue) on ``train``.
+
+    train / valid: paths (.jsonl / .csv) or tasks.Dataset. Validation metrics are
+    computed after every epoch; with ``out_dir`` the checkpoint is saved (atomically)
+    after every epoch.
+    """
+    from .optim import AdamW, AdamWConfig, Schedule, clip_grads
+
+    cfg = config or FinetuneConfig()
+    cfg.validate()
+    schema = FINETUNE_SCHEMAS[cfg.task]
+    tr = train if isinstance(train, Dataset) else read_records(train, schema, skip_bad=skip_bad)
+    va = None
+    if valid is not None:
+        va = valid if isinstance(valid, Dataset) else read_records(valid, schema, skip_bad=skip_bad)
+    skipped = [(tr.path, ln, why) for ln, why in tr.skipped] + ([(va.path, ln, why) for ln, why in va.skipped] if va else [])
+
+    if isinstance(model, Finetuned):
+        ft = model
+        if ft.task != cfg.task:
+            raise ValueError(f"the checkpoint was fine-tuned for {ft.task!r}, not {cfg.task!r}")
+        labs = ft.labels
+    else:
+        labs = label_set(cfg.task, tr, labels)
+        if "wte.weight" not in model.params:
+            raise ValueError("model has no wte.weight")
+        model, ids = add_special_tokens(model, seed=cfg.seed)
+        C = model.config.n_embd
+        K = 1 if cfg.task == "choice" else len(labs)
+        rng = np.random.default_rng(cfg.seed + 1)
+        xp = model.xp
+        head = {"head.weight": xp.asarray(rng.normal(0.0, 0.02, size=(C, K)), dtype=model.dtype),
+                "head.bias": xp.zeros((K,), dtype=model.dtype)}
+        max_len = cfg.max_len or model.config.n_positions
+        if max_len > model.config.n_positions:
+            raise ValueError(f"max_len {max_len} exceeds the model's n_positions {model.config.n_positions}")
+        ft = Finetuned(model, head, cfg.task, labs, ids, max_len, tokenizer)
+    model, xp = ft.model, ft.model.xp
+    tr_ex = encode_dataset(cfg.task, tr, tokenizer, ft.special_tokens, ft.max_len, labs)
+    va_ex = encode_dataset(cfg.task, va, tokenizer, ft.special_tokens, ft.max_len, labs) if va else []
+    n_trunc_tr = sum(e.truncated for e in tr_ex)
+    n_trunc_va = sum(e.truncated for e in va_ex)
+    n_seq = len(tr_ex[0].seqs)
+    if cfg.task == "choice" and va_ex and len(va_ex[0].seqs) != n_seq:
+        raise DatasetError(f"{va.path}: {len(va_ex[0].seqs)} choices per record, the training set has {n_seq}")
+    if n_trunc_tr or n_trunc_va:
+        log(f"truncated to max_len={ft.max_len}: {n_trunc_tr}/{len(tr_ex)} training and "
+            f"{n_trunc_va}/{len(va_ex)} validation examples")
+
+    steps_per_epoch = math.ceil(len(tr_ex) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = Schedule(peak=cfg.lr, total=total, warmup=math.ceil(cfg.warmup * total) if cfg.warmup > 0 else 0,
+                     kind="linear")
+    params = dict(model.params)
+    params.update(ft.head)
+    opt = AdamW(params, AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay))
+    rng = np.random.default_rng(cfg.seed + 2)  # data order and dropout masks
+    history = list(ft.history)
+    step = 0
+    for epoch in range(cfg.epochs):
+        t0 = time.time()
+        order = rng.permutation(len(tr_ex))
+        sums = np.zeros(3)
+        for s in range(0, len(order), cfg.batch_size):
+            exs = [tr_ex[i] for i in order[s : s + cfg.batch_size]]
+            batch = collate(exs, xp)
+            K_rows = len(exs) * n_seq if cfg.task == "choice" else len(exs)
+            mask = dropout_mask((K_rows, model.config.n_embd), cfg.dropout, rng, xp, model.dtype)
+            tot, tl, ll, grads = loss_and_grads(model, ft.head, batch, cfg.task, cfg.lm_coef, mask, n_seq)
+            clip_grads(grads, cfg.max_grad_norm)
+            opt.step(grads, lr=sched(step))
+            step += 1
+            sums += (tot, tl, ll if cfg.lm_coef > 0 else 0.0)
+        n = steps_per_epoch
+        rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
+               "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
+        if va_ex:
+            _, m = evaluate_examples(ft, va_ex, cfg.batch_size)
+            rec.update({f"valid_{k}": v for k, v in m.items()})
+        rec["seconds"] = time.time() - t0
+        history.append(rec)
+        ft.history = history
+        log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        if out_dir is not None:
+            ft.save(out_dir, tokenizer)
+    return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
+
+
+def run_from_args(args) -> int:
+    """`gptlite finetune` (arguments defined in cli._add_eval_commands)."""
+    from pathlib import Path as _P
+
+    from . import checkpoint
+
+    if args.model is None:
+        d = _P(__file__).resolve().parent / "assets" / "default"
+        if not (d / "config.json").is_file():
+            raise ValueError("no --model given and the default model (gptlite/assets/default) is not installed")
+    else:
+        d = checkpoint.resolve_model_dir(args.model)
+    if (d / META_FILE).is_file():
+        model = load_finetuned(d, device=args.device)
+        tok = model.tokenizer
+    else:
+        model = checkpoint.load_model(d, device=args.device)
+        tok = checkpoint.load_tokenizer(d)
+        if args.random_init:
+            from .model import GPT
+
+            model = GPT(model.config, device=args.device, seed=args.seed)
+    if tok is None:
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.gpt2()
+    cfg = FinetuneConfig(task=args.task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                         warmup=args.warmup, lm_coef=args.lm_coef, dropout=args.dropout,
+                         weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed)
+    labels = args.labels.split(",") if args.labels else None
+    import sys
+
+    res = finetune(model, tok, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
+                   skip_bad=args.skip_bad, log=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)))
+    for f, ln, why in res.skipped:
+        print(f"gptlite: skipped {f}:{ln}: {why}", file=sys.stderr)
+    summary = {"train_examples": res.n_train, "valid_examples": res.n_valid, "truncated_train": res.truncated_train, "truncated_valid": res.truncated_valid,
+               "skipped_lines": len(res.skipped), "history": res.history, "checkpoint": str(args.out)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        last = res.history[-1]
+        print(f"fine-tuned {args.task} on {res.n_train} examples ({res.truncated_train} truncated); "
+              f"checkpoint: {args.out}")
+        if "valid_accuracy" in last:
+            print(f"validation accuracy {last['valid_accuracy']:.4f}" +
+                  (f", F1 {last['valid_f1']:.4f}" if "valid_f1" in last else ""))
+    return 0
