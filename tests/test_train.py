@@ -1,0 +1,342 @@
+"""The pre-training loop: parity with PyTorch, exact resume, atomic checkpoints, bad input, CLI."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from gptlite import train as T
+from gptlite.data import Batches, TokenData
+
+VOCAB = 96
+
+
+def _data_dir(tmp_path, n=6000, vocab=VOCAB, seed=0):
+    """A prepared-data directory of random tokens (with a little structure to learn)."""
+    d = tmp_path / "data"
+    d.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, vocab, size=n)
+    keep = rng.random(n) < 0.2
+    toks = np.empty(n, dtype="<u2")
+    toks[0] = 1
+    for i in range(1, n):  # a Markov chain: mostly t -> (7t + 3) mod V, sometimes a random token
+        toks[i] = noise[i] if keep[i] else (int(toks[i - 1]) * 7 + 3) % vocab
+    cut = int(n * 0.9)
+    (d / "train.bin").write_bytes(toks[:cut].tobytes())
+    (d / "val.bin").write_bytes(toks[cut:].tobytes())
+    (d / "tokenizer").mkdir(exist_ok=True)
+    (d / "meta.json").write_text(json.dumps({
+        "format": "gptlite-tokens", "version": 1, "dtype": "uint16", "n_vocab": vocab, "eot_token": 0,
+        "tokenizer": {"dir": "tokenizer"},
+        "splits": {"train": {"file": "train.bin", "tokens": cut, "documents": 1},
+                   "val": {"file": "val.bin", "tokens": n - cut, "documents": 1}}}))
+    return d
+
+
+def _cfg(tmp_path, **kw) -> T.TrainConfig:
+    base = dict(out_dir=str(tmp_path / "run"), data_dir=str(_data_dir(tmp_path)), n_layer=2, n_head=2, n_embd=32,
+                n_positions=32, batch_size=2, block_size=16, batch_tokens=64, max_steps=8, eval_interval=4,
+                eval_batches=2, log_interval=1, ckpt_interval=100, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                progress=False, seed=5)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def _params_np(trainer):
+    from gptlite.backend import to_numpy
+
+    return {k: to_numpy(v).copy() for k, v in trainer.model.params.items()}
+
+
+# --- parity with PyTorch ----------------------------------------------------------------
+def test_ten_adamw_steps_match_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    ref = transformers.GPT2LMHeadModel(hf_cfg).float()
+    init_dir = tmp_path / "init"
+    ref.save_pretrained(init_dir, safe_serialization=True)
+    cfg = _cfg(tmp_path, init_from=str(init_dir), max_steps=10, eval_batches=0, grad_clip=0.5,
+               weight_decay=0.1, lr=1e-2, min_lr=1e-3, warmup_steps=3)
+    tr = T.Trainer(cfg, log=lambda m: None)
+    ours = tr.run()["losses"]
+
+    decay = [p for n, p in ref.named_parameters() if p.dim() == 2]
+    no_decay = [p for n, p in ref.named_parameters() if p.dim() != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    sched = tr.schedule
+    batches = Batches(TokenData(cfg.data_dir, "train"), cfg.batch_size, cfg.block_size, seed=cfg.seed)
+    ref.train()
+    theirs = []
+    for step in range(cfg.max_steps):
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            x, y = batches.next()
+            logits = ref(torch.tensor(x)).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), torch.tensor(y).reshape(-1))
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.grad_clip)
+        for g in opt.param_groups:
+            g["lr"] = sched(step)
+        opt.step()
+        theirs.append(total)
+    assert cfg.grad_accum == 2
+    assert len(ours) == 10
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+    assert theirs[-1] < theirs[0] - 0.1  # it actually trained
+    sd = {k.removeprefix("transformer."): v.detach().numpy() for k, v in ref.state_dict().items()}
+    for k, v in _params_np(tr).items():
+        np.testing.assert_allclose(v, sd[k], atol=2e-4, err_msg=k)
+
+
+# --- exact resume -------------------------------------------------------------------------
+def test_resume_is_bit_identical(tmp_path):
+    straight = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "a")), log=lambda m: None)
+    full = straight.run()["losses"]
+    first = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "b")), log=lambda m: None)
+    part1 = first.run(steps=4)["losses"]
+    second = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "b")), resume=True, log=lambda m: None)
+    assert second.step == 4 and second.batches.position == 4 * 2
+    part2 = second.run()["losses"]
+    assert full == part1 + part2  # bit-identical floats
+    pa, pb = _params_np(straight), _params_np(second)
+    assert all(np.array_equal(pa[k], pb[k]) for k in pa)
+    ma = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in ma] == [(r["step"], r.get("loss"), r.get("val_loss")) for r in mb]
+    # the checkpoint is a model directory the loader reads, with the tokenizer-free data we used
+    from gptlite.checkpoint import load_model
+
+    m = load_model(tmp_path / "a" / "ckpt")
+    assert np.array_equal(m.params["wte.weight"], pa["wte.weight"])
+
+
+def test_ctrl_c_saves_and_resumes_exactly(tmp_path):
+    full = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "a")), log=lambda m: None).run()["losses"]
+    tr = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "b")), log=lambda m: None)
+    real_step = tr.train_step
+
+    def step_then_sigint():
+        out = real_step()
+        if tr.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler defers it to the step boundary
+        return out
+
+    tr.train_step = step_then_sigint
+    with pytest.raises(KeyboardInterrupt):
+        tr.run()
+    state = json.loads((tmp_path / "b" / "ckpt" / T.STATE).read_text())
+    assert state["step"] == 3
+    rest = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "b")), resume=True, log=lambda m: None).run()["losses"]
+    assert full[3:] == rest
+
+
+# --- checkpoint atomicity ------------------------------------------------------------------
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, json
+    from gptlite import train as T, checkpoint
+    cfg = T.TrainConfig(**json.loads(sys.argv[1]))
+    tr = T.Trainer(cfg, resume=True, log=lambda m: None)
+    tr.run(steps=1)                      # one more step, not yet saved
+    where = sys.argv[2]
+    if where == "mid-write":
+        real = checkpoint.write_safetensors
+        def half(path, tensors, metadata=None, dtype=None):
+            with open(path, "wb") as f:
+                f.write(b"\\x10\\x00\\x00")   # a few bytes of a header, then death
+                f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.write_safetensors = half
+    else:
+        real = os.replace
+        calls = []
+        def replace(a, b):
+            real(a, b)
+            calls.append(b)
+            if str(b).endswith("ckpt.old"):   # between the two renames of the swap
+                os.kill(os.getpid(), signal.SIGKILL)
+        T.os.replace = replace
+    tr.save()
+""")
+
+
+@pytest.mark.parametrize("where", ["mid-write", "mid-swap"])
+def test_checkpoint_write_killed_leaves_previous_loadable(tmp_path, where):
+    cfg = _cfg(tmp_path, eval_batches=0)
+    tr = T.Trainer(cfg, log=lambda m: None)
+    tr.run(steps=2)
+    before = _params_np(tr)
+    # the child resumes, trains one step (saves at the end of run()), then is killed in the next save
+    res = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg.__dict__), where], capture_output=True, text=True)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    ck = T.find_checkpoint(cfg.out_dir)
+    assert ck is not None
+    if where == "mid-swap":
+        assert ck.name == "ckpt.old"
+    state = json.loads((ck / T.STATE).read_text())
+    assert state["step"] == 3  # the checkpoint from the child's completed run(), not the killed save
+    again = T.Trainer(cfg, resume=True, log=lambda m: None)
+    assert again.step == 3
+    assert not all(np.array_equal(before[k], v) for k, v in _params_np(again).items())
+    again.run(steps=1)
+    assert not list((tmp_path / "run").glob(".*tmp*"))  # leftovers cleaned up by the next save
+    assert T.find_checkpoint(cfg.out_dir).name == "ckpt"
+
+
+def test_full_disk_keeps_previous(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, eval_batches=0)
+    tr = T.Trainer(cfg, log=lambda m: None)
+    tr.run(steps=2)
+    from gptlite import checkpoint
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_safetensors", full)
+    with pytest.raises(OSError, match="no space left on device.*previous checkpoint .*ckpt is kept"):
+        tr.save()
+    monkeypatch.undo()
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+    assert json.loads((tmp_path / "run" / "ckpt" / T.STATE).read_text())["step"] == 2
+    T.Trainer(cfg, resume=True, log=lambda m: None)  # still loadable
+
+
+# --- non-finite steps ------------------------------------------------------------------------
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
+    cfg = _cfg(tmp_path, max_bad_steps=3, ckpt_interval=2, eval_batches=0)
+    tr = T.Trainer(cfg, log=lambda m: None)
+    real = tr.model.loss_and_grads
+    bad_from = {"step": 4}
+    calls = {"n": 0}
+
+    def maybe_nan(x, y, *a, **k):
+        loss, grads = real(x, y, *a, **k)
+        calls["n"] += 1
+        if tr.step == 2:  # one poisoned step (its gradients), then recovery
+            grads["wte.weight"][0, 0] = np.nan
+        if tr.step >= bad_from["step"]:
+            loss = float("nan")
+        return loss, grads
+
+    tr.model.loss_and_grads = maybe_nan
+    with pytest.raises(T.TrainingError, match="3 consecutive steps with non-finite.*last good checkpoint: .*ckpt"):
+        tr.run()
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["step"] for r in recs if r.get("event") == "skipped_nonfinite"]
+    assert skipped == [3, 5, 6, 7]
+    assert tr.opt.t == 3  # updates at steps 1, 2, 4 only
+    assert all(np.isfinite(v).all() for v in _params_np(tr).values())
+    state = json.loads((tmp_path / "run" / "ckpt" / T.STATE).read_text())
+    assert state["step"] == 4
+
+
+# --- config --------------------------------------------------------------------------------
+def test_config_errors(tmp_path):
+    good = tmp_path / "c.toml"
+    good.write_text('[run]\nout_dir = "x"\n[data]\ndata_dir = "d"\n[model]\nn_layer = 1\n[optim]\nlr = 1e-3\n')
+    cfg = T.load_config(good, ["train.max_steps=7", "schedule=linear", "optim.grad_clip=0", "out_dir=y"])
+    assert (cfg.max_steps, cfg.schedule, cfg.grad_clip, cfg.out_dir, cfg.n_layer) == (7, "linear", 0.0, "y", 1)
+    cases = {
+        '[model]\nn_layers = 2\n': "unknown key 'n_layers' in \\[model\\]",
+        '[modle]\nn_layer = 2\n': "unknown section \\[modle\\]",
+        '[train]\nbatch_size = "8"\n': "batch_size must be an integer",
+        '[optim\nlr = 1\n': "invalid TOML",
+    }
+    for text, msg in cases.items():
+        p = tmp_path / "bad.toml"
+        p.write_text(text)
+        with pytest.raises(ValueError, match=msg):
+            T.load_config(p)
+    with pytest.raises(ValueError, match="unknown key 'nope'"):
+        T.load_config(good, ["nope=1"])
+    with pytest.raises(FileNotFoundError, match="missing.toml"):
+        T.load_config(tmp_path / "missing.toml")
+    impossible = {
+        "block_size": (64, "block_size=64 is longer than the model's n_positions=32"),
+        "batch_tokens": (100, "batch_tokens=100 is not a multiple of batch_size\\*block_size=32"),
+        "n_head": (3, "n_embd=32 is not divisible by n_head=3"),
+        "schedule": ("step", "schedule must be one of"),
+        "min_lr": (1.0, "min_lr must be in"),
+    }
+    for key, (value, msg) in impossible.items():
+        with pytest.raises(ValueError, match=msg):
+            _cfg(tmp_path, **{key: value}).validate()
+
+
+def test_resume_errors(tmp_path):
+    cfg = _cfg(tmp_path, eval_batches=0)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        T.Trainer(cfg, resume=True)
+    T.Trainer(cfg, log=lambda m: None).run(steps=1)
+    with pytest.raises(ValueError, match="already holds a checkpoint.*--resume"):
+        T.Trainer(cfg)
+    with pytest.raises(ValueError, match="has n_embd=32 but the config asks for n_embd=64"):
+        T.Trainer(_cfg(tmp_path, eval_batches=0, n_embd=64), resume=True)
+    with pytest.raises(FileNotFoundError, match="gptlite prepare"):
+        T.Trainer(_cfg(tmp_path, data_dir=str(tmp_path / "nowhere")))
+
+
+# --- CLI end to end ------------------------------------------------------------------------
+def test_cli_prepare_train_resume_plot(tmp_path, corpora_dir, gpt2_dir, capsys):
+    from gptlite.cli import main
+    from gptlite.plot import decode_png_size
+
+    src = tmp_path / "shakes.txt"
+    src.write_text((corpora_dir / "tinyshakespeare.txt").read_text()[:30000])
+    assert main(["prepare", str(src), "-o", str(tmp_path / "tok"), "--tokenizer", str(gpt2_dir)]) == 0
+    assert "train" in capsys.readouterr().out
+    conf = tmp_path / "tiny.toml"
+    conf.write_text(textwrap.dedent(f"""
+        [run]
+        out_dir = "{tmp_path / 'run'}"
+        [data]
+        data_dir = "{tmp_path / 'tok'}"
+        [model]
+        n_layer = 1
+        n_head = 2
+        n_embd = 16
+        n_positions = 32
+        [train]
+        batch_size = 2
+        block_size = 16
+        max_steps = 6
+        eval_interval = 3
+        eval_batches = 1
+        log_interval = 1
+        progress = false
+        [optim]
+        lr = 1e-2
+        warmup_steps = 1
+        min_lr = 1e-3
+    """))
+    assert main(["train", "--config", str(conf), "--steps", "3"]) == 0
+    assert main(["train", "--config", str(conf)]) == 2  # refuses to overwrite without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--config", str(conf), "--resume"]) == 0
+    assert "step 6" in capsys.readouterr().out
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert all(r["tokens_per_s"] > 0 for r in recs if "loss" in r)
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    png = (tmp_path / "run" / "loss.png").read_bytes()
+    assert decode_png_size(png) == (800, 500)
+    assert main(["train", "--config", str(conf), "--set", "model.n_positions=8", "--resume"]) == 2
+    assert "block_size=16 is longer" in capsys.readouterr().err
+    from gptlite.checkpoint import load_model
+
+    load_model(tmp_path / "run" / "ckpt")
+    assert (tmp_path / "run" / "ckpt" / "encoder.json").exists()
