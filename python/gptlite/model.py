@@ -1,0 +1,508 @@
+"""GPT-1 / GPT-2: a decoder-only transformer, forward and backward by hand.
+
+The model is a params dict (GPT-2's tensor names, without "transformer.")
+plus functions that run the ops of ``gptlite.ops`` in order. Activations are
+kept 2-D, (N, C) with N = B*T, so each projection is one GEMM; attention
+reshapes to (B, H, T, hs) views.
+
+Layouts:
+  gpt2: pre-LN   x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)); final ln_f
+  gpt1: post-LN  x = ln_1(x + attn(x)); x = ln_2(x + mlp(x)); no ln_f
+The LM head is tied to the token embedding: logits = h @ wte.T.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import ops
+from .backend import get_xp, to_numpy
+
+_HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: Optional[int] = None  # None means 4 * n_embd
+    layer_norm_epsilon: float = 1e-5
+    layout: str = "gpt2"  # "gpt2": pre-LN + ln_f ; "gpt1": post-LN, no ln_f
+    activation_function: str = "gelu_new"  # "gelu_new" (tanh approx.) or "gelu" (erf)
+
+    def __post_init__(self):
+        if self.layout not in ("gpt2", "gpt1"):
+            raise ValueError(f"layout must be 'gpt2' or 'gpt1', got {self.layout!r}")
+        if self.activation_function not in ops.ACTIVATIONS:
+            raise ValueError(f"activation_function must be one of {ops.ACTIVATIONS}, got {self.activation_function!r}")
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+    @property
+    def d_ff(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    PRESETS = {
+        "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+        "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
+        "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+        "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+        # GPT-1, 117M. Its GELU is the tanh approximation (OpenAI's code, and
+        # transformers' OpenAIGPT maps afn "gelu" to gelu_new).
+        "openai-gpt": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=40478, n_positions=512,
+                           layout="gpt1", activation_function="gelu_new"),
+    }
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "GPTConfig":
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown preset {name!r}: expected one of {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def to_hf_dict(self) -> dict:
+        """transformers' config.json for GPT2LMHeadModel / OpenAIGPTLMHeadModel."""
+        common = dict(vocab_size=self.vocab_size, n_positions=self.n_positions, n_ctx=self.n_positions,
+                      n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head,
+                      layer_norm_epsilon=self.layer_norm_epsilon, initializer_range=0.02,
+                      attn_pdrop=0.1, embd_pdrop=0.1, resid_pdrop=0.1)
+        if self.layout == "gpt1":
+            if self.n_inner is not None and self.n_inner != 4 * self.n_embd:
+                raise ValueError("transformers' OpenAIGPT has no n_inner: the GPT-1 layout needs n_inner = 4 * n_embd")
+            if self.activation_function != "gelu_new":
+                raise ValueError("transformers' OpenAIGPT has only the tanh GELU (its afn 'gelu' is gelu_new): "
+                                 "the GPT-1 layout needs activation_function='gelu_new'")
+            return dict(model_type="openai-gpt", architectures=["OpenAIGPTLMHeadModel"], afn="gelu", **common)
+        return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"],
+                    activation_function=self.activation_function, n_inner=self.n_inner,
+                    bos_token_id=self.vocab_size - 1, eos_token_id=self.vocab_size - 1, **common)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "GPTConfig":
+        model_type = d.get("model_type", "gpt2")
+        if model_type not in ("gpt2", "openai-gpt"):
+            raise ValueError(f"config model_type {model_type!r} is not supported: expected 'gpt2' or 'openai-gpt'")
+        gpt1 = model_type == "openai-gpt"
+        if gpt1:  # transformers' OpenAIGPT: afn "gelu" is the tanh approximation
+            act = d.get("afn", "gelu")
+            if act != "gelu":
+                raise ValueError(f"openai-gpt afn {act!r} is not supported: expected 'gelu'")
+            act = "gelu_new"
+        else:
+            act = d.get("activation_function", "gelu_new")
+        if act not in _HF_ACTIVATIONS:
+            raise ValueError(f"activation {act!r} in config is not supported: expected one of {sorted(_HF_ACTIVATIONS)}")
+        if "n_positions" not in d and "n_ctx" not in d:
+            raise ValueError("config has neither n_positions nor n_ctx")
+        kw = dict(vocab_size=d.get("vocab_size", 40478 if gpt1 else 50257),
+                  n_positions=d.get("n_positions", d.get("n_ctx")),
+                  n_embd=d.get("n_embd", 768), n_layer=d.get("n_layer", 12), n_head=d.get("n_head", 12),
+                  n_inner=None if gpt1 else d.get("n_inner"),
+                  layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+                  layout="gpt1" if gpt1 else "gpt2", activation_function=_HF_ACTIVATIONS[act])
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def param_shapes(config: GPTConfig) -> dict:
+    """name -> shape of every parameter, in a fixed order."""
+    C, F = config.n_embd, config.d_ff
+    shapes = {"wte.weight": (config.vocab_size, C), "wpe.weight": (config.n_positions, C)}
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
+            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+            p + "mlp.c_fc.weight": (C, F), p + "mlp.c_fc.bias": (F,),
+            p + "mlp.c_proj.weight": (F, C), p + "mlp.c_proj.bias": (C,),
+        })
+    if config.layout == "gpt2":
+        shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    return shapes
+
+
+def init_params(config: GPTConfig, seed: int = 0, dtype="float32") -> dict:
+    """GPT-2's init on the host: N(0, 0.02) for weights and embeddings,
+    N(0, 0.02/sqrt(2*n_layer)) for the residual projections (c_proj),
+    LayerNorm weight 1 / bias 0, biases 0. Deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    proj_std = 0.02 / math.sqrt(2 * config.n_layer)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith(".bias"):
+            params[name] = np.zeros(shape, dtype)
+        elif ".ln_" in name or name.startswith("ln_"):
+            params[name] = np.ones(shape, dtype)
+        else:
+            std = proj_std if name.endswith("c_proj.weight") else 0.02
+            w = rng.standard_normal(shape, dtype=np.float32 if dtype == np.float32 else np.float64)
+            w *= std
+            params[name] = w.astype(dtype, copy=False)
+    return params
+
+
+@dataclass
+class ForwardCache:
+    """What backward needs: per-layer op caches plus the final hidden state."""
+    hidden: object  # (B,T,C) final hidden state (after ln_f for gpt2)
+    B: int
+    T: int
+    emb: tuple = None
+    layers: list = field(default_factory=list)
+    ln_f: tuple = None
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values of every layer: k, v (L, B, H, max_len, hs).
+
+    ``length`` columns are filled; ``pad`` (B,) holds each row's left-padding
+    (its real tokens start at column pad[b]) or None for no padding.
+    """
+    k: object
+    v: object
+    length: int = 0
+    pad: object = None
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+
+class GPT:
+    """A GPT-1/GPT-2 model: a params dict and hand-written forward/backward."""
+
+    def __init__(self, config: GPTConfig, params=None, device=None, dtype="float32", seed=0):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.xp = get_xp(device)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if params is None:
+            params = init_params(config, seed=seed, dtype=self.dtype)
+        self.params = self._adopt(params)
+
+    def _adopt(self, params) -> dict:
+        """Check names/shapes against the config; move to this device and dtype."""
+        shapes = param_shapes(self.config)
+        missing = [n for n in shapes if n not in params]
+        extra = [n for n in params if n not in shapes]
+        if missing:
+            raise ValueError(f"params are missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if extra:
+            raise ValueError(f"params hold tensor(s) not in this config: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        out = {}
+        for name, shape in shapes.items():
+            a = params[name]
+            if tuple(a.shape) != shape:
+                raise ValueError(f"tensor {name} has shape {tuple(a.shape)}, expected {shape} for this config")
+            if self.xp is np:
+                a = np.ascontiguousarray(to_numpy(a), dtype=self.dtype)
+            else:
+                a = self.xp.ascontiguousarray(self.xp.asarray(a), dtype=self.dtype)
+            out[name] = a
+        return out
+
+    # ------------------------------------------------------------------
+    # input checks
+
+    def _check_idx(self, idx, what="idx", max_pos=None):
+        xp = self.xp
+        if not hasattr(idx, "dtype") or not hasattr(idx, "ndim"):
+            idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"{what} must be a 2-D (batch, time) array of token ids, got shape {tuple(idx.shape)}")
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"{what} must hold integer token ids, got dtype {idx.dtype}")
+        if idx.shape[0] == 0 or idx.shape[1] == 0:
+            raise ValueError(f"{what} is empty: shape {tuple(idx.shape)}")
+        T = idx.shape[1]
+        limit = self.config.n_positions if max_pos is None else max_pos
+        if T > limit:
+            raise ValueError(f"sequence length {T} exceeds the model's n_positions={self.config.n_positions}")
+        idx = xp.asarray(idx)
+        V = self.config.vocab_size
+        bad = (idx < 0) | (idx >= V)
+        if bool(bad.any()):
+            b, t = (int(i) for i in xp.argwhere(bad)[0])
+            raise ValueError(f"token id {int(idx[b, t])} at position (batch {b}, time {t}) is outside the vocabulary [0, {V})")
+        return idx.astype(xp.int64, copy=False)
+
+    # ------------------------------------------------------------------
+    # forward
+
+    def _block_forward(self, i, x, B, T, keep, bias=None, kv=None, kv_start=0):
+        """One transformer block on x (N, C). Returns (x, cache or None)."""
+        cfg, p = self.config, self.params
+        pre = f"h.{i}."
+        eps = cfg.layer_norm_epsilon
+        c = {}
+        a_in = x
+        if cfg.layout == "gpt2":
+            a_in, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
+        qkv, c["c_attn"] = ops.linear_forward(a_in, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"])
+        if kv is None:
+            a, c["attn"] = ops.attention_forward(qkv, cfg.n_head, B, T, bias)
+        else:
+            a = self._attention_kv(i, qkv, B, T, kv, kv_start, bias)
+        a, c["c_proj"] = ops.linear_forward(a, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
+        x = x + a
+        if cfg.layout == "gpt1":
+            x, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
+            m_in = x
+        else:
+            m_in, c["ln_2"] = ops.layernorm_forward(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
+        h, c["c_fc"] = ops.linear_forward(m_in, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"])
+        h, c["gelu"] = ops.gelu_forward(h, cfg.activation_function)
+        h, c["mlp_proj"] = ops.linear_forward(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
+        x = x + h
+        if cfg.layout == "gpt1":
+            x, c["ln_2"] = ops.layernorm_forward(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
+        return x, (c if keep else None)
+
+    def _trunk(self, idx, keep, pos=None, bias=None, kv=None):
+        """Embeddings + blocks (+ ln_f): idx (B,T) -> hidden (N,C), cache."""
+        B, T = idx.shape
+        x, emb = ops.embedding_forward(idx, self.params["wte.weight"], self.params["wpe.weight"], pos)
+        x = x.reshape(B * T, -1)
+        cache = ForwardCache(hidden=None, B=B, T=T, emb=emb if keep else None)
+        start = kv.length if kv is not None else 0
+        for i in range(self.config.n_layer):
+            x, c = self._block_forward(i, x, B, T, keep, bias=bias, kv=kv, kv_start=start)
+            if keep:
+                cache.layers.append(c)
+        if self.config.layout == "gpt2":
+            x, ln_f = ops.layernorm_forward(x, self.params["ln_f.weight"], self.params["ln_f.bias"],
+                                            self.config.layer_norm_epsilon)
+            cache.ln_f = ln_f if keep else None
+        cache.hidden = x.reshape(B, T, -1)
+        return x, cache
+
+    def _head(self, h2):
+        """Tied LM head: h (N,C) -> logits (N,V)."""
+        return h2 @ self.params["wte.weight"].T
+
+    def forward(self, idx):
+        """idx (B,T) int -> (logits (B,T,V), cache). cache.hidden is (B,T,C)."""
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        h, cache = self._trunk(idx, keep=True)
+        return self._head(h).reshape(B, T, -1), cache
+
+    def logits(self, idx):
+        """idx (B,T) -> logits (B,T,V); inference only, keeps no activations."""
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        h, _ = self._trunk(idx, keep=False)
+        return self._head(h).reshape(B, T, -1)
+
+    def hidden_states(self, idx):
+        """idx (B,T) -> final hidden state (B,T,C) (after ln_f for gpt2)."""
+        idx = self._check_idx(idx)
+        _, cache = self._trunk(idx, keep=False)
+        return cache.hidden
+
+    __call__ = logits
+
+    # ------------------------------------------------------------------
+    # backward
+
+    def _block_backward(self, i, dx, c, grads):
+        cfg = self.config
+        pre = f"h.{i}."
+        if cfg.layout == "gpt1":
+            dx, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dx, c["ln_2"])
+        # x_out = x_mid + mlp(m_in): dx flows to both
+        dh, grads[pre + "mlp.c_proj.weight"], grads[pre + "mlp.c_proj.bias"] = ops.linear_backward(dx, c["mlp_proj"])
+        dh = ops.gelu_backward(dh, c["gelu"])
+        dm_in, grads[pre + "mlp.c_fc.weight"], grads[pre + "mlp.c_fc.bias"] = ops.linear_backward(dh, c["c_fc"])
+        if cfg.layout == "gpt2":
+            dm, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dm_in, c["ln_2"])
+            dx = dx + dm
+        else:  # m_in is x_mid itself
+            dx = dx + dm_in
+            dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(dx, c["ln_1"])
+        da, grads[pre + "attn.c_proj.weight"], grads[pre + "attn.c_proj.bias"] = ops.linear_backward(dx, c["c_proj"])
+        dqkv = ops.attention_backward(da, c["attn"])
+        da_in, grads[pre + "attn.c_attn.weight"], grads[pre + "attn.c_attn.bias"] = ops.linear_backward(dqkv, c["c_attn"])
+        if cfg.layout == "gpt2":
+            da_in, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(da_in, c["ln_1"])
+        return dx + da_in
+
+    def backward(self, cache: ForwardCache, dlogits=None, dhidden=None) -> dict:
+        """Gradients of every parameter given dL/dlogits (B,T,V) and/or
+        dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads."""
+        if dlogits is None and dhidden is None:
+            raise ValueError("backward needs dlogits and/or dhidden")
+        if not cache.layers and self.config.n_layer:
+            raise ValueError("this cache holds no activations (it came from an inference call)")
+        xp = self.xp
+        B, T = cache.B, cache.T
+        C = self.config.n_embd
+        h = cache.hidden.reshape(B * T, C)
+        grads = {}
+        if dlogits is not None:
+            if tuple(dlogits.shape) != (B, T, self.config.vocab_size):
+                raise ValueError(f"dlogits has shape {tuple(dlogits.shape)}, expected {(B, T, self.config.vocab_size)}")
+            d2 = dlogits.reshape(B * T, -1)
+            wte = self.params["wte.weight"]
+            dx = d2 @ wte  # (N,C)
+            dwte_head = d2.T @ h  # (V,C)
+        else:
+            dx = xp.zeros((B * T, C), dtype=self.dtype)
+            dwte_head = None
+        if dhidden is not None:
+            if tuple(dhidden.shape) != (B, T, C):
+                raise ValueError(f"dhidden has shape {tuple(dhidden.shape)}, expected {(B, T, C)}")
+            dx = dx + dhidden.reshape(B * T, C)
+        if self.config.layout == "gpt2":
+            dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f)
+        for i in reversed(range(self.config.n_layer)):
+            dx = self._block_backward(i, dx, cache.layers[i], grads)
+        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb)
+        if dwte_head is not None:
+            dwte += dwte_head
+        grads["wte.weight"] = dwte
+        grads["wpe.weight"] = dwpe
+        return {name: grads[name] for name in self.params}
+
+    def loss_and_grads(self, idx, targets, ignore_index=-1):
+        """Mean cross-entropy of targets (B,T) and the gradient of every param.
+
+        The fused path: the logits buffer is turned into probabilities and then
+        into dlogits in place (one (B,T,V) array alive at a time).
+        """
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        targets = self.xp.asarray(targets)
+        if tuple(targets.shape) != (B, T):
+            raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
+        h, cache = self._trunk(idx, keep=True)
+        logits = self._head(h)
+        loss, ce = ops.cross_entropy_forward(logits.reshape(B, T, -1), targets, ignore_index, inplace=True)
+        del logits
+        dlogits = ops.cross_entropy_backward(ce)
+        del ce
+        grads = self.backward(cache, dlogits=dlogits)
+        return loss, grads
+
+    def loss(self, idx, targets, ignore_index=-1) -> float:
+        """Mean cross-entropy, inference only."""
+        idx = self._check_idx(idx)
+        targets = self.xp.asarray(targets)
+        logits = self.logits(idx)
+        loss, _ = ops.cross_entropy_forward(logits, targets, ignore_index, inplace=True)
+        return loss
+
+    # ------------------------------------------------------------------
+    # KV-cache decoding
+
+    def kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """Preallocated keys/values for ``batch`` rows of up to ``max_len`` columns."""
+        cfg = self.config
+        max_len = cfg.n_positions if max_len is None else int(max_len)
+        if batch <= 0 or max_len <= 0:
+            raise ValueError(f"kv_cache needs batch > 0 and max_len > 0, got {batch}, {max_len}")
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_size)
+        return KVCache(k=self.xp.zeros(shape, self.dtype), v=self.xp.zeros(shape, self.dtype))
+
+    def _attention_kv(self, i, qkv, B, t, kv, start, bias):
+        """Attention of t new queries against the cache's columns [0, start+t)."""
+        C = self.config.n_embd
+        H = self.config.n_head
+        q = ops._split_heads(qkv[:, :C], B, t, H)
+        kv.k[i, :, :, start:start + t] = ops._split_heads(qkv[:, C:2 * C], B, t, H)
+        kv.v[i, :, :, start:start + t] = ops._split_heads(qkv[:, 2 * C:], B, t, H)
+        k = kv.k[i, :, :, :start + t]
+        v = kv.v[i, :, :, :start + t]
+        att = q @ k.transpose(0, 1, 3, 2)  # (B,H,t,S)
+        att *= 1.0 / math.sqrt(C // H)
+        att += bias
+        ops.softmax_inplace(att)
+        y = att @ v  # (B,H,t,hs)
+        return y.transpose(0, 2, 1, 3).reshape(B * t, C)
+
+    def decode(self, idx_new, kv: KVCache, pad=None):
+        """Append idx_new (B,t) to the cache and return its logits (B,t,V).
+
+        ``pad`` (B,) int: row b is left-padded with pad[b] tokens (its real
+        tokens start at column pad[b]); positions count from there and the pad
+        columns are masked out of attention. Given on the first call (or any
+        call, consistently) and remembered in ``kv``.
+        """
+        xp = self.xp
+        if kv.length >= kv.max_len:
+            raise ValueError(f"KV cache is full ({kv.max_len} columns)")
+        idx = self._check_idx(idx_new, "idx_new", max_pos=kv.max_len - kv.length)
+        B, t = idx.shape
+        if B != kv.batch:
+            raise ValueError(f"idx_new has batch {B} but the KV cache was made for batch {kv.batch}")
+        if pad is not None:
+            pad = xp.asarray(pad)
+            if pad.shape != (B,) or pad.dtype.kind not in "iu":
+                raise ValueError(f"pad must be a (batch,) integer array, got shape {tuple(pad.shape)} dtype {pad.dtype}")
+            if bool((pad < 0).any()):
+                raise ValueError("pad lengths must be >= 0")
+            if kv.pad is not None and not bool((kv.pad == pad).all()):
+                raise ValueError("pad differs from the pad this KV cache was started with")
+            kv.pad = pad.astype(xp.int64)
+        start = kv.length
+        cols = xp.arange(start, start + t)  # absolute columns of the new tokens
+        S = start + t
+        keys = xp.arange(S)
+        if kv.pad is None:
+            pos = cols
+            mask = keys[None, None, :] > cols[None, :, None]  # (1,t,S)
+        else:
+            padc = kv.pad[:, None]
+            pos = xp.maximum(cols[None, :] - padc, 0)  # (B,t)
+            # key j visible to query i if j <= i and j is a real token; a pad
+            # query sees only itself (its output is never used, but stays finite)
+            mask = (keys[None, None, :] > cols[None, :, None]) | (
+                (keys[None, None, :] < padc[:, :, None]) & (keys[None, None, :] != cols[None, :, None]))
+        if int(pos.max()) >= self.config.n_positions:
+            raise ValueError(f"decoding past the model's n_positions={self.config.n_positions}")
+        bias = xp.where(mask, -xp.inf, 0.0).astype(self.dtype)[:, None]  # (B|1,1,t,S)
+        h, _ = self._trunk(idx, keep=False, pos=pos, bias=bias, kv=kv)
+        kv.length = S
+        return self._head(h).reshape(B, t, -1)
+
+    # ------------------------------------------------------------------
+    # sizes
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Number of parameters (the tied head counted once); non_embedding
+        drops the position embedding, as nanoGPT does for FLOP counts."""
+        n = sum(int(a.size) for a in self.params.values())
+        if non_embedding:
+            n -= int(self.params["wpe.weight"].size)
+        return n
+
+    def flops_per_token(self, T: int) -> int:
+        """Training FLOPs per token at sequence length T (forward + backward):
+        6N for the weights plus 12 * n_layer * n_embd * T for attention (PaLM/nanoGPT)."""
+        cfg = self.config
+        return 6 * self.num_parameters(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * int(T)

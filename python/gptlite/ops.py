@@ -1,0 +1,429 @@
+"""The transformer's ops, each as a paired ``X_forward`` / ``X_backward``.
+
+llm.c style: a forward returns ``(out, cache)``; the matching backward takes
+``(dout, cache)`` and returns the gradients. Every function takes its array
+module from its inputs (``xp = xp_of(x)``), so the same code runs on NumPy
+(CPU) and CuPy (GPU). A few small fused CuPy kernels (GELU, LayerNorm
+normalisation, softmax) are used only when ``xp`` is CuPy; the NumPy path is
+the reference they are tested against.
+
+Shapes: B batch, T sequence, C channels, H heads, hs = C // H head size,
+V vocabulary, P positions, N = B*T rows. Linear layers work on 2-D (N, C)
+activations so every projection is a single big GEMM.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import xp_of
+
+GELU_TANH_K = math.sqrt(2.0 / math.pi)
+GELU_TANH_A = 0.044715
+ACTIVATIONS = ("gelu_new", "gelu")  # tanh approximation (GPT-2), exact erf (HF's GPT-1 default)
+
+
+def _is_cupy(xp) -> bool:
+    return xp is not np
+
+
+# ----------------------------------------------------------------------------
+# embedding: token + position
+
+
+def embedding_forward(idx, wte, wpe, pos=None):
+    """out[b,t] = wte[idx[b,t]] + wpe[pos[b,t]].
+
+    idx (B,T) int, wte (V,C), wpe (P,C), pos (B,T) or (T,) int, default arange(T).
+    Returns out (B,T,C) and the cache (idx, pos, V, P).
+    """
+    xp = xp_of(wte)
+    T = idx.shape[1]
+    if pos is None:
+        pos = xp.arange(T)
+    out = wte[idx]  # (B,T,C), a fresh array
+    out += wpe[pos]
+    return out, (idx, pos, wte.shape[0], wpe.shape[0])
+
+
+def _scatter_add_rows(n_rows, index, values):
+    """sum of rows of values (M,C) into an (n_rows,C) zero array at index (M,)."""
+    xp = xp_of(values)
+    out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype)
+    if _is_cupy(xp):
+        import cupyx
+
+        cupyx.scatter_add(out, index, values)
+        return out
+    # Sort-and-reduce: one pass of contiguous row sums instead of np.add.at's
+    # per-element updates; deterministic (fixed summation order) too.
+    order = np.argsort(index, kind="stable")
+    sidx = index[order]
+    starts = np.flatnonzero(np.r_[True, sidx[1:] != sidx[:-1]])
+    out[sidx[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
+def embedding_backward(dout, cache):
+    """dout (B,T,C) -> (dwte (V,C), dwpe (P,C)); repeated ids accumulate."""
+    idx, pos, V, P = cache
+    xp = xp_of(dout)
+    B, T, C = dout.shape
+    d2 = dout.reshape(-1, C)
+    dwte = _scatter_add_rows(V, idx.reshape(-1), d2)
+    if pos.ndim == 1:  # the common case: the same positions in every row
+        dwpe = xp.zeros((P, C), dtype=dout.dtype)
+        dwpe[pos] = dout.sum(axis=0)
+    else:
+        dwpe = _scatter_add_rows(P, pos.reshape(-1), d2)
+    return dwte, dwpe
+
+
+# ----------------------------------------------------------------------------
+# layernorm over the last axis
+
+
+_cupy_kernels = {}
+
+
+def _cupy_kernel(name):
+    """Compile (once) the small fused CuPy kernels; NumPy code is the reference."""
+    if name in _cupy_kernels:
+        return _cupy_kernels[name]
+    import cupy as cp
+
+    if name == "gelu_tanh_fwd":
+        k = cp.ElementwiseKernel(
+            "T x", "T y, T t",
+            f"t = tanh((T){GELU_TANH_K!r} * (x + (T){GELU_TANH_A!r} * x * x * x)); y = (T)0.5 * x * ((T)1 + t)",
+            "gptlite_gelu_tanh_fwd")
+    elif name == "gelu_tanh_bwd":
+        k = cp.ElementwiseKernel(
+            "T x, T t, T dy", "T dx",
+            f"dx = dy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){GELU_TANH_K!r} * ((T)1 + (T){3 * GELU_TANH_A!r} * x * x))",
+            "gptlite_gelu_tanh_bwd")
+    elif name == "ln_affine":  # normalise + scale + shift, given per-row mean and rstd
+        k = cp.ElementwiseKernel(
+            "T x, T mean, T rstd, T w, T b", "T xhat, T y",
+            "xhat = (x - mean) * rstd; y = xhat * w + b",
+            "gptlite_ln_affine")
+    elif name == "softmax_rows":  # one block per row: max, exp, sum, scale (in place)
+        k = cp.RawModule(code=r"""
+        template<typename T>
+        __device__ void softmax_row(T* x, int n) {
+            extern __shared__ unsigned char smem[];
+            T* red = reinterpret_cast<T*>(smem);
+            int tid = threadIdx.x;
+            T m = x[0];  // any element of the row is a valid start for the max
+            for (int j = tid; j < n; j += blockDim.x) m = max(m, x[j]);
+            red[tid] = m; __syncthreads();
+            for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (tid < s) red[tid] = max(red[tid], red[tid + s]); __syncthreads(); }
+            m = red[0]; __syncthreads();
+            T sum = 0;
+            for (int j = tid; j < n; j += blockDim.x) { T e = exp(x[j] - m); x[j] = e; sum += e; }
+            red[tid] = sum; __syncthreads();
+            for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (tid < s) red[tid] += red[tid + s]; __syncthreads(); }
+            T inv = (T)1 / red[0];
+            for (int j = tid; j < n; j += blockDim.x) x[j] *= inv;
+        }
+        extern "C" __global__ void softmax_f32(float* x, int n) { softmax_row<float>(x + (long long)blockIdx.x * n, n); }
+        extern "C" __global__ void softmax_f64(double* x, int n) { softmax_row<double>(x + (long long)blockIdx.x * n, n); }
+        """)
+    else:
+        raise KeyError(name)
+    _cupy_kernels[name] = k
+    return k
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    """y = (x - mean) * rstd * w + b over the last axis.
+
+    x (..., C), w (C,), b (C,). Cache: xhat (..., C), rstd (..., 1), w.
+    """
+    xp = xp_of(x)
+    mean = x.mean(axis=-1, keepdims=True)
+    if _is_cupy(xp):
+        var = x.var(axis=-1, keepdims=True)
+        rstd = 1.0 / xp.sqrt(var + eps)
+        xhat, y = _cupy_kernel("ln_affine")(x, mean, rstd.astype(x.dtype), w, b)
+        return y, (xhat, rstd.astype(x.dtype), w)
+    xhat = x - mean
+    var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # one fused pass
+    var /= x.shape[-1]
+    var += eps
+    rstd = np.sqrt(var, out=var)
+    np.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    y = xhat * w
+    y += b
+    return y, (xhat, rstd, w)
+
+
+def layernorm_backward(dy, cache):
+    """dy (..., C) -> (dx (..., C), dw (C,), db (C,))."""
+    xhat, rstd, w = cache
+    C = dy.shape[-1]
+    d2 = dy.reshape(-1, C)
+    db = d2.sum(axis=0)
+    dw = (d2 * xhat.reshape(-1, C)).sum(axis=0)
+    dxhat = dy * w
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    m1 = dxhat.mean(axis=-1, keepdims=True)
+    m2 = (dxhat * xhat).mean(axis=-1, keepdims=True)
+    dxhat -= m1
+    m2 = xhat * m2
+    dxhat -= m2
+    dxhat *= rstd
+    return dxhat, dw, db
+
+
+# ----------------------------------------------------------------------------
+# linear, GPT-2's Conv1D layout: y = x @ W + b with W (in, out)
+
+
+def linear_forward(x, W, b):
+    """x (N, Cin), W (Cin, Cout), b (Cout,) or None -> y (N, Cout). Cache: x, W."""
+    y = x @ W
+    if b is not None:
+        y += b
+    return y, (x, W)
+
+
+def linear_backward(dy, cache):
+    """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,))."""
+    x, W = cache
+    dx = dy @ W.T
+    dW = x.T @ dy
+    db = dy.sum(axis=0)
+    return dx, dW, db
+
+
+# ----------------------------------------------------------------------------
+# GELU
+
+
+def _erf(x):
+    xp = xp_of(x)
+    if _is_cupy(xp):
+        import cupyx.scipy.special
+
+        return cupyx.scipy.special.erf(x)
+    try:  # SciPy is optional: a vectorised erf when present
+        from scipy.special import erf
+
+        return erf(x).astype(x.dtype, copy=False)
+    except ImportError:
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+def gelu_forward(x, approximate="gelu_new"):
+    """GELU, elementwise. "gelu_new": 0.5x(1+tanh(k(x+0.044715x^3))) (GPT-2);
+    "gelu": 0.5x(1+erf(x/sqrt2)) (exact). x any shape. Cache: x and tanh/erf term.
+    """
+    xp = xp_of(x)
+    if approximate == "gelu_new":
+        if _is_cupy(xp):
+            y, t = _cupy_kernel("gelu_tanh_fwd")(x)
+            return y, ("gelu_new", x, t)
+        t = x * x
+        t *= GELU_TANH_A * x
+        t += x
+        t *= GELU_TANH_K
+        np.tanh(t, out=t)
+        y = t + 1.0
+        y *= x
+        y *= 0.5
+        return y, ("gelu_new", x, t)
+    if approximate == "gelu":
+        e = _erf(x * (1.0 / math.sqrt(2.0)))
+        y = e + 1.0
+        y *= x
+        y *= 0.5
+        return y, ("gelu", x, e)
+    raise ValueError(f"unknown activation {approximate!r}: expected one of {ACTIVATIONS}")
+
+
+def gelu_backward(dy, cache):
+    """dy -> dx, same shape."""
+    kind, x, t = cache
+    xp = xp_of(dy)
+    if kind == "gelu_new":
+        if _is_cupy(xp):
+            return _cupy_kernel("gelu_tanh_bwd")(x, t, dy)
+        # d/dx = 0.5(1+t) + 0.5x(1-t^2) k (1 + 3a x^2)
+        x2 = x * x
+        x2 *= 3 * GELU_TANH_A
+        x2 += 1.0
+        x2 *= 0.5 * GELU_TANH_K
+        x2 *= x
+        s = t * t
+        np.subtract(1.0, s, out=s)
+        s *= x2
+        s += 0.5
+        s += 0.5 * t
+        s *= dy
+        return s
+    # exact: d/dx = 0.5(1+erf(x/sqrt2)) + x * pdf(x)
+    pdf = xp.exp(-0.5 * x * x)
+    pdf *= x * (1.0 / math.sqrt(2.0 * math.pi))
+    pdf += 0.5 * (1.0 + t)
+    pdf *= dy
+    return pdf
+
+
+# ----------------------------------------------------------------------------
+# softmax over the last axis (in place)
+
+
+def softmax_inplace(a):
+    """a (..., n) -> softmax(a) over the last axis, written into a. -inf -> 0."""
+    xp = xp_of(a)
+    if _is_cupy(xp) and a.flags.c_contiguous and a.dtype in (np.float32, np.float64):
+        n = a.shape[-1]
+        rows = a.size // n
+        mod = _cupy_kernel("softmax_rows")
+        fn = mod.get_function("softmax_f32" if a.dtype == np.float32 else "softmax_f64")
+        threads = 128
+        fn((rows,), (threads,), (a, np.int32(n)), shared_mem=threads * a.itemsize)
+        return a
+    a -= a.max(axis=-1, keepdims=True)
+    xp.exp(a, out=a)
+    a *= 1.0 / a.sum(axis=-1, keepdims=True)
+    return a
+
+
+def softmax_backward_inplace(datt, att):
+    """datt := att * (datt - sum(datt * att, -1)): the softmax Jacobian-vector product."""
+    xp = xp_of(att)
+    if _is_cupy(xp):
+        s = (datt * att).sum(axis=-1, keepdims=True)
+    else:
+        s = np.einsum("...i,...i->...", datt, att)[..., None]
+    datt -= s
+    datt *= att
+    return datt
+
+
+# ----------------------------------------------------------------------------
+# causal multi-head self-attention on a fused qkv
+
+
+def _split_heads(x2, B, T, H):
+    """(B*T, C) or (B,T,C) -> (B,H,T,hs) view (no copy)."""
+    C = x2.shape[-1]
+    return x2.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+
+
+def causal_bias(xp, Tq, Tk, dtype, offset=0):
+    """(Tq, Tk) additive mask: 0 where key j <= query i + offset, -inf after."""
+    i = xp.arange(Tq)[:, None] + offset
+    j = xp.arange(Tk)[None, :]
+    return xp.where(j > i, -xp.inf, 0.0).astype(dtype)
+
+
+def attention_forward(qkv, n_head, B, T, bias=None):
+    """Causal self-attention with a fused QKV input.
+
+    qkv (B*T, 3C) -> y (B*T, C). Scores are q.k / sqrt(hs), causally masked
+    (or with ``bias`` (B|1, 1|H, T, T), an additive mask), softmax over keys.
+    Cache: q, k, v (B,H,T,hs) views into qkv, att (B,H,T,T) probabilities.
+    """
+    xp = xp_of(qkv)
+    C = qkv.shape[-1] // 3
+    hs = C // n_head
+    q = _split_heads(qkv[:, :C], B, T, n_head)
+    k = _split_heads(qkv[:, C:2 * C], B, T, n_head)
+    v = _split_heads(qkv[:, 2 * C:], B, T, n_head)
+    att = q @ k.transpose(0, 1, 3, 2)  # (B,H,T,T)
+    att *= 1.0 / math.sqrt(hs)
+    att += causal_bias(xp, T, T, att.dtype) if bias is None else bias
+    softmax_inplace(att)
+    y = att @ v  # (B,H,T,hs)
+    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)
+    return y, (q, k, v, att, n_head, B, T)
+
+
+def attention_backward(dy, cache):
+    """dy (B*T, C) -> dqkv (B*T, 3C)."""
+    q, k, v, att, n_head, B, T = cache
+    xp = xp_of(dy)
+    C = dy.shape[-1]
+    hs = C // n_head
+    dyh = _split_heads(dy, B, T, n_head)  # (B,H,T,hs)
+    dqkv = xp.empty((B, T, 3, n_head, hs), dtype=dy.dtype)
+    dv = dqkv[:, :, 2].transpose(0, 2, 1, 3)
+    dv[...] = att.transpose(0, 1, 3, 2) @ dyh
+    datt = dyh @ v.transpose(0, 1, 3, 2)  # (B,H,T,T)
+    softmax_backward_inplace(datt, att)
+    datt *= 1.0 / math.sqrt(hs)
+    dqkv[:, :, 0].transpose(0, 2, 1, 3)[...] = datt @ k
+    dqkv[:, :, 1].transpose(0, 2, 1, 3)[...] = datt.transpose(0, 1, 3, 2) @ q
+    return dqkv.reshape(B * T, 3 * C)
+
+
+# ----------------------------------------------------------------------------
+# residual
+
+
+def residual_forward(x, fx):
+    """x + f(x), any shape. No cache needed."""
+    return x + fx, None
+
+
+def residual_backward(dout, cache=None):
+    """The gradient flows unchanged into both branches: (dx, dfx)."""
+    return dout, dout
+
+
+# ----------------------------------------------------------------------------
+# cross-entropy, mean over targets != ignore_index
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-1, inplace=False):
+    """Mean negative log-likelihood of ``targets`` under softmax(logits).
+
+    logits (..., V) float, targets (...) int; entries equal to ignore_index
+    are skipped (they contribute neither loss nor gradient). With no target
+    left the loss is 0.0 and the gradient zero. ``inplace=True`` reuses the
+    logits buffer for the probabilities (the fused, memory-lean path).
+    Returns (loss: float, cache).
+    """
+    xp = xp_of(logits)
+    V = logits.shape[-1]
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"targets shape {tuple(targets.shape)} does not match logits shape {tuple(logits.shape)} minus the vocabulary axis")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
+    shape = logits.shape
+    x = logits.reshape(-1, V)
+    t = targets.reshape(-1)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= V))
+    if bool(bad.any()):
+        i = int(xp.flatnonzero(bad)[0])
+        raise ValueError(f"target id {int(t[i])} at flat position {i} is outside [0, {V}) and is not ignore_index={ignore_index}")
+    n = int(valid.sum())
+    rows = xp.arange(x.shape[0])
+    tsafe = xp.where(valid, t, 0)
+    m = x.max(axis=1, keepdims=True)
+    picked = x[rows, tsafe] - m[:, 0]  # target logit minus max, before x is overwritten
+    p = x if inplace else x.copy()
+    p -= m
+    xp.exp(p, out=p)
+    s = p.sum(axis=1)
+    nll = xp.log(s) - picked
+    loss = float((nll * valid).sum() / n) if n else 0.0
+    return loss, (p, s, tsafe, valid, n, shape)
+
+
+def cross_entropy_backward(cache, dloss=1.0):
+    """-> dlogits, the shape of the logits (written into the cache's buffer)."""
+    p, s, tsafe, valid, n, shape = cache
+    xp = xp_of(p)
+    scale = (dloss / n) if n else 0.0
+    w = (valid * scale / s).astype(p.dtype)  # softmax normaliser and mean, per row
+    p *= w[:, None]
+    rows = xp.arange(p.shape[0])
+    p[rows, tsafe] -= (valid * scale).astype(p.dtype)
+    return p.reshape(shape)
