@@ -184,3 +184,297 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         write_safetensors(p, {"a": np.zeros(1000, np.float32)})
     assert p.read_bytes() == before
     assert [q.name for q in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+# --------------------------------------------------------------------------------
+# HF directories: transformers <-> gptlite
+# --------------------------------------------------------------------------------
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from gptlite.model import GPT, GPTConfig  # noqa: E402
+
+from hf_reference import hf_model, load_into_hf  # noqa: E402
+
+SMALL = dict(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+IDS = np.array([[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]], dtype=np.int64)
+
+
+def _hf_logits(hf, idx):
+    with torch.no_grad():
+        return hf(torch.from_numpy(idx)).logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2_dir(tmp_path_factory):
+    """A small GPT-2 (real vocabulary) saved by transformers' save_pretrained, and its logits."""
+    d = tmp_path_factory.mktemp("hf_gpt2")
+    hf = hf_model(GPTConfig(**SMALL), seed=3)
+    hf.save_pretrained(str(d))
+    return d, _hf_logits(hf, IDS)
+
+
+def test_load_transformers_save_pretrained(hf_gpt2_dir):
+    d, ref = hf_gpt2_dir
+    m = ckpt.load_model(d, device="cpu")
+    assert m.config.n_layer == 2 and m.config.vocab_size == 50257
+    np.testing.assert_allclose(m.logits(IDS), ref, atol=1e-4, rtol=0)
+    assert ckpt.from_pretrained(str(d), device="cpu").config == m.config
+
+
+def test_load_hub_style_unprefixed_with_buffers_and_tied_head(hf_gpt2_dir, tmp_path):
+    """The hub's original gpt2 files: no 'transformer.' prefix, attn.bias/masked_bias
+    buffers, and (in some) an lm_head.weight equal to wte."""
+    d, ref = hf_gpt2_dir
+    raw = read_safetensors(d / "model.safetensors")
+    P = SMALL["n_positions"]
+    hub = {k[len("transformer."):]: np.array(v) for k, v in raw.items()}
+    for i in range(SMALL["n_layer"]):
+        hub[f"h.{i}.attn.bias"] = np.tril(np.ones((P, P), np.float32))[None, None]
+        hub[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    hub["lm_head.weight"] = hub["wte.weight"].copy()
+    out = tmp_path / "hub"
+    out.mkdir()
+    write_safetensors(out / "model.safetensors", hub, metadata={"format": "pt"})
+    (out / "config.json").write_text((d / "config.json").read_text())
+    np.testing.assert_allclose(ckpt.load_model(out, device="cpu").logits(IDS), ref, atol=1e-4, rtol=0)
+
+
+def test_save_loads_in_transformers(tmp_path):
+    cfg = GPTConfig(**SMALL)
+    m = GPT(cfg, seed=5, device="cpu")
+    ckpt.save_model(m, tmp_path / "m")
+    names = read_safetensors(tmp_path / "m" / "model.safetensors").keys()
+    assert all(n.startswith("transformer.") for n in names)
+    assert read_safetensors_metadata(tmp_path / "m" / "model.safetensors")["format"] == "pt"
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "m"), attn_implementation="eager").eval()
+    np.testing.assert_allclose(_hf_logits(hf, IDS), m.logits(IDS), atol=1e-4, rtol=0)
+    # and back: our own round trip is exact
+    m2 = ckpt.load_model(tmp_path / "m", device="cpu")
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(m2.params[k], v)
+
+
+def test_gpt1_checkpoint_from_transformers(tmp_path):
+    cfg = transformers.OpenAIGPTConfig(vocab_size=1000, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    hf = transformers.OpenAIGPTLMHeadModel(cfg).eval()
+    hf.save_pretrained(str(tmp_path / "g1"))
+    idx = IDS % 1000
+    m = ckpt.load_model(tmp_path / "g1", device="cpu")
+    assert m.config.layout == "gpt1"
+    np.testing.assert_allclose(m.logits(idx), _hf_logits(hf, idx), atol=1e-4, rtol=0)
+    # saved by us with GPT-1 names, loadable by transformers again
+    ckpt.save_model(m, tmp_path / "g1b")
+    assert "transformer.tokens_embed.weight" in read_safetensors(tmp_path / "g1b" / "model.safetensors")
+    hf2 = transformers.OpenAIGPTLMHeadModel.from_pretrained(str(tmp_path / "g1b")).eval()
+    np.testing.assert_allclose(_hf_logits(hf2, idx), m.logits(idx), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage(tmp_path, dtype):
+    m = GPT(GPTConfig(**SMALL), seed=1, device="cpu")
+    ckpt.save_model(m, tmp_path / "h", dtype=dtype)
+    size = (tmp_path / "h" / "model.safetensors").stat().st_size
+    assert size < 0.55 * 4 * m.num_parameters()
+    m2 = ckpt.load_model(tmp_path / "h", device="cpu")
+    assert m2.params["wte.weight"].dtype == np.float32
+    # weights ~N(0, 0.02): f16 keeps ~11 bits, bf16 ~8
+    tol = 2e-5 if dtype == "float16" else 2e-4
+    for k, v in m.params.items():
+        np.testing.assert_allclose(m2.params[k], v, atol=tol, rtol=2 ** -7)
+    # transformers reads our half-precision files too
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "h"), dtype=torch.float32,
+                                                      attn_implementation="eager").eval()
+    np.testing.assert_allclose(_hf_logits(hf, IDS), m2.logits(IDS), atol=1e-4, rtol=0)
+
+
+def test_save_model_keeps_other_files_and_is_atomic(tmp_path, monkeypatch):
+    m = GPT(GPTConfig(**SMALL), seed=1, device="cpu")
+    d = tmp_path / "run"
+    ckpt.save_model(m, d)
+    (d / "notes.txt").write_text("keep me")
+    before = (d / "model.safetensors").read_bytes()
+    m.params["wte.weight"] += 1.0
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "atomic_write_text", boom)  # fails after the weights are written
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_model(m, d)
+    assert (d / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary left behind
+    monkeypatch.undo()
+    ckpt.save_model(m, d)
+    assert (d / "notes.txt").read_text() == "keep me"
+    np.testing.assert_array_equal(ckpt.load_model(d, device="cpu").params["wte.weight"], m.params["wte.weight"])
+
+
+# --- bad checkpoints --------------------------------------------------------------
+def _edit(src, dst, tensors=None, config=None):
+    """Copy model dir src to dst, editing its tensors (name -> array | None to drop) or config."""
+    dst.mkdir()
+    raw = {k: np.array(v) for k, v in read_safetensors(src / "model.safetensors").items()}
+    for k, v in (tensors or {}).items():
+        if v is None:
+            raw.pop(k)
+        else:
+            raw[k] = v
+    write_safetensors(dst / "model.safetensors", raw)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(config or {})
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", r"missing tensor 'h\.1\.mlp\.c_fc\.bias'"),
+    ("wrong_shape", r"tensor 'h\.0\.attn\.c_proj\.weight' has shape \(32, 31\) but config\.json implies \(32, 32\)"),
+    ("wrong_dtype", r"tensor 'ln_f\.weight' has dtype int32"),
+    ("extra", r"unexpected tensor 'h\.2\.ln_1\.weight'"),
+    ("config_n_layer", r"missing tensor 'h\.2\."),
+    ("config_n_embd", r"tensor 'wte\.weight' has shape \(50257, 32\) but config\.json implies \(50257, 64\)"),
+    ("config_n_head", r"n_embd=32 is not divisible by n_head=5"),
+    ("config_untied", r"tie_word_embeddings"),
+    ("untied_head", r"'lm_head\.weight' differs from the token embedding"),
+    ("gpt1_names", r"GPT-1 names .* model_type 'gpt2'"),
+    ("nan", r"tensor 'wpe\.weight' holds NaN"),
+])
+def test_bad_checkpoints(hf_gpt2_dir, tmp_path, case, match):
+    d, _ = hf_gpt2_dir
+    raw = read_safetensors(d / "model.safetensors")
+    t = {}
+    cfg = {}
+    if case == "missing":
+        t["transformer.h.1.mlp.c_fc.bias"] = None
+    elif case == "wrong_shape":
+        t["transformer.h.0.attn.c_proj.weight"] = np.zeros((32, 31), np.float32)
+    elif case == "wrong_dtype":
+        t["transformer.ln_f.weight"] = np.ones(32, np.int32)
+    elif case == "extra":
+        t["transformer.h.2.ln_1.weight"] = np.ones(32, np.float32)
+    elif case == "config_n_layer":
+        cfg["n_layer"] = 3
+    elif case == "config_n_embd":
+        cfg["n_embd"] = 64
+    elif case == "config_n_head":
+        cfg["n_head"] = 5
+    elif case == "config_untied":
+        cfg["tie_word_embeddings"] = False
+    elif case == "untied_head":
+        t["lm_head.weight"] = np.array(raw["transformer.wte.weight"]) + 1
+    elif case == "gpt1_names":
+        t["transformer.tokens_embed.weight"] = np.array(raw["transformer.wte.weight"])
+        t["transformer.positions_embed.weight"] = np.array(raw["transformer.wpe.weight"])
+        t["transformer.wte.weight"] = t["transformer.wpe.weight"] = None
+    elif case == "nan":
+        w = np.array(raw["transformer.wpe.weight"])
+        w[3, 4] = np.nan
+        t["transformer.wpe.weight"] = w
+    bad = _edit(d, tmp_path / "bad", t, cfg)
+    with pytest.raises(ValueError, match=match) as info:
+        ckpt.load_model(bad, device="cpu")
+    assert str(bad) in str(info.value)
+
+
+def test_truncated_checkpoint(hf_gpt2_dir, tmp_path):
+    d, _ = hf_gpt2_dir
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((d / "config.json").read_text())
+    data = (d / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor '.*': data_offsets .* out of range"):
+        ckpt.load_model(bad, device="cpu")
+    (bad / "model.safetensors").write_bytes(data[:100])
+    with pytest.raises(ValueError, match=r"model\.safetensors: corrupt or truncated"):
+        ckpt.load_model(bad, device="cpu")
+
+
+def test_pickle_bin_is_refused(hf_gpt2_dir, tmp_path):
+    d, _ = hf_gpt2_dir
+    bad = tmp_path / "bin"
+    bad.mkdir()
+    (bad / "config.json").write_text((d / "config.json").read_text())
+    # a pickle that would run code if loaded: it must never be opened
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\n(S'touch /tmp/pwned'\ntR.")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin.*refuses.*pickle"):
+        ckpt.load_model(bad, device="cpu")
+
+
+def test_missing_config_and_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        ckpt.load_model(tmp_path / "nope")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ckpt.load_model(tmp_path / "e")
+    (tmp_path / "e" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        ckpt.load_model(tmp_path / "e")
+    with pytest.raises(FileNotFoundError, match="not one of gpt2"):
+        ckpt.from_pretrained("no-such-model-xyz")
+
+
+# --- from_pretrained: hub download and cache (no hub here: a fake URL opener) ---------
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPTLITE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ckpt.cache_dir() == tmp_path / "xdg" / "gptlite"
+    monkeypatch.setenv("GPTLITE_CACHE", str(tmp_path / "mine"))
+    assert ckpt.cache_dir() == tmp_path / "mine"
+
+
+def test_from_pretrained_offline_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPTLITE_CACHE", str(tmp_path))
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(ckpt, "_urlopen", offline)
+    with pytest.raises(OSError, match=r"could not download https://huggingface\.co/gpt2/resolve/main/.*offline"):
+        ckpt.from_pretrained("gpt2")
+    assert list((tmp_path / "models").iterdir()) == []  # nothing half-written in the cache
+
+
+def test_from_pretrained_downloads_once(monkeypatch, tmp_path, hf_gpt2_dir):
+    import io
+
+    d, ref = hf_gpt2_dir
+    monkeypatch.setenv("GPTLITE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    class Resp(io.BytesIO):
+        def __init__(self, data):
+            super().__init__(data)
+            self.headers = {"Content-Length": str(len(data))}
+
+    def fake(url, timeout=None):
+        calls.append(url)
+        name = url.rsplit("/", 1)[1]
+        if not (d / name).exists():
+            raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+        return Resp((d / name).read_bytes())
+
+    monkeypatch.setattr(ckpt, "_urlopen", fake)
+    m = ckpt.from_pretrained("gpt2-medium", device="cpu")  # served by the fake: the small model
+    np.testing.assert_allclose(m.logits(IDS), ref, atol=1e-4, rtol=0)
+    assert calls[0] == "https://huggingface.co/gpt2-medium/resolve/main/config.json"
+    n = len(calls)
+    ckpt.from_pretrained("gpt2-medium", device="cpu")
+    assert len(calls) == n  # the cache is used
+    assert (tmp_path / "cache" / "models" / "gpt2-medium" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_gpt2_124m_shape_round_trip(tmp_path):
+    """The full 124M shape from transformers' save_pretrained: same logits."""
+    cfg = GPTConfig.preset("gpt2")
+    hf = hf_model(cfg, seed=0)
+    hf.save_pretrained(str(tmp_path / "g"))
+    idx = np.arange(64, dtype=np.int64)[None] * 37
+    ref = _hf_logits(hf, idx)
+    del hf
+    m = ckpt.load_model(tmp_path / "g", device="cpu")
+    assert m.num_parameters() == 124439808
+    np.testing.assert_allclose(m.logits(idx), ref, atol=1e-4, rtol=0)

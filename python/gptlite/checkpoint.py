@@ -237,22 +237,9 @@ _GPT2_TO_GPT1 = {v: k for k, v in _GPT1_TO_GPT2.items()}
 
 def expected_shapes(config) -> dict:
     """Our parameter names -> shapes for ``config`` (the contract in docs/design.md)."""
-    V, P, C = config.vocab_size, config.n_positions, config.n_embd
-    H = config.n_inner if getattr(config, "n_inner", None) else 4 * C
-    shapes = {"wte.weight": (V, C), "wpe.weight": (P, C)}
-    for i in range(config.n_layer):
-        p = f"h.{i}."
-        shapes.update({
-            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
-            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
-            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-            p + "mlp.c_fc.weight": (C, H), p + "mlp.c_fc.bias": (H,),
-            p + "mlp.c_proj.weight": (H, C), p + "mlp.c_proj.bias": (C,),
-        })
-    if config.layout == "gpt2":
-        shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
-    return shapes
+    from .model import param_shapes
+
+    return {k: tuple(v) for k, v in param_shapes(config).items()}
 
 
 def _is_attn_buffer(name: str) -> bool:
@@ -266,13 +253,7 @@ def _check_hf_config(cfg: dict, config_path: Path) -> None:
     def bad(key, why):
         raise ValueError(f"{config_path}: {key}={cfg.get(key)!r} {why}")
 
-    mt = cfg.get("model_type", "gpt2")
-    if mt not in ("gpt2", "openai-gpt"):
-        bad("model_type", "is not supported (gptlite runs 'gpt2' and 'openai-gpt')")
-    if mt == "gpt2" and cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        bad("activation_function", "is not supported (gptlite uses GPT-2's tanh GELU, 'gelu_new')")
-    if mt == "openai-gpt" and cfg.get("afn", "gelu") not in ("gelu", "gelu_new"):
-        bad("afn", "is not supported (gptlite uses the tanh GELU, 'gelu')")
+    # model_type and the activation are checked by GPTConfig.from_hf_dict
     if cfg.get("tie_word_embeddings", True) is False:
         bad("tie_word_embeddings", "is not supported: gptlite's LM head is tied to wte")
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):

@@ -28,7 +28,122 @@ def _add_tokenizer_train_commands(sub) -> None:
 
 # --- model: generate / check-reference ---------------------------------------------
 def _add_model_commands(sub) -> None:
-    pass
+    p = sub.add_parser("generate", help="continue a prompt with a model, streaming the text")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="prompt text; '-' or absent reads stdin (absent on a terminal: start from <|endoftext|>)")
+    p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped default model)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--crop", action="store_true", help="keep the last tokens of a prompt longer than the context")
+    p.add_argument("--no-prompt", dest="echo", action="store_false", help="print only the generated text")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("check-reference",
+                       help="run gptlite and transformers on the same weights and compare logits, loss, gradients")
+    p.add_argument("--model", required=True, help="model directory or hub name")
+    p.add_argument("--text", default=None, help="sample text (default: a built-in paragraph)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--max-tokens", type=int, default=128, help="evaluate on at most this many tokens")
+    p.add_argument("--tol-logits", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
+    p.add_argument("--tol-loss", type=float, default=None, help="max |loss diff| allowed (default by dtype)")
+    p.add_argument("--tol-grad", type=float, default=None, help="max relative gradient diff allowed (default by dtype)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_cmd_check_reference)
+
+
+def _default_model_dir():
+    from pathlib import Path
+
+    d = Path(__file__).resolve().parent / "assets" / "default"
+    if not (d / "config.json").is_file():
+        raise UserError("no --model given and the default model (gptlite/assets/default) is not installed; "
+                        "pass --model DIR or a hub name such as gpt2")
+    return d
+
+
+def _model_and_tokenizer(model_arg, device, dtype):
+    from . import checkpoint
+
+    d = _default_model_dir() if model_arg is None else checkpoint.resolve_model_dir(model_arg)
+    model = checkpoint.load_model(d, device=device, dtype=dtype)
+    tok = checkpoint.load_tokenizer(d)
+    if tok is None:
+        if model.config.vocab_size != 50257:
+            raise UserError(f"{d} holds no tokenizer (encoder.json + vocab.bpe) and its vocab_size "
+                            f"{model.config.vocab_size} is not GPT-2's 50257")
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.gpt2()
+    if tok.n_vocab > model.config.vocab_size:
+        raise UserError(f"{d}: the tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
+    return model, tok
+
+
+def _cmd_generate(args) -> int:
+    import codecs
+
+    import numpy as np
+
+    from .generate import generate
+
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
+        prompt = sys.stdin.read()
+    else:
+        prompt = args.prompt or ""
+    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
+    ids = tok.encode(prompt, allowed_special="all") if prompt else []
+    if not ids:
+        if tok.eot_token is None:
+            raise UserError("empty prompt, and the tokenizer has no <|endoftext|> to start from")
+        ids = [tok.eot_token]  # unconditional sampling, as GPT-2's samples
+    rng = np.random.default_rng(args.seed)  # one stream across samples: --seed fixes them all
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if i:
+            out.write("\n" + "-" * 40 + "\n")
+        if args.echo and prompt:
+            out.write(prompt)
+        out.flush()
+        # Print only complete UTF-8 characters: a token may end inside one.
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for t in generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=rng, eot_token=tok.eot_token, crop=args.crop, stream=True):
+            text = dec.decode(tok.decode_bytes([t]))
+            if text:
+                out.write(text)
+                out.flush()
+        out.write(dec.decode(b"", final=True) + "\n")
+        out.flush()
+    return 0
+
+
+def _cmd_check_reference(args) -> int:
+    import json
+
+    from . import checkpoint
+    from .reference import check_reference, format_report
+
+    d = checkpoint.resolve_model_dir(args.model)
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"check-reference needs PyTorch and transformers ({exc.name} is not installed): "
+                        "pip install torch transformers") from None
+    r = check_reference(d, text=args.text, dtype=args.dtype, max_tokens=args.max_tokens,
+                        tol_logits=args.tol_logits, tol_loss=args.tol_loss, tol_grad=args.tol_grad)
+    print(json.dumps(r) if args.json else format_report(r))
+    return 0 if r["passed"] else 1
 
 
 # --- pre-training: prepare / train / plot ------------------------------------------
