@@ -1,1 +1,696 @@
-//! (being written)
+//! Byte-level BPE encoding and decoding.
+//!
+//! The vocabulary is a set of byte strings with ids, plus an ordered list of
+//! merges `(left id, right id) -> merged id`. Encoding a piece (one pre-token)
+//! starts from its bytes (one base token per byte) and repeatedly applies the
+//! merge of lowest priority present in the sequence, leftmost first — exactly the
+//! `bpe()` loop of GPT-2's `encoder.py`, which merges every occurrence of the best
+//! pair left to right before looking again: since a merge's result can only take
+//! part in *later* merges, processing equal-priority pairs left to right one at a
+//! time is the same thing.
+//!
+//! Three paths, cheapest first:
+//! 1. the piece is itself a token (most English words with their leading space):
+//!    one hash lookup;
+//! 2. a bounded per-thread cache of recently merged pieces;
+//! 3. the merge loop: a small array scan for short pieces, a binary heap over a
+//!    linked list (O(n log n)) for long ones, so that 1 MB without a single space
+//!    still encodes in well under a second.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::pretokenize::{for_each_piece, Pattern};
+
+// ---------------------------------------------------------------------------
+// A fast non-cryptographic hasher (the Fx hash used by rustc, with a final mix so
+// the low bits that pick a bucket depend on every input bit). Keys are our own
+// token tables and pieces; hash flooding is not a concern for a tokenizer.
+
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+const FX_K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl FxHasher {
+    #[inline(always)]
+    fn add(&mut self, w: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ w).wrapping_mul(FX_K);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, mut bytes: &[u8]) {
+        while bytes.len() >= 8 {
+            self.add(u64::from_le_bytes(bytes[..8].try_into().unwrap()));
+            bytes = &bytes[8..];
+        }
+        if bytes.len() >= 4 {
+            self.add(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as u64);
+            bytes = &bytes[4..];
+        }
+        for &b in bytes {
+            self.add(b as u64);
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i)
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash ^ (self.hash >> 31)
+    }
+}
+
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+// ---------------------------------------------------------------------------
+
+/// Pieces longer than this go to the heap merge (shorter: array scan).
+const HEAP_MIN_LEN: usize = 128;
+/// Pieces up to this length are cached; the cache is cleared when it is full.
+const CACHE_MAX_PIECE: usize = 64;
+const CACHE_MAX_ENTRIES: usize = 1 << 15;
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+/// Errors the encoder reports (become Python ValueError).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    UnknownId { id: i64, position: usize },
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EncodeError::UnknownId { id, position } => {
+                write!(f, "token id {id} at position {position} is not in the vocabulary")
+            }
+        }
+    }
+}
+
+/// A byte-level BPE tokenizer: the immutable tables; safe to share across threads.
+pub struct Bpe {
+    pub pattern: Pattern,
+    uid: u64,
+    byte_ids: [u32; 256],
+    /// (left << 32 | right) -> (priority, merged id)
+    merges: FxMap<u64, (u32, u32)>,
+    /// Tokens whose own bytes encode to themselves (the whole-piece fast path).
+    whole: FxMap<Box<[u8]>, u32>,
+    /// Decoding table: bytes of id i are dec_bytes[dec_off[i]..dec_off[i+1]];
+    /// `dec_known[i]` is false for ids that name no token (gaps).
+    dec_bytes: Vec<u8>,
+    dec_off: Vec<usize>,
+    dec_known: Vec<bool>,
+    /// Special tokens, in id order.
+    specials: Vec<(String, u32)>,
+    /// Merges in priority order, as (left, right) ids (for saving).
+    merge_list: Vec<(u32, u32)>,
+    /// Regular tokens: (bytes, id), in id order.
+    tokens: Vec<(Vec<u8>, u32)>,
+}
+
+impl Bpe {
+    /// Build from regular tokens, merges in priority order (left id, right id)
+    /// and special tokens. Every single byte must be a token; each merge's
+    /// concatenation must be a token.
+    pub fn new(
+        mut tokens: Vec<(Vec<u8>, u32)>,
+        merges: Vec<(u32, u32)>,
+        mut specials: Vec<(String, u32)>,
+        pattern: Pattern,
+    ) -> Result<Bpe, String> {
+        tokens.sort_by_key(|t| t.1);
+        specials.sort_by_key(|t| t.1);
+        let mut by_bytes: FxMap<&[u8], u32> = FxMap::default();
+        let mut by_id: FxMap<u32, &[u8]> = FxMap::default();
+        for (b, id) in &tokens {
+            if b.is_empty() {
+                return Err(format!("token id {id} has empty bytes"));
+            }
+            if let Some(prev) = by_bytes.insert(b.as_slice(), *id) {
+                return Err(format!("duplicate token {:?}: ids {prev} and {id}", show_bytes(b)));
+            }
+            if by_id.insert(*id, b.as_slice()).is_some() {
+                return Err(format!("duplicate token id {id}"));
+            }
+        }
+        for (s, id) in &specials {
+            if s.is_empty() {
+                return Err(format!("special token id {id} is empty"));
+            }
+            if by_id.contains_key(id) {
+                return Err(format!("special token {s:?} reuses id {id} of a regular token"));
+            }
+        }
+        for w in specials.windows(2) {
+            if w[0].1 == w[1].1 {
+                return Err(format!("special tokens {:?} and {:?} share id {}", w[0].0, w[1].0, w[0].1));
+            }
+        }
+        {
+            let mut names: Vec<&str> = specials.iter().map(|s| s.0.as_str()).collect();
+            names.sort_unstable();
+            for w in names.windows(2) {
+                if w[0] == w[1] {
+                    return Err(format!("duplicate special token {:?}", w[0]));
+                }
+            }
+        }
+        let mut byte_ids = [u32::MAX; 256];
+        for b in 0..256usize {
+            match by_bytes.get(&[b as u8][..]) {
+                Some(&id) => byte_ids[b] = id,
+                None => return Err(format!("the vocabulary lacks the single-byte token 0x{b:02x}")),
+            }
+        }
+        let mut merge_map: FxMap<u64, (u32, u32)> = FxMap::default();
+        merge_map.reserve(merges.len());
+        for (prio, &(a, b)) in merges.iter().enumerate() {
+            let (ba, bb) = match (by_id.get(&a), by_id.get(&b)) {
+                (Some(x), Some(y)) => (*x, *y),
+                _ => return Err(format!("merge #{prio} names an unknown token id ({a}, {b})")),
+            };
+            let mut cat = ba.to_vec();
+            cat.extend_from_slice(bb);
+            let m = match by_bytes.get(cat.as_slice()) {
+                Some(&m) => m,
+                None => {
+                    return Err(format!(
+                        "merge #{prio} ({:?} + {:?}) makes {:?}, which is not a token",
+                        show_bytes(ba),
+                        show_bytes(bb),
+                        show_bytes(&cat)
+                    ))
+                }
+            };
+            let key = pair_key(a, b);
+            if merge_map.contains_key(&key) {
+                return Err(format!("merge #{prio} ({:?} + {:?}) is listed twice", show_bytes(ba), show_bytes(bb)));
+            }
+            merge_map.insert(key, (prio as u32, m));
+        }
+        let max_id = tokens
+            .iter()
+            .map(|t| t.1)
+            .chain(specials.iter().map(|s| s.1))
+            .max()
+            .unwrap_or(0) as usize;
+        let mut dec_known = vec![false; max_id + 1];
+        let mut per_id: Vec<&[u8]> = vec![&[]; max_id + 1];
+        for (b, id) in &tokens {
+            per_id[*id as usize] = b;
+            dec_known[*id as usize] = true;
+        }
+        for (s, id) in &specials {
+            per_id[*id as usize] = s.as_bytes();
+            dec_known[*id as usize] = true;
+        }
+        let mut dec_bytes = Vec::new();
+        let mut dec_off = Vec::with_capacity(max_id + 2);
+        for b in &per_id {
+            dec_off.push(dec_bytes.len());
+            dec_bytes.extend_from_slice(b);
+        }
+        dec_off.push(dec_bytes.len());
+        drop(by_bytes);
+        drop(by_id);
+        let mut bpe = Bpe {
+            pattern,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            byte_ids,
+            merges: merge_map,
+            whole: FxMap::default(),
+            dec_bytes,
+            dec_off,
+            dec_known,
+            specials,
+            merge_list: merges,
+            tokens: Vec::new(),
+        };
+        // The fast path may only return a token for its own bytes when the merge
+        // loop would: check each token once (true for every GPT-2 token).
+        let mut whole = FxMap::default();
+        whole.reserve(tokens.len());
+        let mut scratch = Vec::new();
+        for (b, id) in &tokens {
+            scratch.clear();
+            bpe.merge_piece(b, &mut scratch);
+            if scratch.len() == 1 && scratch[0] == *id {
+                whole.insert(b.clone().into_boxed_slice(), *id);
+            }
+        }
+        bpe.whole = whole;
+        bpe.tokens = tokens;
+        Ok(bpe)
+    }
+
+    /// Build from tiktoken-style mergeable ranks (bytes -> rank, rank == id):
+    /// the merges are recovered by running BPE over each token's bytes with the
+    /// lower-ranked tokens, as tiktoken's encoding would.
+    pub fn from_ranks(
+        ranks: Vec<(Vec<u8>, u32)>,
+        specials: Vec<(String, u32)>,
+        pattern: Pattern,
+    ) -> Result<Bpe, String> {
+        let merges = derive_merges(&ranks)?;
+        Bpe::new(ranks, merges, specials, pattern)
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.dec_known.len()
+    }
+    pub fn specials(&self) -> &[(String, u32)] {
+        &self.specials
+    }
+    pub fn merge_list(&self) -> &[(u32, u32)] {
+        &self.merge_list
+    }
+    pub fn tokens(&self) -> &[(Vec<u8>, u32)] {
+        &self.tokens
+    }
+
+    /// Bytes of one token id (regular or special).
+    pub fn token_bytes(&self, id: i64) -> Option<&[u8]> {
+        if id < 0 || id as usize >= self.dec_known.len() || !self.dec_known[id as usize] {
+            return None;
+        }
+        let i = id as usize;
+        Some(&self.dec_bytes[self.dec_off[i]..self.dec_off[i + 1]])
+    }
+
+    /// Concatenated bytes of a sequence of ids.
+    pub fn decode_bytes(&self, ids: impl IntoIterator<Item = i64>) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::new();
+        for (position, id) in ids.into_iter().enumerate() {
+            match self.token_bytes(id) {
+                Some(b) => out.extend_from_slice(b),
+                None => return Err(EncodeError::UnknownId { id, position }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// BPE of one piece, appended to `out` (no fast path, no cache).
+    pub fn merge_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if piece.len() > HEAP_MIN_LEN {
+            self.merge_heap(piece, out)
+        } else {
+            self.merge_small(piece, out)
+        }
+    }
+
+    #[inline]
+    fn pair(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+        self.merges.get(&pair_key(a, b)).copied()
+    }
+
+    /// Array-scan merge for short pieces: O(n^2) comparisons of integers, with
+    /// only the two neighbouring pair lookups redone after each merge.
+    fn merge_small(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let mut ids: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
+        // prio[i]: priority of merging ids[i], ids[i+1] (u32::MAX: none)
+        let mut prio: Vec<(u32, u32)> = (0..ids.len().saturating_sub(1))
+            .map(|i| self.pair(ids[i], ids[i + 1]).unwrap_or((u32::MAX, 0)))
+            .collect();
+        loop {
+            let mut best = u32::MAX;
+            let mut at = 0;
+            for (i, p) in prio.iter().enumerate() {
+                if p.0 < best {
+                    best = p.0;
+                    at = i;
+                }
+            }
+            if best == u32::MAX {
+                break;
+            }
+            ids[at] = prio[at].1;
+            ids.remove(at + 1);
+            prio.remove(at);
+            if at + 1 < ids.len() {
+                prio[at] = self.pair(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0));
+            }
+            if at > 0 {
+                prio[at - 1] = self.pair(ids[at - 1], ids[at]).unwrap_or((u32::MAX, 0));
+            }
+        }
+        out.extend_from_slice(&ids);
+    }
+
+    /// Heap merge for long pieces: a doubly linked list of symbols and a min-heap
+    /// of candidate pairs keyed by (priority, position); stale entries are
+    /// skipped when popped. O(n log n).
+    fn merge_heap(&self, piece: &[u8], out: &mut Vec<u32>) {
+        const NONE: u32 = u32::MAX;
+        let n = piece.len();
+        let mut id: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
+        let mut next: Vec<u32> = (1..=n as u32).collect();
+        next[n - 1] = NONE;
+        let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
+        prev[0] = NONE;
+        let mut alive = vec![true; n];
+        let mut heap: BinaryHeap<Reverse<(u32, u32)>> = BinaryHeap::with_capacity(n);
+        for i in 0..n - 1 {
+            if let Some((p, _)) = self.pair(id[i], id[i + 1]) {
+                heap.push(Reverse((p, i as u32)));
+            }
+        }
+        while let Some(Reverse((p, i))) = heap.pop() {
+            let i = i as usize;
+            if !alive[i] || next[i] == NONE {
+                continue;
+            }
+            let j = next[i] as usize;
+            let (cur_p, merged) = match self.pair(id[i], id[j]) {
+                Some(x) => x,
+                None => continue,
+            };
+            if cur_p != p {
+                continue; // stale: this position's pair has changed
+            }
+            id[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j] as usize] = i as u32;
+                if let Some((p2, _)) = self.pair(merged, id[next[j] as usize]) {
+                    heap.push(Reverse((p2, i as u32)));
+                }
+            }
+            if prev[i] != NONE {
+                let h = prev[i] as usize;
+                if let Some((p2, _)) = self.pair(id[h], merged) {
+                    heap.push(Reverse((p2, h as u32)));
+                }
+            }
+        }
+        let mut i = 0usize;
+        loop {
+            out.push(id[i]);
+            if next[i] == NONE {
+                break;
+            }
+            i = next[i] as usize;
+        }
+    }
+
+    /// Encode text without special-token handling.
+    pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
+        CACHE.with(|c| {
+            let mut cache = c.borrow_mut();
+            if cache.uid != self.uid {
+                cache.uid = self.uid;
+                cache.map.clear();
+            }
+            let b = text.as_bytes();
+            for_each_piece(text, self.pattern, |s, e| {
+                let piece = &b[s..e];
+                if let Some(&id) = self.whole.get(piece) {
+                    out.push(id);
+                    return;
+                }
+                if piece.len() > CACHE_MAX_PIECE {
+                    self.merge_piece(piece, out);
+                    return;
+                }
+                if let Some(ids) = cache.map.get(piece) {
+                    out.extend_from_slice(ids);
+                    return;
+                }
+                let start = out.len();
+                self.merge_small(piece, out);
+                if cache.map.len() >= CACHE_MAX_ENTRIES {
+                    cache.map.clear();
+                }
+                cache.map.insert(piece.into(), out[start..].into());
+            });
+        })
+    }
+
+    pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        self.encode_ordinary_into(text, &mut out);
+        out
+    }
+
+    /// Encode text, turning occurrences of the `allowed` special tokens into
+    /// their ids (pre-tokenization restarts after each, as in tiktoken). The
+    /// caller checks for disallowed ones. Unknown names in `allowed` are ignored.
+    pub fn encode_with_specials(&self, text: &str, allowed: &[&str]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        let allowed: Vec<(&str, u32)> = self
+            .specials
+            .iter()
+            .filter(|(s, _)| allowed.contains(&s.as_str()))
+            .map(|(s, id)| (s.as_str(), *id))
+            .collect();
+        if allowed.is_empty() {
+            self.encode_ordinary_into(text, &mut out);
+            return out;
+        }
+        // next occurrence of each allowed special at or after `pos` (None: no more)
+        let mut next_at: Vec<Option<usize>> = allowed.iter().map(|(s, _)| text.find(s)).collect();
+        let mut pos = 0;
+        loop {
+            let mut best: Option<(usize, usize, u32)> = None; // (start, len, id)
+            for (k, (s, id)) in allowed.iter().enumerate() {
+                if let Some(at) = next_at[k] {
+                    if at < pos {
+                        next_at[k] = text[pos..].find(s).map(|x| x + pos);
+                    }
+                }
+                if let Some(at) = next_at[k] {
+                    let better = match best {
+                        None => true,
+                        Some((bs, bl, _)) => at < bs || (at == bs && s.len() > bl),
+                    };
+                    if better {
+                        best = Some((at, s.len(), *id));
+                    }
+                }
+            }
+            match best {
+                None => {
+                    self.encode_ordinary_into(&text[pos..], &mut out);
+                    return out;
+                }
+                Some((start, len, id)) => {
+                    self.encode_ordinary_into(&text[pos..start], &mut out);
+                    out.push(id);
+                    pos = start + len;
+                }
+            }
+        }
+    }
+
+    /// Encode many texts over `threads` threads; results in input order.
+    pub fn encode_batch(&self, texts: &[&str], allowed: &[&str], threads: usize) -> Vec<Vec<u32>> {
+        let threads = threads.max(1).min(texts.len().max(1));
+        if threads == 1 {
+            return texts.iter().map(|t| self.encode_with_specials(t, allowed)).collect();
+        }
+        let counter = AtomicUsize::new(0);
+        let mut results: Vec<Vec<u32>> = vec![Vec::new(); texts.len()];
+        let parts: Vec<Vec<(usize, Vec<u32>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = counter.fetch_add(1, Ordering::Relaxed);
+                            if i >= texts.len() {
+                                break;
+                            }
+                            mine.push((i, self.encode_with_specials(texts[i], allowed)));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("encoder thread panicked")).collect()
+        });
+        for part in parts {
+            for (i, ids) in part {
+                results[i] = ids;
+            }
+        }
+        results
+    }
+}
+
+struct Cache {
+    uid: u64,
+    map: FxMap<Box<[u8]>, Box<[u32]>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache { uid: 0, map: FxMap::default() });
+}
+
+#[inline(always)]
+fn pair_key(a: u32, b: u32) -> u64 {
+    ((a as u64) << 32) | b as u64
+}
+
+/// Bytes for error messages: the text when it is UTF-8, else escaped.
+pub fn show_bytes(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => b.escape_ascii().to_string(),
+    }
+}
+
+/// Recover the merge list (priority = rank) from tiktoken-style ranks: for each
+/// multi-byte token, in rank order, run rank-based BPE over its bytes using only
+/// lower-ranked tokens; if that ends in exactly two parts, they are its merge.
+/// Tokens BPE can never produce (no such split) get no merge.
+pub fn derive_merges(ranks: &[(Vec<u8>, u32)]) -> Result<Vec<(u32, u32)>, String> {
+    let mut by_bytes: FxMap<&[u8], u32> = FxMap::default();
+    for (b, r) in ranks {
+        if let Some(prev) = by_bytes.insert(b.as_slice(), *r) {
+            return Err(format!("duplicate token {:?}: ranks {prev} and {r}", show_bytes(b)));
+        }
+    }
+    let mut order: Vec<&(Vec<u8>, u32)> = ranks.iter().filter(|t| t.0.len() > 1).collect();
+    order.sort_by_key(|t| t.1);
+    let mut merges = Vec::with_capacity(order.len());
+    for (tok, rank) in order {
+        // parts as byte ranges; merge the adjacent pair whose concatenation has the
+        // lowest rank below `rank`, leftmost first
+        let mut bounds: Vec<usize> = (0..=tok.len()).collect();
+        loop {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..bounds.len().saturating_sub(2) {
+                if let Some(&r) = by_bytes.get(&tok[bounds[i]..bounds[i + 2]]) {
+                    if r < *rank && best.map_or(true, |(br, _)| r < br) {
+                        best = Some((r, i));
+                    }
+                }
+            }
+            match best {
+                Some((_, i)) => {
+                    bounds.remove(i + 1);
+                }
+                None => break,
+            }
+        }
+        if bounds.len() == 3 {
+            let a = by_bytes.get(&tok[bounds[0]..bounds[1]]);
+            let b = by_bytes.get(&tok[bounds[1]..bounds[2]]);
+            if let (Some(&a), Some(&b)) = (a, b) {
+                merges.push((a, b));
+            }
+        }
+    }
+    Ok(merges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny vocabulary: bytes as ids 0..255, merges a+b, ab+c, b+c, then specials.
+    fn tiny() -> Bpe {
+        let mut toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+        toks.push((b"ab".to_vec(), 256));
+        toks.push((b"abc".to_vec(), 257));
+        toks.push((b"bc".to_vec(), 258));
+        toks.push((b"aa".to_vec(), 259));
+        let merges = vec![(97, 98), (256, 99), (98, 99), (97, 97)];
+        Bpe::new(toks, merges, vec![("<|end|>".into(), 260)], Pattern::Gpt2).unwrap()
+    }
+
+    #[test]
+    fn merges_in_priority_order() {
+        let t = tiny();
+        assert_eq!(t.encode_ordinary("abc"), vec![257]);
+        assert_eq!(t.encode_ordinary("bca"), vec![258, 97]);
+        assert_eq!(t.encode_ordinary("aaa"), vec![259, 97]);
+        assert_eq!(t.encode_ordinary("aaaa"), vec![259, 259]);
+        assert_eq!(t.encode_ordinary("abcab"), vec![257, 256]);
+    }
+
+    #[test]
+    fn heap_and_small_agree() {
+        let t = tiny();
+        let mut state = 12345u64;
+        for len in [2usize, 3, 10, 129, 300, 1000] {
+            for _ in 0..20 {
+                let piece: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        b"abc"[(state >> 33) as usize % 3]
+                    })
+                    .collect();
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                t.merge_small(&piece, &mut x);
+                t.merge_heap(&piece, &mut y);
+                assert_eq!(x, y, "{:?}", String::from_utf8_lossy(&piece));
+            }
+        }
+    }
+
+    #[test]
+    fn specials_and_decode() {
+        let t = tiny();
+        let ids = t.encode_with_specials("ab<|end|>c", &["<|end|>"]);
+        assert_eq!(ids, vec![256, 260, 99]);
+        assert_eq!(t.encode_with_specials("ab<|end|>c", &[]).len(), 9);
+        assert_eq!(t.decode_bytes(ids.iter().map(|&x| x as i64)).unwrap(), b"ab<|end|>c");
+        assert_eq!(
+            t.decode_bytes([1, 999]),
+            Err(EncodeError::UnknownId { id: 999, position: 1 })
+        );
+        assert!(t.decode_bytes([-1]).is_err());
+    }
+
+    #[test]
+    fn ranks_roundtrip_merges() {
+        let t = tiny();
+        let d = derive_merges(t.tokens()).unwrap();
+        assert_eq!(d, vec![(97, 98), (256, 99), (98, 99), (97, 97)]);
+    }
+
+    #[test]
+    fn rejects_bad_vocabularies() {
+        let toks: Vec<(Vec<u8>, u32)> = (0..255u32).map(|b| (vec![b as u8], b)).collect();
+        assert!(Bpe::new(toks, vec![], vec![], Pattern::Gpt2).err().unwrap().contains("0xff"));
+        let mut toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+        toks.push((b"a".to_vec(), 256));
+        assert!(Bpe::new(toks, vec![], vec![], Pattern::Gpt2).err().unwrap().contains("duplicate"));
+        let toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+        assert!(Bpe::new(toks, vec![(1, 2)], vec![], Pattern::Gpt2).err().unwrap().contains("not a token"));
+    }
+
+    #[test]
+    fn batch_is_deterministic() {
+        let t = tiny();
+        let texts: Vec<String> = (0..100).map(|i| "abc ".repeat(i)).collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let one = t.encode_batch(&refs, &[], 1);
+        let two = t.encode_batch(&refs, &[], 2);
+        assert_eq!(one, two);
+    }
+}
