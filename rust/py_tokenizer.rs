@@ -1,2 +1,266 @@
+//! PyO3 bindings of the encoder: `gptlite._core.CoreBPE` and `split`.
+//!
+//! Thin on purpose: argument checking that Python does better (types, special
+//! tokens that are not allowed, lone surrogates) lives in `gptlite/tokenizer.py`.
+//! Errors in user data come back as `ValueError` / `FileNotFoundError` /
+//! `TypeError`; the GIL is released around every encode.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-pub fn register(_py: Python<'_>, _m: &PyModule) -> PyResult<()> { Ok(()) }
+use pyo3::types::{PyBytes, PyList, PyLong, PyTuple};
+
+use crate::encode::{Bpe, EncodeError};
+use crate::pretokenize::{split, Pattern};
+use crate::vocab::{self, VocabError, VocabParts};
+
+fn vocab_err(e: VocabError) -> PyErr {
+    match e {
+        VocabError::NotFound(_) => PyFileNotFoundError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+fn pattern_of(name: &str) -> PyResult<Pattern> {
+    Pattern::from_name(name)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown pre-tokenization pattern {name:?} (use 'gpt2' or 'cl100k')")))
+}
+
+fn name_of(path: &str) -> String {
+    path.to_string()
+}
+
+#[pyclass(module = "gptlite._core", name = "CoreBPE")]
+pub struct CoreBPE {
+    inner: Arc<Bpe>,
+}
+
+fn build(parts: VocabParts, pattern: Pattern, origin: &str) -> PyResult<CoreBPE> {
+    let bpe = Bpe::new(parts.tokens, parts.merges, parts.specials, pattern)
+        .map_err(|e| PyValueError::new_err(format!("{origin}: {e}")))?;
+    Ok(CoreBPE { inner: Arc::new(bpe) })
+}
+
+/// Token ids from any Python iterable of ints, with errors naming the position.
+fn extract_ids(ids: &PyAny) -> PyResult<Vec<i64>> {
+    let one = |pos: usize, item: &PyAny| -> PyResult<i64> {
+        match item.extract::<i64>() {
+            Ok(v) => Ok(v),
+            Err(_) if item.is_instance_of::<PyLong>().unwrap_or(false) => Err(PyValueError::new_err(format!(
+                "token id {} at position {pos} is not in the vocabulary",
+                item.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "token id at position {pos} must be an int, not {}: {}",
+                item.get_type().name().unwrap_or("?"),
+                item.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))),
+        }
+    };
+    if let Ok(list) = ids.downcast::<PyList>() {
+        return list.iter().enumerate().map(|(i, x)| one(i, x)).collect();
+    }
+    if ids.is_instance_of::<pyo3::types::PyString>()? || ids.is_instance_of::<PyBytes>()? {
+        return Err(PyTypeError::new_err(format!(
+            "expected a sequence of token ids, got {}",
+            ids.get_type().name().unwrap_or("?")
+        )));
+    }
+    let iter = ids.iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "expected a sequence of token ids, got {}",
+            ids.get_type().name().unwrap_or("?")
+        ))
+    })?;
+    let mut out = Vec::new();
+    for (i, x) in iter.enumerate() {
+        out.push(one(i, x?)?);
+    }
+    Ok(out)
+}
+
+fn encode_err(e: EncodeError) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+#[pymethods]
+impl CoreBPE {
+    /// Load `encoder.json` + `vocab.bpe` (or `vocab.json` + `merges.txt`).
+    #[staticmethod]
+    fn from_gpt2_files(py: Python<'_>, encoder_path: &str, merges_path: &str, pattern: &str) -> PyResult<Self> {
+        let pattern = pattern_of(pattern)?;
+        let parts = py.allow_threads(|| -> Result<VocabParts, VocabError> {
+            let enc = vocab::read_file(Path::new(encoder_path))?;
+            let bpe = vocab::read_file(Path::new(merges_path))?;
+            vocab::parse_gpt2(&enc, &name_of(encoder_path), &bpe, &name_of(merges_path))
+        });
+        build(parts.map_err(vocab_err)?, pattern, &format!("{encoder_path} + {merges_path}"))
+    }
+
+    /// Load a `.tiktoken` rank file; `specials` are added (the file has none).
+    #[staticmethod]
+    fn from_tiktoken_file(py: Python<'_>, path: &str, specials: Vec<(String, u32)>, pattern: &str) -> PyResult<Self> {
+        let pattern = pattern_of(pattern)?;
+        let ranks = py
+            .allow_threads(|| vocab::read_file(Path::new(path)).and_then(|d| vocab::parse_tiktoken(&d, &name_of(path))))
+            .map_err(vocab_err)?;
+        let bpe = py
+            .allow_threads(|| Bpe::from_ranks(ranks, specials, pattern))
+            .map_err(|e| PyValueError::new_err(format!("{path}: {e}")))?;
+        Ok(CoreBPE { inner: Arc::new(bpe) })
+    }
+
+    /// From tiktoken-style mergeable ranks (bytes -> rank == id).
+    #[staticmethod]
+    fn from_ranks(py: Python<'_>, ranks: Vec<(&[u8], u32)>, specials: Vec<(String, u32)>, pattern: &str) -> PyResult<Self> {
+        let pattern = pattern_of(pattern)?;
+        let ranks: Vec<(Vec<u8>, u32)> = ranks.into_iter().map(|(b, r)| (b.to_vec(), r)).collect();
+        let bpe = py
+            .allow_threads(|| Bpe::from_ranks(ranks, specials, pattern))
+            .map_err(|e| PyValueError::new_err(format!("mergeable_ranks: {e}")))?;
+        Ok(CoreBPE { inner: Arc::new(bpe) })
+    }
+
+    /// From the exact tables (tokens, merges in priority order, specials): used
+    /// by pickling and by the trainer.
+    #[staticmethod]
+    fn from_parts(
+        py: Python<'_>,
+        tokens: Vec<(&[u8], u32)>,
+        merges: Vec<(u32, u32)>,
+        specials: Vec<(String, u32)>,
+        pattern: &str,
+    ) -> PyResult<Self> {
+        let pattern = pattern_of(pattern)?;
+        let tokens: Vec<(Vec<u8>, u32)> = tokens.into_iter().map(|(b, r)| (b.to_vec(), r)).collect();
+        py.allow_threads(|| build(VocabParts { tokens, merges, specials }, pattern, "vocabulary"))
+    }
+
+    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> Vec<u32> {
+        let inner = &self.inner;
+        py.allow_threads(|| inner.encode_ordinary(text))
+    }
+
+    /// Encode, turning the `allowed` special tokens into their ids.
+    fn encode(&self, py: Python<'_>, text: &str, allowed: Vec<String>) -> Vec<u32> {
+        let inner = &self.inner;
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        py.allow_threads(|| inner.encode_with_specials(text, &allowed))
+    }
+
+    /// Encode many texts over `num_threads` threads; results in input order.
+    fn encode_batch(&self, py: Python<'_>, texts: Vec<&str>, allowed: Vec<String>, num_threads: usize) -> Vec<Vec<u32>> {
+        let inner = &self.inner;
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        py.allow_threads(|| inner.encode_batch(&texts, &allowed, num_threads))
+    }
+
+    /// Encode to little-endian unsigned integers of `width` bytes (2 or 4).
+    fn encode_to_bytes(&self, py: Python<'_>, text: &str, allowed: Vec<String>, width: usize) -> PyResult<PyObject> {
+        if width != 2 && width != 4 {
+            return Err(PyValueError::new_err(format!("width must be 2 or 4, not {width}")));
+        }
+        if width == 2 && self.inner.n_vocab() > 65536 {
+            return Err(PyValueError::new_err(format!(
+                "a vocabulary of {} ids does not fit in uint16",
+                self.inner.n_vocab()
+            )));
+        }
+        let inner = &self.inner;
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        let bytes = py.allow_threads(|| {
+            let ids = inner.encode_with_specials(text, &allowed);
+            let mut out = Vec::with_capacity(ids.len() * width);
+            if width == 2 {
+                for id in ids {
+                    out.extend_from_slice(&(id as u16).to_le_bytes());
+                }
+            } else {
+                for id in ids {
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+            }
+            out
+        });
+        Ok(PyBytes::new(py, &bytes).into())
+    }
+
+    fn decode_bytes(&self, py: Python<'_>, ids: &PyAny) -> PyResult<PyObject> {
+        let ids = extract_ids(ids)?;
+        let inner = &self.inner;
+        let b = py.allow_threads(|| inner.decode_bytes(ids)).map_err(encode_err)?;
+        Ok(PyBytes::new(py, &b).into())
+    }
+
+    fn token_bytes(&self, py: Python<'_>, id: &PyAny) -> PyResult<PyObject> {
+        let one = PyTuple::new(py, [id]);
+        let ids = extract_ids(one)?;
+        let b = self.inner.decode_bytes(ids).map_err(|_| {
+            PyValueError::new_err(format!(
+                "token id {} is not in the vocabulary",
+                id.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?;
+        Ok(PyBytes::new(py, &b).into())
+    }
+
+    #[getter]
+    fn n_vocab(&self) -> usize {
+        self.inner.n_vocab()
+    }
+
+    #[getter]
+    fn pattern(&self) -> &'static str {
+        self.inner.pattern.name()
+    }
+
+    fn special_tokens(&self) -> Vec<(String, u32)> {
+        self.inner.specials().to_vec()
+    }
+
+    /// Regular tokens as (bytes, id), in id order.
+    fn tokens(&self, py: Python<'_>) -> Vec<(PyObject, u32)> {
+        self.inner.tokens().iter().map(|(b, id)| (PyBytes::new(py, b).into(), *id)).collect()
+    }
+
+    /// Merges as (left id, right id), in priority order.
+    fn merges(&self) -> Vec<(u32, u32)> {
+        self.inner.merge_list().to_vec()
+    }
+
+    /// Contents of (`encoder.json`, `vocab.bpe`).
+    fn gpt2_files(&self) -> PyResult<(String, String)> {
+        let parts = VocabParts {
+            tokens: self.inner.tokens().to_vec(),
+            merges: self.inner.merge_list().to_vec(),
+            specials: self.inner.specials().to_vec(),
+        };
+        vocab::write_gpt2(&parts).map_err(PyValueError::new_err)
+    }
+
+    /// Contents of a `.tiktoken` file (regular tokens only).
+    fn tiktoken_file(&self) -> String {
+        vocab::write_tiktoken(self.inner.tokens())
+    }
+
+    /// The pre-tokens of `text` under this tokenizer's pattern.
+    fn split(&self, text: &str) -> Vec<String> {
+        split(text, self.inner.pattern).map(|s| s.to_string()).collect()
+    }
+}
+
+/// `split(text, pattern) -> list[str]` (pattern "gpt2" or "cl100k"): pre-tokenization alone.
+#[pyfunction]
+#[pyo3(name = "split")]
+fn py_split(text: &str, pattern: &str) -> PyResult<Vec<String>> {
+    let p = pattern_of(pattern)?;
+    Ok(split(text, p).map(|s| s.to_string()).collect())
+}
+
+pub fn register(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
+    m.add_class::<CoreBPE>()?;
+    m.add_function(wrap_pyfunction!(py_split, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,362 @@
+"""GPT-2's byte-level BPE tokenizer: a thin Python API over the Rust core.
+
+The API mirrors ``tiktoken.Encoding``::
+
+    tok = Tokenizer.gpt2()
+    ids = tok.encode("Hello world")          # [15496, 995]
+    tok.decode(ids)                          # 'Hello world'
+
+The Rust side (``gptlite._core.CoreBPE``) does pre-tokenization, merging and
+file parsing with the GIL released; this module checks arguments, handles
+special tokens the way tiktoken does, and finds/caches GPT-2's files.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import AbstractSet, Collection, Iterable, Literal, Sequence
+
+import numpy as np
+
+from . import _core
+from .fileio import atomic_write_bytes, atomic_write_text
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+CL100K_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+PATTERNS = {"gpt2": GPT2_PATTERN, "cl100k": CL100K_PATTERN}
+
+ENDOFTEXT = "<|endoftext|>"
+
+GPT2_URLS = {
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+}
+GPT2_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
+
+def _check_text(text, what: str = "text") -> str:
+    if isinstance(text, str):
+        return text
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be str, not {type(text).__name__} (decode it first, e.g. data.decode('utf-8'))")
+    raise TypeError(f"{what} must be str, not {type(text).__name__}")
+
+
+def _fix_surrogates(text: str) -> str:
+    """Lone surrogates cannot be UTF-8: replace them with U+FFFD, as tiktoken does."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer (GPT-2's, or one with the same design)."""
+
+    def __init__(self, core: "_core.CoreBPE", name: str = "gpt2"):
+        self._core = core
+        self.name = name
+        self._special_tokens = dict(core.special_tokens())
+
+    # --- construction -------------------------------------------------------------
+    @classmethod
+    def gpt2(cls, cache_dir=None) -> "Tokenizer":
+        """GPT-2's tokenizer from its official files.
+
+        Looked up in ``$GPTLITE_GPT2_DIR`` if set, else in ``cache_dir`` (default
+        ``$XDG_CACHE_HOME/gptlite/gpt2`` or ``~/.cache/gptlite/gpt2``), where they are
+        downloaded (sha256-checked) on first use.
+        """
+        env = os.environ.get("GPTLITE_GPT2_DIR")
+        if env:
+            d = Path(env)
+            for name in GPT2_URLS:
+                if not (d / name).is_file():
+                    raise FileNotFoundError(f"GPTLITE_GPT2_DIR={env} has no {name}")
+            return cls.from_files(d, name="gpt2")
+        d = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        for name, url in GPT2_URLS.items():
+            path = d / name
+            if path.is_file() and _sha256(path.read_bytes()) == GPT2_SHA256[name]:
+                continue
+            data = _download(url)
+            got = _sha256(data)
+            if got != GPT2_SHA256[name]:
+                raise RuntimeError(f"{url}: sha256 {got} does not match the expected {GPT2_SHA256[name]}")
+            atomic_write_bytes(path, data)
+        return cls.from_files(d, name="gpt2")
+
+    @classmethod
+    def from_files(cls, path_or_dir, special_tokens=None, pattern: str = "gpt2", name: str | None = None) -> "Tokenizer":
+        """Load ``encoder.json`` + ``vocab.bpe``, ``vocab.json`` + ``merges.txt``, or a ``.tiktoken`` file.
+
+        ``path_or_dir``: a directory holding one of these, or the path of one file
+        of the pair (its partner is looked up next to it), or a ``.tiktoken`` file.
+        ``special_tokens`` (``.tiktoken`` only, which stores none): default
+        ``{"<|endoftext|>": <one past the last rank>}``, as GPT-2 and our trainer have.
+        """
+        p = Path(path_or_dir)
+        _check_pattern(pattern)
+        if p.is_dir():
+            pairs = [("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")]
+            for enc, bpe in pairs:
+                if (p / enc).is_file() and (p / bpe).is_file():
+                    core = _core.CoreBPE.from_gpt2_files(str(p / enc), str(p / bpe), pattern)
+                    return cls(core, name or p.name or "gpt2")
+            tk = sorted(p.glob("*.tiktoken"))
+            if len(tk) == 1:
+                return cls.from_files(tk[0], special_tokens, pattern, name)
+            raise FileNotFoundError(
+                f"{p}: no tokenizer files (expected encoder.json + vocab.bpe, vocab.json + merges.txt, or one *.tiktoken)"
+            )
+        if p.suffix == ".tiktoken":
+            if special_tokens is None:
+                special_tokens = {ENDOFTEXT: _max_rank(p) + 1}
+            core = _core.CoreBPE.from_tiktoken_file(str(p), sorted(special_tokens.items()), pattern)
+            return cls(core, name or p.stem)
+        partner = {"encoder.json": "vocab.bpe", "vocab.bpe": "encoder.json",
+                   "vocab.json": "merges.txt", "merges.txt": "vocab.json"}.get(p.name)
+        if partner is None:
+            if not p.exists():
+                raise FileNotFoundError(f"tokenizer file not found: {p}")
+            raise ValueError(f"{p}: not a tokenizer file (expected encoder.json, vocab.bpe, vocab.json, merges.txt or *.tiktoken)")
+        enc, bpe = (p, p.parent / partner) if p.name in ("encoder.json", "vocab.json") else (p.parent / partner, p)
+        core = _core.CoreBPE.from_gpt2_files(str(enc), str(bpe), pattern)
+        return cls(core, name or p.parent.name or "gpt2")
+
+    @classmethod
+    def from_ranks(cls, mergeable_ranks: dict, special_tokens: dict | None = None, pattern: str = "gpt2",
+                   name: str = "custom") -> "Tokenizer":
+        """From tiktoken-style ``{token bytes: rank}`` (rank == id) and ``{special: id}``."""
+        _check_pattern(pattern)
+        ranks = [(bytes(b), int(r)) for b, r in mergeable_ranks.items()]
+        specials = sorted((str(s), int(i)) for s, i in (special_tokens or {}).items())
+        return cls(_core.CoreBPE.from_ranks(ranks, specials, pattern), name)
+
+    # --- properties ---------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self._core.n_vocab
+
+    @property
+    def eot_token(self) -> int | None:
+        return self._special_tokens.get(ENDOFTEXT)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special_tokens)
+
+    @property
+    def special_tokens_set(self) -> set[str]:
+        return set(self._special_tokens)
+
+    @property
+    def pattern(self) -> str:
+        return self._core.pattern
+
+    @property
+    def pat_str(self) -> str:
+        return PATTERNS[self._core.pattern]
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        return {b: i for b, i in self._core.tokens()}
+
+    def __repr__(self) -> str:
+        return f"<Tokenizer {self.name!r} n_vocab={self.n_vocab} pattern={self.pattern!r}>"
+
+    # --- encoding -----------------------------------------------------------------
+    def _allowed(self, text: str, allowed_special, disallowed_special) -> list[str]:
+        """tiktoken's rule: raise on disallowed special text; return the allowed ones."""
+        if allowed_special == "all":
+            allowed = set(self._special_tokens)
+        else:
+            allowed = set(allowed_special)
+        if disallowed_special == "all":
+            disallowed = set(self._special_tokens) - allowed
+        else:
+            disallowed = set(disallowed_special)
+        if disallowed:
+            hits = [(text.find(s), s) for s in disallowed if s in text]
+            if hits:
+                _, tok = min(hits)
+                raise ValueError(
+                    f"Encountered text corresponding to disallowed special token {tok!r}.\n"
+                    f"If you want this text to be encoded as a special token, pass it to `allowed_special`, "
+                    f"e.g. `allowed_special={{{tok!r}, ...}}`.\n"
+                    f"If you want this text to be encoded as normal text, disable the check for this token "
+                    f"by passing `disallowed_special=(enc.special_tokens_set - {{{tok!r}}})`.\n"
+                    f"To disable this check for all special tokens, pass `disallowed_special=()`.\n"
+                )
+        return sorted(s for s in allowed if s in self._special_tokens)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode ``text``; special-token text is encoded as ordinary text."""
+        _check_text(text)
+        try:
+            return self._core.encode_ordinary(text)
+        except UnicodeEncodeError:
+            return self._core.encode_ordinary(_fix_surrogates(text))
+
+    def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+               disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
+        """Encode ``text`` (as tiktoken: special-token text raises unless allowed or not disallowed)."""
+        _check_text(text)
+        allowed = self._allowed(text, allowed_special, disallowed_special)
+        try:
+            return self._core.encode(text, allowed)
+        except UnicodeEncodeError:
+            return self._core.encode(_fix_surrogates(text), allowed)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None, *,
+                     allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+                     disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
+        """Encode many texts over ``num_threads`` threads (default: all cores); order kept."""
+        texts = self._prepare_batch(texts)
+        allowed: set[str] = set()
+        for t in texts:
+            allowed.update(self._allowed(t, allowed_special, disallowed_special))
+        return self._core.encode_batch(texts, sorted(allowed), num_threads or _default_threads())
+
+    def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
+        texts = self._prepare_batch(texts)
+        return self._core.encode_batch(texts, [], num_threads or _default_threads())
+
+    def _prepare_batch(self, texts) -> list[str]:
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be a sequence of str, not a single " + type(texts).__name__)
+        out = []
+        for i, t in enumerate(texts):
+            _check_text(t, f"texts[{i}]")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                t = _fix_surrogates(t)
+            out.append(t)
+        return out
+
+    def encode_to_numpy(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+                        disallowed_special: Literal["all"] | Collection[str] = "all") -> np.ndarray:
+        """Encode to a NumPy array: uint16 when every id fits (n_vocab <= 65536), else uint32."""
+        _check_text(text)
+        allowed = self._allowed(text, allowed_special, disallowed_special)
+        width = 2 if self.n_vocab <= 65536 else 4
+        try:
+            raw = self._core.encode_to_bytes(text, allowed, width)
+        except UnicodeEncodeError:
+            raw = self._core.encode_to_bytes(_fix_surrogates(text), allowed, width)
+        return np.frombuffer(raw, dtype="<u2" if width == 2 else "<u4").astype(np.uint16 if width == 2 else np.uint32, copy=False)
+
+    # --- decoding -----------------------------------------------------------------
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes of ``ids`` concatenated (raises ValueError naming a bad id and its position)."""
+        if isinstance(ids, np.ndarray):
+            ids = ids.ravel().tolist() if ids.dtype.kind in "iu" else list(ids.ravel())
+        return self._core.decode_bytes(ids)
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Decode to str; incomplete UTF-8 (a token boundary inside a character) follows ``errors``."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        return self.token_bytes(token)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token id (regular or special)."""
+        return self._core.token_bytes(token)
+
+    def decode_tokens_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        return [self.token_bytes(t) for t in ids]
+
+    def split(self, text: str) -> list[str]:
+        """Pre-tokenization alone: the pieces BPE merges within."""
+        _check_text(text)
+        try:
+            return self._core.split(text)
+        except UnicodeEncodeError:
+            return self._core.split(_fix_surrogates(text))
+
+    # --- saving and pickling ------------------------------------------------------
+    def save(self, directory, format: str = "gpt2") -> list[Path]:
+        """Write the vocabulary into ``directory``; returns the paths written.
+
+        ``gpt2``: encoder.json + vocab.bpe; ``hf``: vocab.json + merges.txt (the same
+        formats under HF's names); ``tiktoken``: ``<name>.tiktoken`` (regular tokens
+        only: such files hold no special tokens).
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        if format in ("gpt2", "hf"):
+            enc, bpe = self._core.gpt2_files()
+            names = ("encoder.json", "vocab.bpe") if format == "gpt2" else ("vocab.json", "merges.txt")
+            atomic_write_text(d / names[0], enc)
+            atomic_write_text(d / names[1], bpe)
+            return [d / names[0], d / names[1]]
+        if format == "tiktoken":
+            path = d / f"{self.name or 'tokenizer'}.tiktoken"
+            atomic_write_text(path, self._core.tiktoken_file())
+            return [path]
+        raise ValueError(f"unknown format {format!r} (use 'gpt2', 'hf' or 'tiktoken')")
+
+    def __getstate__(self):
+        return {
+            "name": self.name,
+            "pattern": self.pattern,
+            "tokens": self._core.tokens(),
+            "merges": self._core.merges(),
+            "special_tokens": self._core.special_tokens(),
+        }
+
+    def __setstate__(self, state):
+        core = _core.CoreBPE.from_parts(state["tokens"], state["merges"], state["special_tokens"], state["pattern"])
+        self.__init__(core, state["name"])
+
+
+def _check_pattern(pattern: str) -> None:
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown pre-tokenization pattern {pattern!r} (use 'gpt2' or 'cl100k')")
+
+
+def _max_rank(path: Path) -> int:
+    best = -1
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    best = max(best, int(parts[1]))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"vocabulary file not found: {path}") from None
+    return best
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gptlite" / "gpt2"
+
+
+def _download(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise RuntimeError(
+            f"could not download GPT-2's tokenizer files ({url}: {exc}). If you are offline, put encoder.json "
+            f"and vocab.bpe in a directory and set GPTLITE_GPT2_DIR to it (or pass cache_dir=...)."
+        ) from exc
