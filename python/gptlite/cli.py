@@ -170,6 +170,42 @@ def _add_training_commands(sub) -> None:
     p.add_argument("-o", "--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
     p.set_defaults(func=_cmd_plot)
 
+    p = sub.add_parser("val-loss", help="a model's loss on a prepared split, next to a unigram baseline")
+    p.add_argument("--model", required=True, help="model directory (e.g. RUN_DIR/ckpt)")
+    p.add_argument("--data", required=True, help="`gptlite prepare` output directory")
+    p.add_argument("--split", default="val")
+    p.add_argument("--block-size", type=int, default=None, help="window length (default: the model's n_positions)")
+    p.set_defaults(func=_cmd_val_loss)
+
+    p = sub.add_parser("export", help="copy a checkpoint's model + tokenizer to a model directory (e.g. as float16)")
+    p.add_argument("checkpoint", help="a checkpoint directory (RUN_DIR/ckpt)")
+    p.add_argument("out", help="output model directory")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_val_loss(args) -> int:
+    import json
+
+    from .checkpoint import load_model
+    from .train import evaluate_split
+
+    model = load_model(args.model)
+    print(json.dumps(evaluate_split(model, args.data, args.split, args.block_size), indent=2))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .checkpoint import load_model, load_tokenizer, save_model
+
+    model = load_model(args.checkpoint)
+    tok = load_tokenizer(args.checkpoint)
+    if tok is None:
+        raise UserError(f"{args.checkpoint} holds no tokenizer (encoder.json + vocab.bpe)")
+    save_model(model, args.out, tokenizer=tok, dtype=args.dtype)
+    print(args.out)
+    return 0
+
 
 def _cmd_prepare(args) -> int:
     from .data import prepare

@@ -603,3 +603,58 @@ def _in_main_thread() -> bool:
 
 def train(cfg: TrainConfig, resume: bool = False, steps: int | None = None) -> dict:
     return Trainer(cfg, resume=resume).run(steps)
+
+
+# --- held-out evaluation and the unigram baseline ----------------------------------------
+def evaluate_split(model, data_dir, split: str = "val", block_size: int | None = None, batch_size: int = 8,
+                   max_windows: int | None = None) -> dict:
+    """Loss of ``model`` on a whole split, next to a unigram baseline.
+
+    The split is cut into non-overlapping windows of ``block_size`` + 1 tokens, so
+    each token after a window's first is predicted exactly once (context restarts
+    at each window). The baseline is the cross-entropy of the same targets under
+    the training split's unigram distribution (add-one smoothed): what a model
+    that ignores context can reach. Bits per byte divide the total by the UTF-8
+    bytes of the predicted text, so models with different tokenizers compare.
+    """
+    from .backend import to_numpy
+    from .checkpoint import load_tokenizer
+    from .ops import cross_entropy_forward
+
+    meta = read_meta(data_dir)
+    T = block_size or model.config.n_positions
+    toks = np.asarray(TokenData(data_dir, split).tokens, dtype=np.int64)
+    n_win = (len(toks) - 1) // T
+    if max_windows is not None:
+        n_win = min(n_win, max_windows)
+    if n_win < 1:
+        raise ValueError(f"{split} split of {data_dir} has {len(toks)} tokens: too few for one window of {T + 1}")
+    x_all = np.stack([toks[i * T:i * T + T] for i in range(n_win)])
+    y_all = np.stack([toks[i * T + 1:i * T + T + 1] for i in range(n_win)])
+    xp = model.xp
+    total = 0.0
+    for s in range(0, n_win, batch_size):
+        x, y = x_all[s:s + batch_size], y_all[s:s + batch_size]
+        loss, _ = cross_entropy_forward(model.logits(xp.asarray(x)), xp.asarray(y), -1)
+        total += float(to_numpy(xp.asarray(loss))) * y.size
+    targets = y_all.ravel()
+    n_tok = targets.size
+    model_nats = total / n_tok
+
+    train = np.asarray(TokenData(data_dir, "train").tokens, dtype=np.int64)
+    V = int(meta["n_vocab"])
+    counts = np.bincount(train, minlength=V).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    unigram_nats = float(-logp[targets].mean())
+
+    tok = load_tokenizer(Path(data_dir) / meta["tokenizer"]["dir"])
+    eot = meta.get("eot_token")
+    text_targets = [int(t) for t in targets if t != eot]
+    n_bytes = len(tok.decode_bytes(text_targets)) if tok is not None else None
+
+    def bpb(nats):
+        return nats * n_tok / (math.log(2) * n_bytes) if n_bytes else None
+
+    return {"split": split, "tokens": int(n_tok), "bytes": n_bytes, "block_size": T,
+            "loss_nats_per_token": model_nats, "bits_per_byte": bpb(model_nats),
+            "unigram_nats_per_token": unigram_nats, "unigram_bits_per_byte": bpb(unigram_nats)}
