@@ -308,6 +308,7 @@ fn train_bpe(
     stats.set_item("pretokens", total_pretokens)?;
     stats.set_item("merges", r.merges.len())?;
     stats.set_item("new_tokens", r.tokens.len() - 256)?;
+    stats.set_item("training_tokens", r.training_tokens)?;
     stats.set_item("count_seconds", count_seconds)?;
     stats.set_item("merge_seconds", t1.elapsed().as_secs_f64())?;
     Ok(PyTuple::new(py, [merges.to_object(py), tokens.to_object(py), stats.to_object(py)]).into())

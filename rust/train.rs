@@ -439,6 +439,9 @@ pub struct TrainResult {
     pub merges: Vec<Merge>,
     /// Token id -> bytes: the 256 bytes, then one entry per new token.
     pub tokens: Vec<Vec<u8>>,
+    /// Length in tokens of the training text as the merges left it (sum over
+    /// words of count * symbols); bytes / this = the compression achieved.
+    pub training_tokens: u128,
 }
 
 /// Replace the non-overlapping occurrences of (a, b) in `sym`, left to right,
@@ -608,7 +611,8 @@ pub fn train_bpe(
             return Err(TrainError::Interrupted);
         }
     }
-    Ok(TrainResult { merges, tokens })
+    let training_tokens = (0..start.len()).map(|w| len[w] as u128 * count[w] as u128).sum();
+    Ok(TrainResult { merges, tokens, training_tokens })
 }
 
 /// Train from a count map (convenience for Rust users and tests).

@@ -23,7 +23,81 @@ def _add_tokenizer_commands(sub) -> None:
 
 # --- tokenizer training ------------------------------------------------------------
 def _add_tokenizer_train_commands(sub) -> None:
-    pass
+    # `gptlite tokenizer train`: reuse a `tokenizer` group if another area made one.
+    group = sub.choices.get("tokenizer")
+    if group is None:
+        group = sub.add_parser("tokenizer", help="tokenizer tools: train a byte-level BPE vocabulary")
+    tsub = next((a for a in group._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if tsub is None:
+        tsub = group.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
+        tsub.required = True
+    p = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files",
+                        description="Train a byte-level BPE tokenizer (GPT-2 style) on UTF-8 text files.")
+    p.add_argument("files", nargs="+", metavar="FILES", help="UTF-8 text files (each file is a separate document)")
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="total vocabulary: 256 bytes + merges + special tokens")
+    p.add_argument("--out", required=True, help="output directory (created; files replaced atomically)")
+    p.add_argument("--special", action="append", default=None, metavar="TOKEN",
+                   help="special token appended after the merges (repeatable; default <|endoftext|>)")
+    p.add_argument("--no-special", action="store_true", help="no special tokens at all")
+    p.add_argument("--min-frequency", type=int, default=1, help="stop when the best pair occurs fewer times")
+    p.add_argument("--pattern", choices=["gpt2", "cl100k"], default="gpt2", help="pre-tokenization pattern")
+    p.add_argument("--format", action="append", choices=["gpt2", "hf", "tiktoken"], default=None,
+                   help="output format(s) (repeatable; default: gpt2 and tiktoken)")
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                   help="invalid UTF-8: fail naming file and offset (strict) or substitute U+FFFD")
+    p.add_argument("--threads", type=int, default=None, help="counting threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_tokenizer_train)
+
+
+def _cmd_tokenizer_train(args) -> int:
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from . import trainer
+
+    specials = () if args.no_special else tuple(args.special or trainer.DEFAULT_SPECIAL_TOKENS)
+    formats = list(dict.fromkeys(args.format or ["gpt2", "tiktoken"]))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    result = trainer.train_bpe(
+        args.files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency,
+        pattern=args.pattern, errors=args.errors, num_threads=args.threads, progress=not args.quiet,
+    )
+    tok = result.to_tokenizer(name=out.name or "gptlite-bpe")
+    # Save everything into a fresh sibling directory first, then move it into
+    # place: an interrupted run leaves no half-written output behind.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for fmt in formats:
+            tok.save(tmp, format=fmt)
+        if not out.exists():
+            os.rename(tmp, out)
+        else:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    st = result.stats
+    n_merged = len(result.tokens) - 256
+    print(f"trained {args.pattern} byte-level BPE in {st['seconds']:.2f}s "
+          f"(counting {st['count_seconds']:.2f}s, merging {st['merge_seconds']:.2f}s)")
+    print(f"  corpus:       {st['corpus_bytes']:,} bytes in {len(args.files)} file(s)")
+    print(f"  pre-tokens:   {st['pretokens']:,} ({st['unique_pretokens']:,} unique)")
+    print(f"  vocabulary:   {result.n_vocab:,} = 256 bytes + {n_merged:,} merges + {len(specials)} special")
+    if result.n_vocab < args.vocab_size:
+        print(f"  note:         stopped before --vocab-size {args.vocab_size:,}: "
+              f"no pair left with count >= {max(1, args.min_frequency)}")
+    if st["training_tokens"]:
+        print(f"  compression:  {st['corpus_bytes'] / st['training_tokens']:.3f} bytes/token on the training text "
+              f"({st['training_tokens']:,} tokens)")
+    print(f"  saved:        {out}/ ({', '.join(formats)}): {', '.join(sorted(f.name for f in out.iterdir()))}")
+    return 0
 
 
 # --- model: generate / check-reference ---------------------------------------------
