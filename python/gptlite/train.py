@@ -314,7 +314,7 @@ def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
 
 # --- the loop ------------------------------------------------------------------------------
 class _Progress:
-    """One-line progress bar with ETA on stderr (a line per log step when not a TTY)."""
+    """One-line progress bar with ETA on stderr (a line per logged step when not a TTY)."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled = total, enabled
@@ -337,7 +337,7 @@ class _Progress:
             sys.stderr.write("\r" + line[:160].ljust(100))
             if force_line:
                 sys.stderr.write("\n")
-        elif force_line:
+        else:  # a log file: one line per logged step
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
