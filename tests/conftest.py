@@ -31,3 +31,52 @@ def gpt2_dir() -> Path:
 @pytest.fixture(scope="session")
 def corpora_dir() -> Path:
     return CORPORA
+
+
+# --- tokenizer fixtures (Rust BPE encoder) ------------------------------------------
+def corpus_documents(corpora: Path = CORPORA) -> dict[str, list[str]]:
+    """Every shared corpus split into documents: at blank lines; LAMBADA at JSON lines."""
+    import json
+
+    docs: dict[str, list[str]] = {}
+    for path in sorted(corpora.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = str(path.relative_to(corpora))
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                docs[rel] = [json.loads(line)["text"] for line in f if line.strip()]
+        elif path.suffix == ".txt":
+            text = path.read_text(encoding="utf-8")
+            docs[rel] = [d for d in text.split("\n\n") if d]
+    return docs
+
+
+@pytest.fixture(scope="session")
+def corpus_docs() -> dict[str, list[str]]:
+    return corpus_documents()
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from gptlite.tokenizer import Tokenizer
+
+    return Tokenizer.from_files(GPT2_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2():
+    """tiktoken's gpt2 encoding, built offline from the shared files."""
+    tiktoken = pytest.importorskip("tiktoken")
+    import tiktoken.load
+
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(GPT2_DIR / "vocab.bpe"), str(GPT2_DIR / "encoder.json"))
+    pat = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding(name="gpt2", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+
+
+@pytest.fixture(scope="session")
+def reference_gpt2():
+    from reference_bpe import ReferenceEncoder
+
+    return ReferenceEncoder.from_dir(GPT2_DIR)
