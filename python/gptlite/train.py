@@ -316,17 +316,15 @@ def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
 class _Progress:
     """One-line progress bar with ETA on stderr (a line per logged step when not a TTY)."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, start: int = 0):
         self.total, self.enabled = total, enabled
         self.tty = enabled and sys.stderr.isatty()
         self.t0 = time.perf_counter()
-        self.step0 = None
+        self.step0 = start
 
     def update(self, step: int, text: str, force_line: bool = False) -> None:
         if not self.enabled:
             return
-        if self.step0 is None:
-            self.step0, self.t0 = step - 1, time.perf_counter()
         done = step - self.step0
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / max(done, 1) * (self.total - step)
@@ -519,7 +517,7 @@ class Trainer:
         atomic_write_text(self.out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
         tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
-        progress = _Progress(cfg.max_steps, cfg.progress)
+        progress = _Progress(cfg.max_steps, cfg.progress, self.step)
         prev_handler = None
         if _in_main_thread():
             def on_sigint(signum, frame):
