@@ -108,21 +108,31 @@ def score_continuations(model, seqs, batch_size: int = 8, progress: Progress | N
         idxs = order[s : s + batch_size]
         T = max(len(seqs[i][0]) for i in idxs) - 1
         inp = np.zeros((len(idxs), T), np.int64)
-        tgt = np.zeros((len(idxs), T), np.int64)
         for b, i in enumerate(idxs):
             toks = seqs[i][0]
             inp[b, : len(toks) - 1] = toks[:-1]
-            tgt[b, : len(toks) - 1] = toks[1:]
-        logits = model.logits(xp.asarray(inp))
-        lp, ismax = token_logprobs(logits, xp.asarray(tgt))
-        del logits
+        # Only the continuation's positions need logits: take those rows of the
+        # final hidden state and apply the (tied) LM head to them alone.
+        rows, cols, tg = [], [], []
         for b, i in enumerate(idxs):
             toks, k = seqs[i]
             L = len(toks) - 1
-            sl = slice(L - k, L)
-            sum_lp[i] = lp[b, sl].sum()
+            rows += [b] * k
+            cols += range(L - k, L)
+            tg += toks[L - k + 1 : L + 1]
+        H = model.hidden_states(xp.asarray(inp))
+        h = H[xp.asarray(rows), xp.asarray(cols)]  # (M, C)
+        del H
+        logits = h @ model.params["wte.weight"].T  # (M, V)
+        lp, ismax = token_logprobs(logits, xp.asarray(np.asarray(tg, np.int64)))
+        del logits
+        o = 0
+        for b, i in enumerate(idxs):
+            k = seqs[i][1]
+            sum_lp[i] = lp[o : o + k].sum()
             n_tok[i] = k
-            greedy[i] = bool(ismax[b, sl].all())
+            greedy[i] = bool(ismax[o : o + k].all())
+            o += k
         if progress is not None:
             progress.update(len(idxs))
     return sum_lp, n_tok, greedy
