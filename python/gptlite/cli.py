@@ -17,8 +17,311 @@ class UserError(Exception):
 
 
 # --- tokenizer: encode / decode (issue: Rust BPE encoder) -------------------------
+_ID_FORMATS = ("text", "npy", "u16", "u32")
+
+
 def _add_tokenizer_commands(sub) -> None:
-    pass
+    tok_help = "gpt2 (default: GPT-2's files, cached), a directory, or a vocabulary file"
+    p = sub.add_parser("encode", help="text -> token ids (GPT-2 byte-level BPE)",
+                       description="Encode UTF-8 text to token ids. Large inputs are streamed in bounded memory.")
+    p.add_argument("text", nargs="?", help="text to encode (default: --input, else stdin)")
+    p.add_argument("-i", "--input", help="read the text from this file")
+    p.add_argument("-o", "--output", help="write the ids here (default: stdout); written atomically")
+    p.add_argument("-t", "--tokenizer", default="gpt2", help=tok_help)
+    p.add_argument("--format", choices=_ID_FORMATS, default=None,
+                   help="ids as text (default), .npy array, or raw little-endian u16/u32 (default from -o's suffix)")
+    p.add_argument("--show", action="store_true", help="print each id with the text it covers, one a line")
+    p.add_argument("--allow-special", action="store_true",
+                   help="encode special-token text such as <|endoftext|> as the special token (default: error)")
+    p.add_argument("--ordinary", action="store_true", help="encode special-token text as ordinary text")
+    p.add_argument("--chunk-chars", type=int, default=1 << 20, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("decode", help="token ids -> text",
+                       description="Decode token ids to UTF-8 text (invalid UTF-8 from partial tokens becomes U+FFFD).")
+    p.add_argument("ids", nargs="*", type=str, help="ids to decode (default: --input, else stdin)")
+    p.add_argument("-i", "--input", help="read ids from this file")
+    p.add_argument("-o", "--output", help="write the text here (default: stdout); written atomically")
+    p.add_argument("-t", "--tokenizer", default="gpt2", help=tok_help)
+    p.add_argument("--format", choices=_ID_FORMATS, default=None,
+                   help="how the input ids are stored (default from -i's suffix: .npy, else text)")
+    p.add_argument("--chunk-ids", type=int, default=1 << 20, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_decode)
+
+
+def _load_tokenizer(spec: str):
+    from .tokenizer import Tokenizer
+
+    if spec == "gpt2":
+        return Tokenizer.gpt2()
+    return Tokenizer.from_files(spec)
+
+
+def _format_of(explicit, path) -> str:
+    if explicit:
+        return explicit
+    if path and path.endswith(".npy"):
+        return "npy"
+    return "text"
+
+
+def _safe_cut(buf: str, specials) -> int:
+    """The largest position p > 0 where `buf` can be cut so that encoding
+    buf[:p] and buf[p:] separately gives the same ids as encoding buf (0: none).
+
+    We cut just before a space U+0020 whose preceding character is not
+    whitespace. Why that is safe, for both patterns (gpt2 and cl100k): the piece
+    holding buf[p-1] (a letter, number, other, or contraction run) cannot take in a
+    following space (only *leading* spaces join pieces, and cl100k's trailing
+    ``[\\r\\n]*`` takes CR/LF, not spaces), and its end does not depend on any
+    lookahead, so a piece ends at p whether or not more text follows; the scanners
+    are memoryless, so the pieces from p on are the same when scanning starts at
+    p. A special token never straddles the cut (checked for specials that contain
+    a space). `str.isspace` is a superset of Unicode White_Space (it adds only
+    U+001C..U+001F), so it only makes us skip some valid cuts.
+    """
+    p = len(buf)
+    while True:
+        p = buf.rfind(" ", 1, p)
+        if p <= 0:
+            return 0
+        if buf[p - 1].isspace():
+            continue
+        if any(s in buf[max(0, p - len(s) + 1):p + len(s)] and _straddles(buf, s, p) for s in specials):
+            continue
+        return p
+
+
+def _straddles(buf: str, s: str, p: int) -> bool:
+    start = max(0, p - len(s) + 1)
+    while True:
+        k = buf.find(s, start, p + len(s))
+        if k < 0 or k >= p:
+            return False
+        if k + len(s) > p:
+            return True
+        start = k + 1
+
+
+class _IdWriter:
+    """Writes ids as text / .npy / raw u16|u32 to an open binary file, streaming."""
+
+    NPY_HEADER = 128  # bytes: room for any shape; patched at the end
+
+    def __init__(self, f, fmt: str, n_vocab: int):
+        import numpy as np
+
+        self.f, self.fmt, self.count, self.first = f, fmt, 0, True
+        if fmt == "u16" and n_vocab > 65536:
+            raise UserError(f"--format u16 cannot hold ids of a {n_vocab}-token vocabulary; use u32")
+        self.dtype = np.dtype("<u2") if fmt == "u16" or (fmt == "npy" and n_vocab <= 65536) else np.dtype("<u4")
+        if fmt == "npy":
+            f.write(self._npy_header(0))
+
+    def _npy_header(self, n: int) -> bytes:
+        d = "{'descr': '%s', 'fortran_order': False, 'shape': (%d,), }" % (self.dtype.str, n)
+        head = b"\x93NUMPY\x01\x00"
+        body = d.encode("latin1")
+        body += b" " * (self.NPY_HEADER - len(head) - 2 - len(body) - 1) + b"\n"
+        return head + (len(body)).to_bytes(2, "little") + body
+
+    def write(self, ids) -> None:
+        import numpy as np
+
+        if self.fmt == "text":
+            if ids:
+                self.f.write(((" " if not self.first else "") + " ".join(map(str, ids))).encode())
+                self.first = False
+        else:
+            self.f.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        self.count += len(ids)
+
+    def close(self) -> None:
+        if self.fmt == "text":
+            self.f.write(b"\n")
+        elif self.fmt == "npy":
+            self.f.seek(0)
+            self.f.write(self._npy_header(self.count))
+            self.f.seek(0, 2)
+
+
+def _open_out(path):
+    """(context manager yielding a binary file): atomic file, or stdout."""
+    import contextlib
+
+    from .fileio import atomic_open
+
+    if path and path != "-":
+        return atomic_open(path, "wb")
+    return contextlib.nullcontext(sys.stdout.buffer)
+
+
+def _text_chunks(args):
+    """The input text in pieces of about `chunk_chars` characters."""
+    import io
+
+    if args.text is not None:
+        if args.input:
+            raise UserError("give either TEXT or --input, not both")
+        yield args.text
+        return
+    if args.input and args.input != "-":
+        f = open(args.input, "r", encoding="utf-8", newline="")
+        name = args.input
+    else:
+        f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+        name = "<stdin>"
+    with f:
+        try:
+            while True:
+                data = f.read(args.chunk_chars)
+                if not data:
+                    return
+                yield data
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{name}: not valid UTF-8 ({exc.reason} at byte {exc.start} of a read block)") from None
+
+
+def _cmd_encode(args) -> int:
+    if args.allow_special and args.ordinary:
+        raise UserError("--allow-special and --ordinary exclude each other")
+    tok = _load_tokenizer(args.tokenizer)
+    fmt = _format_of(args.format, args.output)
+    if args.show and args.format not in (None, "text"):
+        raise UserError("--show prints text; it cannot be combined with --format " + args.format)
+    if args.show and args.output is None and args.format is None:
+        fmt = "text"
+    specials = list(tok.special_tokens)
+    if args.ordinary:
+        encode = tok.encode_ordinary
+    elif args.allow_special:
+        def encode(t):
+            return tok.encode(t, allowed_special="all")
+    else:
+        encode = tok.encode
+
+    def pieces():
+        buf = ""
+        for data in _text_chunks(args):
+            buf += data
+            p = _safe_cut(buf, specials)
+            if p:
+                yield buf[:p]
+                buf = buf[p:]
+        if buf:
+            yield buf
+
+    with _open_out(args.output) as f:
+        if args.show:
+            for part in pieces():
+                ids = encode(part)
+                lines = []
+                for i in ids:
+                    b = tok.token_bytes(i)
+                    try:
+                        shown = repr(b.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        shown = repr(b)
+                    lines.append(f"{i} {shown}\n")
+                f.write("".join(lines).encode())
+            return 0
+        w = _IdWriter(f, fmt, tok.n_vocab)
+        for part in pieces():
+            w.write(encode(part))
+        w.close()
+        f.flush()
+    return 0
+
+
+def _id_chunks(args):
+    """Token ids from the arguments or the input, in lists of at most `chunk_ids`."""
+    import numpy as np
+
+    if args.ids:
+        if args.input:
+            raise UserError("give either IDS or --input, not both")
+        yield _parse_ids(" ".join(args.ids), "the arguments", 0)
+        return
+    fmt = _format_of(args.format, args.input)
+    name = args.input if args.input and args.input != "-" else "<stdin>"
+    if fmt == "npy":
+        if name == "<stdin>":
+            raise UserError("--format npy needs --input FILE")
+        try:
+            arr = np.load(name, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise UserError(f"{name}: not a .npy array of ids ({exc})") from None
+        if arr.dtype.kind not in "iu":
+            raise UserError(f"{name}: ids must be integers, found dtype {arr.dtype}")
+        arr = arr.reshape(-1)
+        for k in range(0, len(arr), args.chunk_ids):
+            yield arr[k:k + args.chunk_ids].tolist()
+        return
+    f = open(name, "rb") if name != "<stdin>" else sys.stdin.buffer
+    with f:
+        if fmt in ("u16", "u32"):
+            width = 2 if fmt == "u16" else 4
+            dtype = "<u2" if fmt == "u16" else "<u4"
+            while True:
+                data = f.read(args.chunk_ids * width)
+                if not data:
+                    return
+                if len(data) % width:
+                    raise UserError(f"{name}: length is not a multiple of {width} bytes (is it {fmt}?)")
+                yield np.frombuffer(data, dtype=dtype).tolist()
+        else:
+            rest, offset = b"", 0
+            while True:
+                data = f.read(args.chunk_ids * 6)
+                if not data:
+                    break
+                data = rest + data
+                cut = max(data.rfind(b" "), data.rfind(b"\n"), data.rfind(b"\t"))
+                if cut < 0:
+                    rest = data
+                    continue
+                ids = _parse_ids(data[:cut].decode("latin1"), name, offset)
+                offset += len(ids)
+                rest = data[cut:]
+                yield ids
+            if rest.strip():
+                yield _parse_ids(rest.decode("latin1"), name, offset)
+
+
+def _parse_ids(s: str, name: str, offset: int) -> list:
+    out = []
+    for k, w in enumerate(s.replace(",", " ").split()):
+        try:
+            out.append(int(w))
+        except ValueError:
+            raise UserError(f"{name}: id #{offset + k} is not an integer: {w!r}") from None
+    return out
+
+
+def _cmd_decode(args) -> int:
+    import codecs
+
+    tok = _load_tokenizer(args.tokenizer)
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    position = 0
+    with _open_out(args.output) as f:
+        for ids in _id_chunks(args):
+            try:
+                b = tok.decode_bytes(ids)
+            except ValueError as exc:
+                raise UserError(_shift_position(str(exc), position)) from None
+            f.write(dec.decode(b).encode("utf-8"))
+            position += len(ids)
+        f.write(dec.decode(b"", final=True).encode("utf-8"))
+        f.flush()
+    return 0
+
+
+def _shift_position(msg: str, offset: int) -> str:
+    """Error messages name the position within a chunk; make it global."""
+    import re
+
+    return re.sub(r"at position (\d+)", lambda m: f"at position {int(m.group(1)) + offset}", msg)
 
 
 # --- tokenizer training ------------------------------------------------------------
