@@ -112,3 +112,27 @@ def test_every_assigned_char_encodes_like_tiktoken(gpt2_tokenizer, tiktoken_gpt2
 @pytest.mark.parametrize("s", ["'S", "'ſ", "'LL", "'Re", "\u017f", "x'ſ"])
 def test_cl100k_case_insensitive_contractions(s):
     assert _core.split(s, "cl100k") == regex.findall(CL100K_PAT, s)
+
+
+def _cut_ok(s: str, p: int) -> bool:
+    from gptlite.cli import _safe_cut
+
+    return _safe_cut(s[: p + 1], []) == p
+
+
+@SETTINGS
+@given(text)
+def test_streaming_cut_rule(gpt2_tokenizer, s):
+    """Every cut the CLI may make (see cli._safe_cut) leaves pre-tokenization and ids unchanged."""
+    cuts = [p for p in range(1, len(s)) if _cut_ok(s, p)]
+    for p in cuts:
+        for pattern in ("gpt2", "cl100k"):
+            assert _core.split(s[:p], pattern) + _core.split(s[p:], pattern) == _core.split(s, pattern), (p, pattern)
+        assert gpt2_tokenizer.encode_ordinary(s[:p]) + gpt2_tokenizer.encode_ordinary(s[p:]) == gpt2_tokenizer.encode_ordinary(s)
+
+
+def test_streaming_cut_rule_rejects_unsafe_cuts():
+    # cutting inside a whitespace run, or after CR/LF in cl100k, would change the pieces
+    for s, p, pattern in [("a   b", 2, "gpt2"), ("a \n b", 2, "gpt2"), ("!\nx", 1, "cl100k")]:
+        assert _core.split(s[:p], pattern) + _core.split(s[p:], pattern) != _core.split(s, pattern)
+        assert not _cut_ok(s, p)
