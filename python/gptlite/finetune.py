@@ -388,7 +388,8 @@ def load_finetuned(path, device=None, dtype="float32") -> Finetuned:
         raise FileNotFoundError(f"{path}: not a fine-tuned checkpoint (needs {META_FILE} and {HEAD_FILE})")
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     model = load_model(path, device=device, dtype=dtype)
-    head = {k: model.xp.asarray(v, dtype=model.dtype) for k, v in read_safetensors(path / HEAD_FILE).items()}
+    # copies: the safetensors reader hands out read-only memory maps
+    head = {k: model.xp.array(v, dtype=model.dtype) for k, v in read_safetensors(path / HEAD_FILE).items()}
     for k in ("head.weight", "head.bias"):
         if k not in head:
             raise ValueError(f"{path / HEAD_FILE}: missing tensor {k!r}")
