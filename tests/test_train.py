@@ -340,3 +340,29 @@ def test_cli_prepare_train_resume_plot(tmp_path, corpora_dir, gpt2_dir, capsys):
 
     load_model(tmp_path / "run" / "ckpt")
     assert (tmp_path / "run" / "ckpt" / "encoder.json").exists()
+    capsys.readouterr()
+    assert main(["val-loss", "--model", str(tmp_path / "run" / "ckpt"), "--data", str(tmp_path / "tok")]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["tokens"] > 0 and rep["bytes"] > rep["tokens"]
+    assert rep["bits_per_byte"] == pytest.approx(rep["loss_nats_per_token"] * rep["tokens"] / (np.log(2) * rep["bytes"]))
+    assert main(["export", str(tmp_path / "run" / "ckpt"), str(tmp_path / "exported")]) == 0
+    m16 = load_model(tmp_path / "exported")
+    m32 = load_model(tmp_path / "run" / "ckpt")
+    np.testing.assert_allclose(m16.params["wte.weight"], m32.params["wte.weight"], rtol=1e-3, atol=1e-4)
+    assert (tmp_path / "exported" / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "run" / "ckpt" / "model.safetensors").stat().st_size
+
+
+def test_evaluate_split_unigram_baseline(tmp_path):
+    """The baseline is the training unigram cross-entropy on val targets; a trained model beats it."""
+    cfg = _cfg(tmp_path, max_steps=30, eval_batches=0, log_interval=10)
+    tr = T.Trainer(cfg, log=lambda m: None)
+    before = T.evaluate_split(tr.model, cfg.data_dir, block_size=16)
+    tr.run()
+    rep = T.evaluate_split(tr.model, cfg.data_dir, block_size=16)
+    train = np.fromfile(tmp_path / "data" / "train.bin", dtype="<u2").astype(np.int64)
+    val = np.fromfile(tmp_path / "data" / "val.bin", dtype="<u2").astype(np.int64)
+    n = (len(val) - 1) // 16 * 16
+    p = (np.bincount(train, minlength=VOCAB) + 1.0) / (len(train) + VOCAB)
+    assert rep["unigram_nats_per_token"] == pytest.approx(-np.log(p[val[1:n + 1]]).mean(), rel=1e-9)
+    assert rep["tokens"] == n and rep["bytes"] is None  # no tokenizer files in this fake data dir
+    assert before["loss_nats_per_token"] > rep["unigram_nats_per_token"] > rep["loss_nats_per_token"]

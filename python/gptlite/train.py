@@ -417,6 +417,8 @@ class Trainer:
             self.last_val = state.get("val_loss")
             self._truncate_metrics(self.step)
             self.log(f"resumed from {existing} at step {self.step}")
+        elif self.metrics_path.exists():  # left by an earlier run that never saved a checkpoint
+            self.metrics_path.unlink()
 
         p = self.model.params
         n_no_wpe = sum(int(np.prod(v.shape)) for k, v in p.items() if k != "wpe.weight")
