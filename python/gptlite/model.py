@@ -438,12 +438,13 @@ class GPT:
         kv.v[i, :, :, start:start + t] = ops._split_heads(qkv[:, 2 * C:], B, t, H)
         k = kv.k[i, :, :, :start + t]
         v = kv.v[i, :, :, :start + t]
-        att = q @ k.transpose(0, 1, 3, 2)  # (B,H,t,S)
+        att = ops.bmm(q, k.transpose(0, 1, 3, 2))  # (B,H,t,S)
         att *= 1.0 / math.sqrt(C // H)
         att += bias
         ops.softmax_inplace(att)
-        y = att @ v  # (B,H,t,hs)
-        return y.transpose(0, 2, 1, 3).reshape(B * t, C)
+        y = self.xp.empty((B, t, H, C // H), dtype=qkv.dtype)
+        ops.bmm(att, v, out=y.transpose(0, 2, 1, 3))
+        return y.reshape(B * t, C)
 
     def decode(self, idx_new, kv: KVCache, pad=None):
         """Append idx_new (B,t) to the cache and return its logits (B,t,V).

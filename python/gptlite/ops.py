@@ -14,6 +14,7 @@ activations so every projection is a single big GEMM.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -322,6 +323,92 @@ def causal_bias(xp, Tq, Tk, dtype, offset=0):
     return xp.where(j > i, -xp.inf, 0.0).astype(dtype)
 
 
+class _BlasThreads:
+    """Get/set NumPy's OpenBLAS thread count (what threadpoolctl does).
+
+    Linux only (finds the loaded library in /proc/self/maps); a no-op where
+    the library or its symbols are not found.
+    """
+
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            import ctypes
+
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+            for path in paths:
+                lib = ctypes.CDLL(path)
+                for pre, suf in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
+                    name = f"{pre}openblas_%s_num_threads{suf}"
+                    if hasattr(lib, name % "set") and hasattr(lib, name % "get"):
+                        self.get, self.set = getattr(lib, name % "get"), getattr(lib, name % "set")
+                        return
+        except OSError:
+            pass
+
+
+_blas_threads = None
+_pool = None
+
+
+def _workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _parallel_slices(fn, n):
+    """Run fn(i) for i in range(n) on a thread pool (NumPy releases the GIL in
+    BLAS calls) with OpenBLAS single-threaded meanwhile: many small GEMMs
+    scale better one-per-core than each split across cores, and OpenBLAS's
+    spinning threads collapse when the machine is oversubscribed."""
+    global _blas_threads, _pool
+    if _blas_threads is None:
+        _blas_threads = _BlasThreads()
+    nw = min(_workers(), n)
+    prev = _blas_threads.get() if _blas_threads.get else None
+    if prev is not None and prev != 1:
+        _blas_threads.set(1)
+    try:
+        if nw <= 1:
+            for i in range(n):
+                fn(i)
+            return
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="gptlite-bmm")
+        chunks = [range(w, n, nw) for w in range(nw)]
+        list(_pool.map(lambda r: [fn(i) for i in r], chunks))
+    finally:
+        if prev is not None and prev != 1:
+            _blas_threads.set(prev)
+
+
+def bmm(a, b, out=None):
+    """Batched matmul over the leading axes: a (..., m, k) @ b (..., k, n).
+
+    NumPy's stacked matmul falls off BLAS for strided (transposed, head-split)
+    views, so on NumPy we issue one sgemm per 2-D slice (each slice of our
+    views is BLAS-compatible, no copies), spread over the cores. CuPy's
+    matmul batches natively.
+    """
+    xp = xp_of(a)
+    if _is_cupy(xp):
+        if out is None:
+            return xp.matmul(a, b)
+        out[...] = xp.matmul(a, b)
+        return out
+    lead = a.shape[:-2]
+    if out is None:
+        out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+    idx = list(np.ndindex(*lead))
+    _parallel_slices(lambda i: np.matmul(a[idx[i]], b[idx[i]], out=out[idx[i]]), len(idx))
+    return out
+
+
 def attention_forward(qkv, n_head, B, T, bias=None):
     """Causal self-attention with a fused QKV input.
 
@@ -335,13 +422,13 @@ def attention_forward(qkv, n_head, B, T, bias=None):
     q = _split_heads(qkv[:, :C], B, T, n_head)
     k = _split_heads(qkv[:, C:2 * C], B, T, n_head)
     v = _split_heads(qkv[:, 2 * C:], B, T, n_head)
-    att = q @ k.transpose(0, 1, 3, 2)  # (B,H,T,T)
+    att = bmm(q, k.transpose(0, 1, 3, 2))  # (B,H,T,T)
     att *= 1.0 / math.sqrt(hs)
     att += causal_bias(xp, T, T, att.dtype) if bias is None else bias
     softmax_inplace(att)
-    y = att @ v  # (B,H,T,hs)
-    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)
-    return y, (q, k, v, att, n_head, B, T)
+    y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
+    bmm(att, v, out=y.transpose(0, 2, 1, 3))  # (B,H,T,hs) written head-merged
+    return y.reshape(B * T, C), (q, k, v, att, n_head, B, T)
 
 
 def attention_backward(dy, cache):
@@ -352,13 +439,12 @@ def attention_backward(dy, cache):
     hs = C // n_head
     dyh = _split_heads(dy, B, T, n_head)  # (B,H,T,hs)
     dqkv = xp.empty((B, T, 3, n_head, hs), dtype=dy.dtype)
-    dv = dqkv[:, :, 2].transpose(0, 2, 1, 3)
-    dv[...] = att.transpose(0, 1, 3, 2) @ dyh
-    datt = dyh @ v.transpose(0, 1, 3, 2)  # (B,H,T,T)
+    bmm(att.transpose(0, 1, 3, 2), dyh, out=dqkv[:, :, 2].transpose(0, 2, 1, 3))  # dv
+    datt = bmm(dyh, v.transpose(0, 1, 3, 2))  # (B,H,T,T)
     softmax_backward_inplace(datt, att)
     datt *= 1.0 / math.sqrt(hs)
-    dqkv[:, :, 0].transpose(0, 2, 1, 3)[...] = datt @ k
-    dqkv[:, :, 1].transpose(0, 2, 1, 3)[...] = datt.transpose(0, 1, 3, 2) @ q
+    bmm(datt, k, out=dqkv[:, :, 0].transpose(0, 2, 1, 3))  # dq
+    bmm(datt.transpose(0, 1, 3, 2), q, out=dqkv[:, :, 1].transpose(0, 2, 1, 3))  # dk
     return dqkv.reshape(B * T, 3 * C)
 
 

@@ -1,0 +1,174 @@
+"""CPU training-step speed: gptlite's hand-written forward+backward vs PyTorch.
+
+GPT-2 124M shape (random weights, the same in both), batch 4 x 256 tokens,
+float32: one step is the loss over all positions plus the gradient of every
+parameter. The competitor is HF ``GPT2LMHeadModel`` (eager attention, dropout
+off) with ``loss.backward()``, both in this process with their default thread
+settings; rounds alternate between the two so that a change in machine load
+hits both alike. Reported: tokens/s of each and their ratio (target >= 1.2x),
+the achieved GFLOP/s (model FLOPs, ``flops_per_token``) against NumPy's own
+sgemm peak measured in the same run, and the peak RSS of a training step
+(each in a fresh process, beyond the RSS after building the model).
+
+    python -m pytest benches/bench_model.py --benchmark-only -s
+    python benches/bench_model.py            # same, without pytest-benchmark
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+B, T, ROUNDS = 4, 256, 3
+
+
+def build(with_hf=True):
+    """(gptlite model, HF model or None, idx, targets) with identical 124M-shaped weights."""
+    from gptlite.model import GPT, GPTConfig
+
+    cfg = GPTConfig.preset("gpt2")
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, cfg.vocab_size, (B, T))
+    targets = rng.integers(0, cfg.vocab_size, (B, T))
+    if not with_hf:
+        return GPT(cfg, seed=0, device="cpu"), None, idx, targets
+    from hf_reference import hf_model, params_from_hf
+
+    hf = hf_model(cfg, seed=0)
+    hf.train()  # dropout is 0: train mode only so autograd keeps what it needs
+    model = GPT(cfg, params=params_from_hf(hf, cfg), device="cpu")
+    return model, hf, idx, targets
+
+
+def step_gptlite(model, idx, targets):
+    loss, _ = model.loss_and_grads(idx, targets)
+    return loss
+
+
+def step_hf(hf, idx, targets):
+    import torch
+
+    hf.zero_grad(set_to_none=True)
+    logits = hf(torch.from_numpy(idx)).logits
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(targets).view(-1))
+    loss.backward()
+    return float(loss.detach())
+
+
+def sgemm_peak(n=2048, reps=3) -> float:
+    """NumPy's own float32 matmul GFLOP/s on an n^3 product (best of reps)."""
+    a = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(2).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def measure(model, hf, idx, targets, rounds=ROUNDS):
+    """Median seconds per step of each (1 warm-up, then alternating rounds);
+    checks both compute the same loss."""
+    l_ours, l_hf = step_gptlite(model, idx, targets), step_hf(hf, idx, targets)
+    if abs(l_ours - l_hf) > 1e-3 * abs(l_hf):
+        raise AssertionError(f"losses differ: gptlite {l_ours} vs HF {l_hf}")
+    t_ours, t_hf = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        step_gptlite(model, idx, targets)
+        t1 = time.perf_counter()
+        step_hf(hf, idx, targets)
+        t2 = time.perf_counter()
+        t_ours.append(t1 - t0)
+        t_hf.append(t2 - t1)
+    return statistics.median(t_ours), statistics.median(t_hf)
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def step_peak_rss(which: str) -> dict:
+    """Peak RSS (MiB) of a fresh process: after building, and after one step."""
+    code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_model as m; "
+            f"print(json.dumps(m._rss_child({which!r})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_child(which):
+    model, hf, idx, targets = build(with_hf=which == "hf")
+    if which == "hf":
+        del model
+        import gc
+
+        gc.collect()
+    built = _rss_mib()
+    if which == "hf":
+        step_hf(hf, idx, targets)
+    else:
+        step_gptlite(model, idx, targets)
+    peak = _rss_mib()
+    return {"built_mib": built, "peak_mib": peak, "step_mib": peak - built}
+
+
+def report(model, s_ours, s_hf, peak=None, rss=None) -> dict:
+    import torch
+
+    tokens = B * T
+    flops = model.flops_per_token(T) * tokens
+    r = {
+        "gptlite_tokens_per_s": tokens / s_ours,
+        "hf_tokens_per_s": tokens / s_hf,
+        "ratio": s_hf / s_ours,
+        "gptlite_gflops": flops / s_ours / 1e9,
+        "hf_gflops": flops / s_hf / 1e9,
+        "numpy_sgemm_peak_gflops": peak,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(f"\ntrain step 124M, batch {B}x{T}, float32, CPU: gptlite {r['gptlite_tokens_per_s']:.0f} tok/s "
+          f"({s_ours:.2f} s/step), HF+torch {r['hf_tokens_per_s']:.0f} tok/s ({s_hf:.2f} s/step) "
+          f"-> {r['ratio']:.2f}x (target 1.2x; torch threads {r['torch_threads']})")
+    if peak:
+        print(f"achieved {r['gptlite_gflops']:.1f} GFLOP/s = {100 * r['gptlite_gflops'] / peak:.0f}% of NumPy's "
+              f"sgemm peak {peak:.1f} GFLOP/s (torch: {r['hf_gflops']:.1f} GFLOP/s)")
+    if rss:
+        r.update({f"rss_{k}_{w}": v for w, d in rss.items() for k, v in d.items()})
+        for w, d in rss.items():
+            print(f"peak RSS {w}: {d['peak_mib']:.0f} MiB ({d['step_mib']:.0f} MiB for the step on top of "
+                  f"{d['built_mib']:.0f} MiB after building)")
+    return r
+
+
+@pytest.fixture(scope="module")
+def models():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return build()
+
+
+def test_train_step_vs_torch(benchmark, models):
+    model, hf, idx, targets = models
+    s_ours, s_hf = measure(model, hf, idx, targets)
+    peak = sgemm_peak()
+    rss = {"gptlite": step_peak_rss("gptlite"), "hf": step_peak_rss("hf")}
+    benchmark.extra_info.update(report(model, s_ours, s_hf, peak, rss))
+    # the pytest-benchmark table: gptlite's own step
+    benchmark.pedantic(step_gptlite, args=(model, idx, targets), rounds=1, iterations=1)
+
+
+if __name__ == "__main__":
+    model, hf, idx, targets = build()
+    s = measure(model, hf, idx, targets)
+    report(model, *s, sgemm_peak(), {"gptlite": step_peak_rss("gptlite"), "hf": step_peak_rss("hf")})
