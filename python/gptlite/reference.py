@@ -160,7 +160,8 @@ def check_reference(path, text=None, dtype="float32", max_tokens=128, tol_logits
         grp = _group(name)
         rel[grp] = max(rel.get(grp, 0.0), r)
     max_logits_diff = float(np.abs(logits - hf_logits_np).max())
-    loss_diff = abs(float(loss) - float(hf_loss))
+    hf_loss = float(hf_loss.detach())
+    loss_diff = abs(float(loss) - hf_loss)
     worst_grad = max(rel.values())
     passed = max_logits_diff <= tol["logits"] and loss_diff <= tol["loss"] and worst_grad <= tol["grad"]
     return {

@@ -1,0 +1,262 @@
+"""Generation: greedy against full-forward argmax and HF generate, sampling,
+batching, stopping, cropping; the `gptlite generate` and `check-reference` commands."""
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+
+from gptlite import checkpoint as ckpt
+from gptlite import cli
+from gptlite.generate import SamplingConfig, generate, sample_next
+from gptlite.model import GPT, GPTConfig, init_params
+
+CFG = GPTConfig(vocab_size=50257, n_positions=48, n_embd=32, n_layer=2, n_head=4)
+PROMPT = [464, 2068, 7586, 21831, 18045]
+
+
+def _model(cfg=CFG, seed=0, noise=0.3):
+    """GPT-2 init plus noise: a random model whose greedy output is not one repeated token."""
+    rng = np.random.default_rng(seed)
+    p = init_params(cfg, seed=seed)
+    p = {k: (v + rng.normal(0, noise, v.shape)).astype(np.float32) for k, v in p.items()}
+    return GPT(cfg, params=p, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def _argmax_reference(m, prompt, n):
+    ids, out = list(prompt), []
+    for _ in range(n):
+        t = int(m.logits(np.array([ids]))[0, -1].argmax())
+        out.append(t)
+        ids.append(t)
+    return out
+
+
+def test_greedy_equals_full_forward_argmax(model):
+    g = generate(model, PROMPT, 20, temperature=0)
+    assert g == _argmax_reference(model, PROMPT, 20)
+    assert len(set(g)) > 3  # a meaningful sequence, not a constant
+    assert generate(model, PROMPT, 20, temperature=0.7, top_k=1, seed=1) == g  # top-k=1 is greedy
+    assert generate(model, np.array(PROMPT), 20, temperature=0) == g
+
+
+def test_greedy_equals_hf_generate(model):
+    torch = pytest.importorskip("torch")
+    from hf_reference import hf_model, load_into_hf
+
+    hf = hf_model(CFG)
+    load_into_hf(hf, model.params, CFG)
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    out = hf.generate(torch.tensor([PROMPT]), max_new_tokens=25, do_sample=False)
+    assert out[0, len(PROMPT):].tolist() == generate(model, PROMPT, 25, temperature=0)
+
+
+def test_seeded_sampling_is_deterministic(model):
+    a = generate(model, PROMPT, 15, temperature=1.0, seed=123)
+    assert a == generate(model, PROMPT, 15, temperature=1.0, seed=123)
+    assert a != generate(model, PROMPT, 15, temperature=1.0, seed=124)
+    assert a != generate(model, PROMPT, 15, temperature=0)
+    b = generate(model, PROMPT, 15, temperature=0.9, top_k=40, top_p=0.9, seed=5)
+    assert b == generate(model, PROMPT, 15, temperature=0.9, top_k=40, top_p=0.9, seed=5)
+    # a Generator continues its stream: two calls from one Generator == not the same twice
+    rng = np.random.default_rng(9)
+    assert generate(model, PROMPT, 10, seed=rng) != generate(model, PROMPT, 10, seed=rng)
+
+
+def _empirical(logits, cfg, n=20000, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.repeat(np.asarray(logits, np.float64)[None], n, axis=0)
+    return np.bincount(sample_next(x, cfg, rng), minlength=x.shape[1]) / n
+
+
+def test_sampling_distributions():
+    p = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+    logits = np.log(p)
+    np.testing.assert_allclose(_empirical(logits, SamplingConfig(1.0)), p, atol=0.015)
+    # temperature 0.5 squares the probabilities (renormalised)
+    q = p ** 2 / (p ** 2).sum()
+    np.testing.assert_allclose(_empirical(logits, SamplingConfig(0.5)), q, atol=0.015)
+    # top-k 2 keeps the two largest
+    f = _empirical(logits, SamplingConfig(1.0, top_k=2))
+    np.testing.assert_allclose(f, [4 / 7, 3 / 7, 0, 0, 0], atol=0.015)
+    assert f[2:].sum() == 0
+    # top-p: the smallest set reaching p. 0.7 -> {0,1}; 0.71 -> {0,1,2}
+    f = _empirical(logits, SamplingConfig(1.0, top_p=0.7))
+    assert f[2:].sum() == 0 and f[:2].min() > 0.3
+    f = _empirical(logits, SamplingConfig(1.0, top_p=0.71))
+    np.testing.assert_allclose(f, [0.4 / 0.85, 0.3 / 0.85, 0.15 / 0.85, 0, 0], atol=0.015)
+    # top_p tiny: always the most likely token
+    assert set(np.flatnonzero(_empirical(logits, SamplingConfig(1.0, top_p=1e-6), n=500))) == {0}
+    # -inf logits are never drawn
+    f = _empirical(np.array([0.0, -np.inf, 0.0]), SamplingConfig(1.0), n=2000)
+    assert f[1] == 0
+
+
+def test_batched_prompts_match_single(model):
+    prompts = [PROMPT, [11, 12], [5, 6, 7, 8, 9, 10, 11, 13, 14], [3]]
+    batch = generate(model, prompts, 12, temperature=0)
+    assert batch == [generate(model, p, 12, temperature=0) for p in prompts]
+    assert batch[0] != batch[1]
+
+
+def test_eot_stops_a_row(model):
+    full = generate(model, PROMPT, 20, temperature=0)
+    k = next(i for i in range(3, 20) if full[i] not in full[:i])  # first new token after a few
+    eot = full[k]
+    assert generate(model, PROMPT, 20, temperature=0, eot_token=eot) == full[:k]
+    streamed = list(generate(model, PROMPT, 20, temperature=0, eot_token=eot, stream=True))
+    assert streamed == full[:k]
+    # in a batch, the other row goes on
+    other = [11, 12]
+    alone = generate(model, other, 20, temperature=0, eot_token=eot)
+    assert len(alone) > k
+    assert generate(model, [PROMPT, other], 20, temperature=0, eot_token=eot) == [full[:k], alone]
+    steps = list(generate(model, [PROMPT, other], 20, temperature=0, eot_token=eot, stream=True))
+    assert [s[0] for s in steps[:k]] == full[:k] and all(s[0] is None for s in steps[k:])
+    assert [s[1] for s in steps if s[1] is not None] == alone
+
+
+def test_stream_matches_batch_call(model):
+    it = generate(model, PROMPT, 8, temperature=1.0, seed=3, stream=True)
+    assert not isinstance(it, list)
+    assert list(it) == generate(model, PROMPT, 8, temperature=1.0, seed=3)
+    assert generate(model, PROMPT, 0) == []
+
+
+def test_context_limit_crop_and_refuse(model):
+    n_pos = CFG.n_positions
+    long = [int(t) for t in np.random.default_rng(0).integers(0, 50257, n_pos + 7)]
+    with pytest.raises(ValueError, match=r"prompt has 55 tokens but the model's context is 48 positions"):
+        generate(model, long, 5, temperature=0)
+    with pytest.raises(ValueError, match=r"prompt 1 has 55 tokens"):
+        generate(model, [PROMPT, long], 5, temperature=0)
+    # crop keeps the last tokens, leaving room for every requested token
+    got = generate(model, long, 5, temperature=0, crop=True)
+    assert got == generate(model, long[-(n_pos - 4):], 5, temperature=0)
+    # generation stops when the context is full: a prompt of L tokens gets n_pos - L + 1
+    near = long[:n_pos - 3]
+    got = generate(model, near, 10, temperature=0)
+    assert got == _argmax_reference(model, near, 4)
+    assert len(generate(model, long[:n_pos], 10, temperature=0)) == 1
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(prompt_ids=[]), ValueError, "prompt is empty"),
+    (dict(prompt_ids=[[1, 2], []]), ValueError, "prompt 1 is empty"),
+    (dict(prompt_ids=[1, 50257]), ValueError, "token id 50257 at position 1 is out of range for vocab_size 50257"),
+    (dict(prompt_ids=[[1], [-1, 2]]), ValueError, "prompt 1: token id -1 at position 0"),
+    (dict(prompt_ids=[1, 2.5]), TypeError, "position 1 is 2.5, not an integer"),
+    (dict(prompt_ids="hello"), TypeError, "not text"),
+    (dict(temperature=-1), ValueError, "temperature"),
+    (dict(top_k=0), ValueError, "top_k"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
+    (dict(eot_token=60000), ValueError, "eot_token 60000"),
+])
+def test_bad_arguments(model, kwargs, exc, match):
+    args = dict(prompt_ids=PROMPT, max_new_tokens=3)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        generate(model, **args)
+
+
+# --------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, model, gpt2_dir):
+    tokenizer = pytest.importorskip("gptlite.tokenizer")
+    d = tmp_path_factory.mktemp("cli") / "model"
+    ckpt.save_model(model, d, tokenizer=tokenizer.Tokenizer.from_files(gpt2_dir))
+    return d
+
+
+def _run(argv, capsys, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_generate_greedy(model_dir, model, capsys):
+    tok = ckpt.load_tokenizer(model_dir)
+    rc, out, err = _run(["generate", "--model", str(model_dir), "--temperature", "0", "--max-new-tokens", "12",
+                         "Hello, world"], capsys)
+    assert rc == 0, err
+    ids = generate(model, tok.encode("Hello, world"), 12, temperature=0, eot_token=tok.eot_token)
+    # streamed piece by piece, printed only as whole characters: same text as one decode
+    assert out == "Hello, world" + tok.decode(ids) + "\n"
+
+
+def test_cli_generate_seed_stdin_and_samples(model_dir, capsys, monkeypatch):
+    base = ["generate", "--model", str(model_dir), "--max-new-tokens", "10", "--seed", "7", "--temperature", "1.0"]
+    rc1, a, _ = _run(base + ["--num-samples", "2", "-"], capsys, stdin="Once upon a time", monkeypatch=monkeypatch)
+    rc2, b, _ = _run(base + ["--num-samples", "2"], capsys, stdin="Once upon a time", monkeypatch=monkeypatch)
+    assert rc1 == rc2 == 0 and a == b
+    first, second = a.split("\n" + "-" * 40 + "\n")
+    assert first.startswith("Once upon a time") and second.startswith("Once upon a time")
+    assert first != second  # two different samples from one seeded stream
+    rc3, c, _ = _run(base[:-1] + ["8", "--no-prompt", "Once upon a time"], capsys)
+    assert rc3 == 0 and c != a.split("\n")[0] and not c.startswith("Once upon a time")
+
+
+def test_cli_generate_errors(model_dir, tmp_path, capsys):
+    rc, _, err = _run(["generate", "--model", str(tmp_path / "missing"), "hi"], capsys)
+    assert rc == 2 and "missing" in err and "gptlite: error:" in err
+    long = "word " * 100
+    rc, _, err = _run(["generate", "--model", str(model_dir), long], capsys)
+    assert rc == 2 and "context is 48 positions" in err and "--crop" in err
+    rc, out, err = _run(["generate", "--model", str(model_dir), "--crop", "--max-new-tokens", "3", long], capsys)
+    assert rc == 0, err
+    rc, _, err = _run(["generate", "--model", str(model_dir), "--top-p", "2", "hi"], capsys)
+    assert rc == 2 and "top_p" in err
+
+
+def test_check_reference_cli(model_dir, capsys):
+    pytest.importorskip("transformers")
+    rc, out, err = _run(["check-reference", "--model", str(model_dir), "--max-tokens", "40"], capsys)
+    assert rc == 0, out + err
+    assert "max |logits diff|" in out and "h.*.attn.c_attn.weight" in out and "PASSED" in out
+    rc, out, _ = _run(["check-reference", "--model", str(model_dir), "--dtype", "float64", "--json"], capsys)
+    assert rc == 0
+    import json
+
+    r = json.loads(out)
+    assert r["passed"] and r["max_abs_logits_diff"] < 1e-9 and r["max_grad_rel_diff"] < 1e-8
+
+
+def test_check_reference_detects_a_difference(model_dir):
+    torch = pytest.importorskip("torch")
+    from gptlite.reference import build_hf_model, check_reference
+
+    m = ckpt.load_model(model_dir, device="cpu")
+    hf = build_hf_model(m)
+    ok = check_reference(model_dir, hf_model=hf, max_tokens=20)
+    assert ok["passed"]
+    with torch.no_grad():
+        hf.transformer.h[1].mlp.c_fc.bias[3] += 0.05
+    bad = check_reference(model_dir, hf_model=hf, max_tokens=20)
+    assert not bad["passed"]
+    assert bad["grad_rel_diff"]["h.*.mlp.c_fc.bias"] > 1e-3
+
+
+def test_check_reference_gpt1(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    hf = transformers.OpenAIGPTLMHeadModel(
+        transformers.OpenAIGPTConfig(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+    hf.save_pretrained(str(tmp_path / "g1"))
+    rc, out, err = _run(["check-reference", "--model", str(tmp_path / "g1")], capsys)
+    assert rc == 0, out + err
+    assert "OpenAIGPTLMHeadModel" in out and "from_pretrained" in out
