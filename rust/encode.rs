@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pretokenize::{for_each_piece, Pattern};
 
@@ -370,39 +370,47 @@ impl Bpe {
         next[n - 1] = NONE;
         let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
         prev[0] = NONE;
-        let mut alive = vec![true; n];
-        let mut heap: BinaryHeap<Reverse<(u32, u32)>> = BinaryHeap::with_capacity(n);
+        // (priority, merged id) of the pair starting at each live node; a heap
+        // entry is current iff its priority still equals prio[pos] (a priority
+        // names one pair, and a node's id only ever changes into a newer token).
+        let mut prio: Vec<u32> = vec![NONE; n];
+        let mut merged: Vec<u32> = vec![0; n];
+        let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(n);
         for i in 0..n - 1 {
-            if let Some((p, _)) = self.pair(id[i], id[i + 1]) {
-                heap.push(Reverse((p, i as u32)));
+            if let Some((p, m)) = self.pair(id[i], id[i + 1]) {
+                prio[i] = p;
+                merged[i] = m;
+                heap.push(Reverse((p as u64) << 32 | i as u64));
             }
         }
-        while let Some(Reverse((p, i))) = heap.pop() {
-            let i = i as usize;
-            if !alive[i] || next[i] == NONE {
-                continue;
+        while let Some(Reverse(key)) = heap.pop() {
+            let (p, i) = ((key >> 32) as u32, (key & 0xFFFF_FFFF) as usize);
+            if prio[i] != p {
+                continue; // stale: this node's pair has changed (or the node is gone)
             }
             let j = next[i] as usize;
-            let (cur_p, merged) = match self.pair(id[i], id[j]) {
-                Some(x) => x,
-                None => continue,
-            };
-            if cur_p != p {
-                continue; // stale: this position's pair has changed
-            }
-            id[i] = merged;
-            alive[j] = false;
+            id[i] = merged[i];
+            prio[j] = NONE; // node j is gone
             next[i] = next[j];
+            prio[i] = NONE;
             if next[j] != NONE {
-                prev[next[j] as usize] = i as u32;
-                if let Some((p2, _)) = self.pair(merged, id[next[j] as usize]) {
-                    heap.push(Reverse((p2, i as u32)));
+                let k = next[j] as usize;
+                prev[k] = i as u32;
+                if let Some((p2, m2)) = self.pair(id[i], id[k]) {
+                    prio[i] = p2;
+                    merged[i] = m2;
+                    heap.push(Reverse((p2 as u64) << 32 | i as u64));
                 }
             }
             if prev[i] != NONE {
                 let h = prev[i] as usize;
-                if let Some((p2, _)) = self.pair(id[h], merged) {
-                    heap.push(Reverse((p2, h as u32)));
+                match self.pair(id[h], id[i]) {
+                    Some((p2, m2)) => {
+                        prio[h] = p2;
+                        merged[h] = m2;
+                        heap.push(Reverse((p2 as u64) << 32 | h as u64));
+                    }
+                    None => prio[h] = NONE,
                 }
             }
         }
@@ -506,38 +514,41 @@ impl Bpe {
     }
 
     /// Encode many texts over `threads` threads; results in input order.
+    ///
+    /// The threads come from a persistent pool per thread count, so their piece
+    /// caches stay warm from one batch to the next.
     pub fn encode_batch(&self, texts: &[&str], allowed: &[&str], threads: usize) -> Vec<Vec<u32>> {
-        let threads = threads.max(1).min(texts.len().max(1));
-        if threads == 1 {
+        use rayon::prelude::*;
+        let threads = threads.clamp(1, 256);
+        if threads == 1 || texts.len() < 2 {
             return texts.iter().map(|t| self.encode_with_specials(t, allowed)).collect();
         }
-        let counter = AtomicUsize::new(0);
-        let mut results: Vec<Vec<u32>> = vec![Vec::new(); texts.len()];
-        let parts: Vec<Vec<(usize, Vec<u32>)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = counter.fetch_add(1, Ordering::Relaxed);
-                            if i >= texts.len() {
-                                break;
-                            }
-                            mine.push((i, self.encode_with_specials(texts[i], allowed)));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("encoder thread panicked")).collect()
-        });
-        for part in parts {
-            for (i, ids) in part {
-                results[i] = ids;
-            }
+        match pool(threads) {
+            Some(pool) => pool.install(|| {
+                texts.par_iter().with_min_len(4).map(|t| self.encode_with_specials(t, allowed)).collect()
+            }),
+            // could not start threads (resource limits): still give the right answer
+            None => texts.iter().map(|t| self.encode_with_specials(t, allowed)).collect(),
         }
-        results
     }
+}
+
+fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&threads) {
+        return Some(p.clone());
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("gptlite-bpe-{i}"))
+            .build()
+            .ok()?,
+    );
+    pools.insert(threads, p.clone());
+    Some(p)
 }
 
 struct Cache {
