@@ -211,8 +211,11 @@ pub fn count_texts<S: AsRef<str> + Sync>(texts: &[S], pattern: Pattern, pool: Op
 
 /// Target size of one parallel counting chunk.
 const CHUNK: usize = 1 << 20;
-/// How much file text is read before a parallel counting round.
-const BATCH: usize = 32 << 20;
+/// How much file text is read before a parallel counting round: enough chunks
+/// to keep every thread busy, small enough for a live progress bar.
+fn batch_bytes_for(threads: usize) -> usize {
+    (threads * 4 * CHUNK).max(8 << 20)
+}
 
 /// A position where the text may be cut without changing its pre-tokenization
 /// (for both patterns): right after an ASCII non-space character that is
@@ -277,11 +280,13 @@ pub fn count_files<P: AsRef<Path>>(
     pool: Option<&rayon::ThreadPool>,
     progress: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Counts, TrainError> {
-    const BLOCK: usize = 8 << 20;
+    // Read size; tiny under `cargo test` so the tests cross many block boundaries.
+    const BLOCK: usize = if cfg!(test) { 100_000 } else { 8 << 20 };
     let mut counts = Counts::default();
     let mut batch: Vec<Segment> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut done = 0u64;
+    let batch_limit = batch_bytes_for(pool.map_or_else(rayon::current_num_threads, |p| p.current_num_threads()));
     let paths: Vec<&Path> = paths.iter().map(|p| p.as_ref()).collect();
     for (fi, path) in paths.iter().enumerate() {
         let io_err = |e: std::io::Error| TrainError::Io { path: path.to_path_buf(), kind: e.kind(), message: e.to_string() };
@@ -320,7 +325,7 @@ pub fn count_files<P: AsRef<Path>>(
                 }
                 offset += n as u64;
                 batch_bytes += n;
-                if batch_bytes >= BATCH {
+                if batch_bytes >= batch_limit {
                     count_batch(&batch, &paths, pattern, replace_errors, pool, &mut counts)?;
                     done += batch_bytes as u64;
                     batch.clear();
@@ -713,7 +718,7 @@ mod tests {
     }
 
     #[test]
-    fn random_words_match_naive_and_reuse_tokens() {
+    fn random_words_match_naive() {
         // Small alphabets stress overlaps ("aaa") and ties.
         let mut seed = 12345u64;
         let mut rnd = |n: u64| {
@@ -766,6 +771,23 @@ mod tests {
             count_into(&text[x..y], Pattern::Gpt2, &mut parts);
         }
         assert_eq!(whole, parts);
+    }
+
+    #[test]
+    fn counting_same_on_any_thread_count() {
+        let dir = std::env::temp_dir().join(format!("gptlite-train-threads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.txt");
+        let text = "Some text, with words; and 12345 numbers.\n\n Again   and again x".repeat(60_000);
+        std::fs::write(&p, &text).unwrap();
+        let mut all = Vec::new();
+        for n in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+            all.push(count_files(&[&p], Pattern::Gpt2, false, Some(&pool), &mut |_| true).unwrap());
+        }
+        let whole = count_texts(&[text.as_str()], Pattern::Gpt2, None);
+        assert!(all.iter().all(|c| *c == whole));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
