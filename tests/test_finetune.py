@@ -298,3 +298,24 @@ def test_finetune_cli_bad_label(tiny_dir, corpus_sets, tmp_path, capsys):
     assert rc == 2
     assert "v.jsonl:2: label 7 is not in the label set" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_finetune_choice_and_similarity_api(tiny_dir, tmp_path):
+    """The multi-sequence tasks through finetune()/predict(): K choices, two orders."""
+    from gptlite.checkpoint import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_dir)
+    words = ["apple", "river", "stone", "cloud", "table", "green"]
+    rows = [{"context": f"the {w} is", "choices": [words[(i + k) % 6] for k in range(3)], "label": i % 3}
+            for i, w in enumerate(words * 3)]
+    p = _write(tmp_path / "ch.jsonl", rows)
+    cfg = ft.FinetuneConfig(task="choice", epochs=1, batch_size=6, max_len=16)
+    res = ft.finetune(load_model(tiny_dir), tok, p, p, cfg, log=lambda s: None)
+    pred, m = res.finetuned.predict(p)
+    assert pred.shape == (18,) and set(pred) <= {0, 1, 2}
+    assert m["accuracy"] == pytest.approx(res.history[-1]["valid_accuracy"])
+    sims = [{"text_a": a, "text_b": b, "label": int(a[0] == b[0])} for a in words for b in words]
+    p2 = _write(tmp_path / "sim.jsonl", sims)
+    res2 = ft.finetune(load_model(tiny_dir), tok, p2, p2, ft.FinetuneConfig(task="similarity", epochs=1, max_len=16),
+                       log=lambda s: None)
+    assert res2.finetuned.labels == ["0", "1"] and "valid_f1" in res2.history[-1]

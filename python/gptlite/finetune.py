@@ -339,10 +339,6 @@ class Finetuned:
     tokenizer: object = None
     history: list = field(default_factory=list)
 
-    @property
-    def n_seq(self) -> int:
-        return 2 if self.task == "similarity" else 1
-
     def predict(self, data, batch_size: int = 32, tokenizer=None, skip_bad: bool = False):
         """Predicted class index per record (for choice: the choice index) and the metrics when labelled."""
         tok = tokenizer or self.tokenizer
@@ -403,7 +399,7 @@ def evaluate_examples(ft: Finetuned, exs: list[Example], batch_size: int = 32):
     preds = []
     for s in range(0, len(exs), batch_size):
         batch = collate(exs[s : s + batch_size], ft.model.xp)
-        z = predict_scores(ft.model, ft.head, batch, ft.task, ft.n_seq)
+        z = predict_scores(ft.model, ft.head, batch, ft.task, len(exs[0].seqs))
         preds.append(np.asarray(z.argmax(axis=1).get() if hasattr(z, "get") else z.argmax(axis=1)))
     pred = np.concatenate(preds)
     gold = np.array([ex.label for ex in exs])
