@@ -174,9 +174,11 @@ def test_bad_arguments(model, kwargs, exc, match):
 # --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, model, gpt2_dir):
-    tokenizer = pytest.importorskip("gptlite.tokenizer")
+    from gptlite.tokenizer import Tokenizer
+
     d = tmp_path_factory.mktemp("cli") / "model"
-    ckpt.save_model(model, d, tokenizer=tokenizer.Tokenizer.from_files(gpt2_dir))
+    ckpt.save_model(model, d, tokenizer=Tokenizer.from_files(gpt2_dir))
+    assert ckpt.load_tokenizer(d) is not None
     return d
 
 
