@@ -379,6 +379,13 @@ def _cmd_tokenizer_train(args) -> int:
     try:
         for fmt in formats:
             tok.save(tmp, format=fmt)
+        # temp files and dirs are created private (0600/0700); give the result
+        # the permissions an ordinary write would have (umask applied)
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask)
+        tmp.chmod(0o777 & ~umask)
         if not out.exists():
             os.rename(tmp, out)
         else:

@@ -116,16 +116,17 @@ class ProgressBar:
         if not final and now - self.t_draw < 0.1:
             return
         self.t_draw = now
-        unit = "MB" if phase == "count" else "tokens"
-        scale = 1e6 if phase == "count" else 1
-        label = "counting" if phase == "count" else "merging "
+        if phase == "count":
+            label, unit, fmt = "counting", "MB", lambda n: f"{n / 1e6:,.1f}"
+        else:
+            label, unit, fmt = "merging ", "tokens", lambda n: f"{n:,}"
         if total:
             frac = min(1.0, done / total)
             filled = int(frac * self.width)
             bar = "#" * filled + "-" * (self.width - filled)
-            msg = f"{label} [{bar}] {done / scale:,.1f}/{total / scale:,.1f} {unit}"
+            msg = f"{label} [{bar}] {fmt(done)}/{fmt(total)} {unit}"
         else:
-            msg = f"{label} {done / scale:,.1f} {unit}"
+            msg = f"{label} {fmt(done)} {unit}"
         self.stream.write(f"\r{msg} {now - self.t_phase:6.1f}s")
         self.stream.flush()
 
