@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyLong, PyTuple};
 
@@ -81,6 +81,20 @@ fn extract_ids(ids: &PyAny) -> PyResult<Vec<i64>> {
     Ok(out)
 }
 
+/// Run `f`, turning a Rust panic (a bug, never expected from user data) into a
+/// RuntimeError instead of pyo3's PanicException, which is a BaseException that
+/// `except Exception` would not catch.
+fn guard<T>(f: impl FnOnce() -> T) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        let msg = e
+            .downcast_ref::<String>()
+            .map(|s| s.as_str())
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        PyRuntimeError::new_err(format!("internal error in gptlite's tokenizer (please report): {msg}"))
+    })
+}
+
 fn encode_err(e: EncodeError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
@@ -91,12 +105,16 @@ impl CoreBPE {
     #[staticmethod]
     fn from_gpt2_files(py: Python<'_>, encoder_path: &str, merges_path: &str, pattern: &str) -> PyResult<Self> {
         let pattern = pattern_of(pattern)?;
-        let parts = py.allow_threads(|| -> Result<VocabParts, VocabError> {
-            let enc = vocab::read_file(Path::new(encoder_path))?;
-            let bpe = vocab::read_file(Path::new(merges_path))?;
-            vocab::parse_gpt2(&enc, &name_of(encoder_path), &bpe, &name_of(merges_path))
-        });
-        build(parts.map_err(vocab_err)?, pattern, &format!("{encoder_path} + {merges_path}"))
+        let parts = py.allow_threads(|| {
+            guard(|| -> Result<VocabParts, VocabError> {
+                let enc = vocab::read_file(Path::new(encoder_path))?;
+                let bpe = vocab::read_file(Path::new(merges_path))?;
+                vocab::parse_gpt2(&enc, &name_of(encoder_path), &bpe, &name_of(merges_path))
+            })
+        })?;
+        let origin = format!("{encoder_path} + {merges_path}");
+        let parts = parts.map_err(vocab_err)?;
+        py.allow_threads(|| guard(|| build(parts, pattern, &origin)))?
     }
 
     /// Load a `.tiktoken` rank file; `specials` are added (the file has none).
@@ -104,10 +122,10 @@ impl CoreBPE {
     fn from_tiktoken_file(py: Python<'_>, path: &str, specials: Vec<(String, u32)>, pattern: &str) -> PyResult<Self> {
         let pattern = pattern_of(pattern)?;
         let ranks = py
-            .allow_threads(|| vocab::read_file(Path::new(path)).and_then(|d| vocab::parse_tiktoken(&d, &name_of(path))))
+            .allow_threads(|| guard(|| vocab::read_file(Path::new(path)).and_then(|d| vocab::parse_tiktoken(&d, &name_of(path)))))?
             .map_err(vocab_err)?;
         let bpe = py
-            .allow_threads(|| Bpe::from_ranks(ranks, specials, pattern))
+            .allow_threads(|| guard(|| Bpe::from_ranks(ranks, specials, pattern)))?
             .map_err(|e| PyValueError::new_err(format!("{path}: {e}")))?;
         Ok(CoreBPE { inner: Arc::new(bpe) })
     }
@@ -118,7 +136,7 @@ impl CoreBPE {
         let pattern = pattern_of(pattern)?;
         let ranks: Vec<(Vec<u8>, u32)> = ranks.into_iter().map(|(b, r)| (b.to_vec(), r)).collect();
         let bpe = py
-            .allow_threads(|| Bpe::from_ranks(ranks, specials, pattern))
+            .allow_threads(|| guard(|| Bpe::from_ranks(ranks, specials, pattern)))?
             .map_err(|e| PyValueError::new_err(format!("mergeable_ranks: {e}")))?;
         Ok(CoreBPE { inner: Arc::new(bpe) })
     }
@@ -135,26 +153,26 @@ impl CoreBPE {
     ) -> PyResult<Self> {
         let pattern = pattern_of(pattern)?;
         let tokens: Vec<(Vec<u8>, u32)> = tokens.into_iter().map(|(b, r)| (b.to_vec(), r)).collect();
-        py.allow_threads(|| build(VocabParts { tokens, merges, specials }, pattern, "vocabulary"))
+        py.allow_threads(|| guard(|| build(VocabParts { tokens, merges, specials }, pattern, "vocabulary")))?
     }
 
-    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> Vec<u32> {
+    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<Vec<u32>> {
         let inner = &self.inner;
-        py.allow_threads(|| inner.encode_ordinary(text))
+        py.allow_threads(|| guard(|| inner.encode_ordinary(text)))
     }
 
     /// Encode, turning the `allowed` special tokens into their ids.
-    fn encode(&self, py: Python<'_>, text: &str, allowed: Vec<String>) -> Vec<u32> {
+    fn encode(&self, py: Python<'_>, text: &str, allowed: Vec<String>) -> PyResult<Vec<u32>> {
         let inner = &self.inner;
         let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        py.allow_threads(|| inner.encode_with_specials(text, &allowed))
+        py.allow_threads(|| guard(|| inner.encode_with_specials(text, &allowed)))
     }
 
     /// Encode many texts over `num_threads` threads; results in input order.
-    fn encode_batch(&self, py: Python<'_>, texts: Vec<&str>, allowed: Vec<String>, num_threads: usize) -> Vec<Vec<u32>> {
+    fn encode_batch(&self, py: Python<'_>, texts: Vec<&str>, allowed: Vec<String>, num_threads: usize) -> PyResult<Vec<Vec<u32>>> {
         let inner = &self.inner;
         let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        py.allow_threads(|| inner.encode_batch(&texts, &allowed, num_threads))
+        py.allow_threads(|| guard(|| inner.encode_batch(&texts, &allowed, num_threads)))
     }
 
     /// Encode to little-endian unsigned integers of `width` bytes (2 or 4).
@@ -170,7 +188,7 @@ impl CoreBPE {
         }
         let inner = &self.inner;
         let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        let bytes = py.allow_threads(|| {
+        let bytes = py.allow_threads(|| guard(|| {
             let ids = inner.encode_with_specials(text, &allowed);
             let mut out = Vec::with_capacity(ids.len() * width);
             if width == 2 {
@@ -183,14 +201,14 @@ impl CoreBPE {
                 }
             }
             out
-        });
+        }))?;
         Ok(PyBytes::new(py, &bytes).into())
     }
 
     fn decode_bytes(&self, py: Python<'_>, ids: &PyAny) -> PyResult<PyObject> {
         let ids = extract_ids(ids)?;
         let inner = &self.inner;
-        let b = py.allow_threads(|| inner.decode_bytes(ids)).map_err(encode_err)?;
+        let b = py.allow_threads(|| guard(|| inner.decode_bytes(ids)))?.map_err(encode_err)?;
         Ok(PyBytes::new(py, &b).into())
     }
 
