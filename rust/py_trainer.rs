@@ -29,7 +29,9 @@ fn to_pyerr(e: TrainError, pending: Option<PyErr>) -> PyErr {
             std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
             _ => PyOSError::new_err(msg),
         },
-        TrainError::InvalidUtf8 { .. } | TrainError::EmptyCorpus => PyValueError::new_err(msg),
+        TrainError::InvalidUtf8 { .. } | TrainError::EmptyCorpus | TrainError::CountsTooLarge => {
+            PyValueError::new_err(msg)
+        }
         TrainError::Interrupted => PyKeyboardInterrupt::new_err("interrupted"),
     }
 }

@@ -115,6 +115,8 @@ pub enum TrainError {
     EmptyCorpus,
     /// A progress callback asked to stop.
     Interrupted,
+    /// Counts so large that pair counts would overflow 63 bits.
+    CountsTooLarge,
 }
 
 impl fmt::Display for TrainError {
@@ -129,6 +131,9 @@ impl fmt::Display for TrainError {
             ),
             TrainError::EmptyCorpus => write!(f, "empty corpus: no text to train on"),
             TrainError::Interrupted => write!(f, "interrupted"),
+            TrainError::CountsTooLarge => {
+                write!(f, "word counts too large: sum of count x length must stay below 2**63")
+            }
         }
     }
 }
@@ -528,6 +533,11 @@ pub fn train_bpe(
     if start.is_empty() {
         return Err(TrainError::EmptyCorpus);
     }
+    // Every pair count is at most sum(count * length): keep that within i64.
+    let total: u128 = (0..start.len()).map(|w| len[w] as u128 * count[w] as u128).sum();
+    if total > i64::MAX as u128 {
+        return Err(TrainError::CountsTooLarge);
+    }
 
     let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     let mut token_id: FxMap<Vec<u8>, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
@@ -756,6 +766,8 @@ mod tests {
         assert_eq!(train_bpe(&[], 10, 1, 0, &mut |_| true).unwrap_err(), TrainError::EmptyCorpus);
         let words: Vec<(&[u8], u64)> = vec![(b"", 3)];
         assert_eq!(train_bpe(&words, 10, 1, 0, &mut |_| true).unwrap_err(), TrainError::EmptyCorpus);
+        let words: Vec<(&[u8], u64)> = vec![(b"ab", u64::MAX / 4), (b"abc", u64::MAX / 4)];
+        assert_eq!(train_bpe(&words, 10, 1, 0, &mut |_| true).unwrap_err(), TrainError::CountsTooLarge);
     }
 
     #[test]

@@ -93,6 +93,14 @@ def test_tie_break_and_min_frequency():
     assert r.special_tokens == {}
 
 
+def test_word_counts_bytes_keys_and_duplicates_sum():
+    # str and bytes keys with the same bytes are one word; zero counts are ignored
+    r = trainer.train_bpe(word_counts={b"ab": 2, "ab": 1, "ba": 2, "zz": 0, b"\xff\xfe": 1},
+                          vocab_size=258, special_tokens=())
+    assert r.merges == [(97, 98, 256), (98, 97, 257)]
+    assert r.counts == [3, 2]
+
+
 def test_overlapping_pairs_counted_and_merged_left_to_right():
     r = trainer.train_bpe(word_counts={"aaa": 1}, vocab_size=258, special_tokens=())
     # "aaa" holds (a,a) twice; merged left to right -> [aa, a] -> (aa, a)
@@ -255,6 +263,8 @@ def test_bad_input(tmp_path):
         trainer.train_bpe(texts="abc", vocab_size=300)
     with pytest.raises(ValueError, match="not a count"):
         trainer.train_bpe(word_counts={"ab": -1}, vocab_size=300)
+    with pytest.raises(ValueError, match="too large"):
+        trainer.train_bpe(word_counts={"ab": 2**62, "abc": 2**62}, vocab_size=300)
     with pytest.raises(ValueError, match="not str or bytes"):
         trainer.train_bpe(word_counts={5: 1}, vocab_size=300)
     with pytest.raises(ValueError, match="num_threads"):
