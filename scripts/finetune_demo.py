@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""GPT-1 fine-tuning demonstration on the shared data: "which word comes next?"
+"""GPT-1 fine-tuning demonstration on the shared data.
 
-A LAMBADA-style multiple-choice task built from the held-out tail of
-tinyshakespeare (the last 10% of the file, the part `gptlite prepare` keeps
-out of the default model's training split): given ~40 words of a passage,
-choose the word that really follows among 4 candidates -- the true word and 3
-distractors drawn from the same passage (so every choice is plausible
-vocabulary and only context decides). Chance is 25%.
+Both tasks are built from the held-out tail of tinyshakespeare (the last 10%
+of the file, the part `gptlite prepare --val-fraction 0.1` keeps out of the
+default model's training split); training passages come from the first two
+thirds of that tail and validation passages from the last third (no overlap).
 
-It fine-tunes four times with the `choice` input transformation
-(start context delim answer_k extract, softmax over k):
-  pre-trained model, lambda = 0.5   |  pre-trained model, lambda = 0
-  random init,      lambda = 0.5   |  random init,      lambda = 0
-and reports validation accuracy per epoch, plus the zero-shot accuracy of the
-pre-trained LM itself (GPT-2-style scoring of each candidate, no fine-tuning).
+--task shuffle (default; classification, `start text extract`):
+    is this 24-word passage GENUINE or are its words SHUFFLED? Both kinds are
+    re-joined with single spaces, so they hold the same words and spacing:
+    only word order -- what a language model knows -- tells them apart.
+--task nextword (multiple choice, `start context delim answer_k extract`):
+    LAMBADA-style: which of 4 words (the true next word and 3 distractors from
+    the same passage) follows the passage? Also reports the zero-shot accuracy
+    of the LM itself (GPT-2-style log-prob scoring).
+
+It fine-tunes four times -- pre-trained vs random init, lambda = 0.5 vs 0 --
+and prints validation accuracy per epoch as a markdown table.
 
     python scripts/finetune_demo.py                       # the shipped default model
     python scripts/finetune_demo.py --model runs/shakespeare/ckpt --json runs/ft-demo.json
@@ -54,6 +57,26 @@ def build_examples(text: str, context_words: int, stride: int, rng: np.random.Ge
     return out
 
 
+def build_shuffle_examples(text: str, n_words: int, stride: int, rng: np.random.Generator) -> list[dict]:
+    """Passages of `n_words` words, half of them with their words shuffled.
+
+    Both kinds are re-joined with single spaces, so the multiset of words and
+    the spacing are identical: only word order tells them apart.
+    """
+    words = text.split()
+    out = []
+    for i in range(0, len(words) - n_words, stride):
+        w = words[i : i + n_words]
+        label = "shuffled" if rng.random() < 0.5 else "genuine"
+        if label == "shuffled":
+            perm = rng.permutation(n_words)
+            if (perm == np.arange(n_words)).all():
+                continue
+            w = [w[j] for j in perm]
+        out.append({"text": " ".join(w), "label": label})
+    return out
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     from gptlite.fileio import atomic_write_text
 
@@ -64,12 +87,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "python" / "gptlite" / "assets" / "default"))
     ap.add_argument("--work", default=str(ROOT / "runs" / "finetune-demo"), help="datasets and checkpoints go here")
-    ap.add_argument("--context-words", type=int, default=40)
-    ap.add_argument("--n-train", type=int, default=480)
-    ap.add_argument("--n-valid", type=int, default=240)
+    ap.add_argument("--task", choices=["shuffle", "nextword"], default="shuffle")
+    ap.add_argument("--context-words", type=int, default=24)
+    ap.add_argument("--n-train", type=int, default=512)
+    ap.add_argument("--n-valid", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=6.25e-5)
+    ap.add_argument("--lr", type=float, default=1e-3,
+                    help="GPT-1's 6.25e-5 is for a 117M model and large data sets; this tiny model needs more")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="pre-0.5,pre-0,rand-0.5,rand-0", help="comma list of {pre,rand}-{lambda}")
     ap.add_argument("--json", default=None, help="write all results here")
@@ -82,8 +107,12 @@ def main(argv=None) -> int:
     tail = text[int(len(text) * 0.9):]  # held out of the default model's training split
     cut = int(len(tail) * 2 / 3)  # train passages before, validation passages after: no overlap
     rng = np.random.default_rng(args.seed)
-    train = build_examples(tail[:cut], args.context_words, 7, rng)
-    valid = build_examples(tail[cut:], args.context_words, 7, rng)
+    if args.task == "nextword":
+        train = build_examples(tail[:cut], args.context_words, 7, rng)
+        valid = build_examples(tail[cut:], args.context_words, 7, rng)
+    else:
+        train = build_shuffle_examples(tail[:cut], args.context_words, args.context_words // 2, rng)
+        valid = build_shuffle_examples(tail[cut:], args.context_words, args.context_words, rng)
     rng.shuffle(train)
     rng.shuffle(valid)
     train, valid = train[: args.n_train], valid[: args.n_valid]
@@ -91,7 +120,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     write_jsonl(work / "train.jsonl", train)
     write_jsonl(work / "valid.jsonl", valid)
-    print(f"dataset: {len(train)} train / {len(valid)} valid passages of {args.context_words} words, 4 choices",
+    print(f"dataset ({args.task}): {len(train)} train / {len(valid)} valid passages of {args.context_words} words",
           file=sys.stderr)
 
     model_dir = Path(args.model)
@@ -103,21 +132,23 @@ def main(argv=None) -> int:
         tok = Tokenizer.gpt2()
     results = {"model": str(model_dir), "config": vars(args), "n_train": len(train), "n_valid": len(valid), "runs": {}}
 
-    # zero-shot: the LM's own choice (GPT-2 style), no fine-tuning
-    t0 = time.time()
-    zs = evaluate.choice(base, tok, work / "valid.jsonl", normalize="total", progress=False)
-    zs_mean = evaluate.choice(base, tok, work / "valid.jsonl", normalize="mean", progress=False)
-    results["zero_shot"] = {"accuracy_total": zs.accuracy, "accuracy_mean": zs_mean.accuracy,
-                            "seconds": time.time() - t0}
-    print(f"zero-shot LM scoring: {zs.accuracy:.3f} (total log-prob), {zs_mean.accuracy:.3f} (per token)",
-          file=sys.stderr)
+    zs = zs_mean = None
+    if args.task == "nextword":  # zero-shot: the LM's own choice (GPT-2 style), no fine-tuning
+        t0 = time.time()
+        zs = evaluate.choice(base, tok, work / "valid.jsonl", normalize="total", progress=False)
+        zs_mean = evaluate.choice(base, tok, work / "valid.jsonl", normalize="mean", progress=False)
+        results["zero_shot"] = {"accuracy_total": zs.accuracy, "accuracy_mean": zs_mean.accuracy,
+                                "seconds": time.time() - t0}
+        print(f"zero-shot LM scoring: {zs.accuracy:.3f} (total log-prob), {zs_mean.accuracy:.3f} (per token)",
+              file=sys.stderr)
+    task = "choice" if args.task == "nextword" else "classification"
 
     for run in args.runs.split(","):
         init, lam = run.split("-")
         model = base if init == "pre" else GPT(base.config, device="cpu", seed=args.seed)
         if init == "pre":  # fresh copy: fine-tuning updates parameters in place
             model = GPT(base.config, params={k: v.copy() for k, v in base.params.items()}, device="cpu")
-        cfg = finetune.FinetuneConfig(task="choice", lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+        cfg = finetune.FinetuneConfig(task=task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                                       lm_coef=float(lam), seed=args.seed)
         t0 = time.time()
         res = finetune.finetune(model, tok, work / "train.jsonl", work / "valid.jsonl", cfg,
@@ -125,13 +156,20 @@ def main(argv=None) -> int:
         results["runs"][run] = {"history": res.history, "valid_accuracy": res.history[-1]["valid_accuracy"],
                                 "truncated_train": res.truncated_train, "seconds": time.time() - t0}
 
-    print("\n| init | lambda | " + " | ".join(f"valid acc. epoch {e + 1}" for e in range(args.epochs)) + " | time |")
-    print("|---|---|" + "---|" * args.epochs + "---|")
+    f1 = task == "classification"
+    print("\n| init | lambda | " + " | ".join(f"valid acc. epoch {e + 1}" for e in range(args.epochs))
+          + (" | valid F1 (last) |" if f1 else " |") + " time |")
+    print("|---|---|" + "---|" * args.epochs + ("---|" if f1 else "") + "---|")
     for run, r in results["runs"].items():
         init, lam = run.split("-")
         accs = " | ".join(f"{h['valid_accuracy']:.3f}" for h in r["history"])
-        print(f"| {'pre-trained' if init == 'pre' else 'random'} | {lam} | {accs} | {r['seconds']:.0f} s |")
-    print(f"\nzero-shot (no fine-tuning): {zs.accuracy:.3f} total log-prob, {zs_mean.accuracy:.3f} per token; chance 0.25")
+        extra = f" {r['history'][-1]['valid_f1']:.3f} |" if f1 else ""
+        print(f"| {'pre-trained' if init == 'pre' else 'random'} | {lam} | {accs} |{extra} {r['seconds']:.0f} s |")
+    if zs is not None:
+        print(f"\nzero-shot (no fine-tuning): {zs.accuracy:.3f} total log-prob, {zs_mean.accuracy:.3f} per token; chance 0.25")
+    else:
+        gen = sum(r["label"] == "genuine" for r in valid) / len(valid)
+        print(f"\nmajority-class baseline: {max(gen, 1 - gen):.3f}")
     if args.json:
         from gptlite.fileio import atomic_write_text
 
