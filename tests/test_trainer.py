@@ -282,6 +282,13 @@ def test_unreadable_file(tmp_path):
         trainer.train_bpe(files=[p], vocab_size=300)
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")
+def test_read_error_is_oserror_naming_file():
+    # opening succeeds, reading fails (EIO): works as root too
+    with pytest.raises(OSError, match="/proc/self/mem: Input/output error"):
+        trainer.count_pretokens(files=["/proc/self/mem"])
+
+
 def test_invalid_utf8(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("hello world " * 10)
