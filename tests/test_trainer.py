@@ -351,6 +351,17 @@ def test_cli_train(tmp_path, capsys):
     want = trainer.train_bpe(files=[a, b], vocab_size=700, special_tokens=("<|endoftext|>", "<|pad|>"))
     assert tok.mergeable_ranks == want.mergeable_ranks()
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temp dirs left
+    # what the CLI wrote loads in tiktoken and HF tokenizers and encodes the same
+    import tiktoken.load
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
+
+    enc = tiktoken.Encoding("tok", pat_str=ref.PATTERNS["gpt2"],
+                            mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(out / "tok.tiktoken")),
+                            special_tokens=tok.special_tokens)
+    hf = HFTokenizer(models.BPE.from_file(str(out / "encoder.json"), str(out / "vocab.bpe")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    ids = tok.encode_ordinary(UNSEEN)
+    assert enc.encode_ordinary(UNSEEN) == ids == hf.encode(UNSEEN).ids
 
     # user errors: one line, exit status 2, no output written
     bad_out = tmp_path / "bad"
