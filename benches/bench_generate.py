@@ -3,7 +3,8 @@
 GPT-2 124M shape (random weights, the same in both), batch 1, a 32-token
 prompt, 64 new tokens, greedy. Both run in this process with their default
 thread settings; rounds alternate between the two so that a change in machine
-load hits both alike. The figure is the ratio of tokens/s (target >= 1.5x).
+load hits both alike. The figure is the ratio of tokens/s (target >= 1.5x),
+with default threads and again with one BLAS thread each.
 
     python -m pytest benches/bench_generate.py --benchmark-only -s
     python benches/bench_generate.py            # same, without pytest-benchmark
@@ -53,6 +54,30 @@ def run_hf(hf, prompt):
     return out[0, len(prompt):].tolist()
 
 
+class single_thread:
+    """Both libraries on one BLAS thread: the like-for-like comparison of the code
+    itself, and robust when other jobs oversubscribe the cores (spinning BLAS
+    threads then collapse, in both libraries)."""
+
+    def __enter__(self):
+        import torch
+
+        from gptlite.ops import _BlasThreads
+
+        self.blas = _BlasThreads()
+        self.prev = (torch.get_num_threads(), self.blas.get() if self.blas.get else None)
+        torch.set_num_threads(1)
+        if self.blas.set:
+            self.blas.set(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.prev[0])
+        if self.blas.set and self.prev[1]:
+            self.blas.set(self.prev[1])
+
+
 def measure(model, hf, prompt, rounds=ROUNDS):
     """Median seconds per call of each, alternating; checks both give the same tokens."""
     ours, theirs = run_gptlite(model, prompt), run_hf(hf, prompt)  # warm-up
@@ -70,7 +95,7 @@ def measure(model, hf, prompt, rounds=ROUNDS):
     return statistics.median(t_ours), statistics.median(t_hf)
 
 
-def report(s_ours, s_hf) -> dict:
+def report(s_ours, s_hf, label="") -> dict:
     import torch
 
     r = {
@@ -79,10 +104,17 @@ def report(s_ours, s_hf) -> dict:
         "ratio": s_hf / s_ours,
         "torch_threads": torch.get_num_threads(),
     }
-    print(f"\ngenerate 124M, batch 1, {PROMPT_LEN}-token prompt, {NEW_TOKENS} new, greedy, CPU: "
+    print(f"\ngenerate 124M, batch 1, {PROMPT_LEN}-token prompt, {NEW_TOKENS} new, greedy, CPU{label}: "
           f"gptlite {r['gptlite_tokens_per_s']:.1f} tok/s, HF generate {r['hf_tokens_per_s']:.1f} tok/s "
           f"-> {r['ratio']:.2f}x (target 1.5x; torch threads {r['torch_threads']})")
     return r
+
+
+def run_all(model, hf, prompt) -> dict:
+    out = {"default_threads": report(*measure(model, hf, prompt), label=", default threads")}
+    with single_thread():
+        out["one_thread"] = report(*measure(model, hf, prompt), label=", 1 thread each")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +126,11 @@ def models():
 
 def test_generate_vs_hf(benchmark, models):
     model, hf, prompt = models
-    s_ours, s_hf = measure(model, hf, prompt)
-    benchmark.extra_info.update(report(s_ours, s_hf))
+    for label, r in run_all(model, hf, prompt).items():
+        benchmark.extra_info.update({f"{label}.{k}": v for k, v in r.items()})
     # the pytest-benchmark table: gptlite's own timing
     benchmark.pedantic(run_gptlite, args=(model, prompt), rounds=2, iterations=1)
 
 
 if __name__ == "__main__":
-    report(*measure(*build()))
+    run_all(*build())

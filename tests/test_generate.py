@@ -224,6 +224,13 @@ def test_cli_generate_errors(model_dir, tmp_path, capsys):
     assert rc == 2 and "top_p" in err
 
 
+def test_cli_default_model_missing(tmp_path, capsys, monkeypatch):
+    # as if gptlite were installed without assets/default
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "gptlite" / "cli.py"))
+    rc, _, err = _run(["generate", "hello"], capsys)
+    assert rc == 2 and "default model" in err and "--model" in err
+
+
 def test_check_reference_cli(model_dir, capsys):
     pytest.importorskip("transformers")
     rc, out, err = _run(["check-reference", "--model", str(model_dir), "--max-tokens", "40"], capsys)
