@@ -35,12 +35,41 @@ fn name_of(path: &str) -> String {
 #[pyclass(module = "gptlite._core", name = "CoreBPE")]
 pub struct CoreBPE {
     inner: Arc<Bpe>,
+    /// One Python int per id, made once: building result lists then costs an
+    /// INCREF per token instead of an allocation, which keeps the serial
+    /// (GIL-holding) part of batch encoding small.
+    ints: Vec<PyObject>,
 }
 
-fn build(parts: VocabParts, pattern: Pattern, origin: &str) -> PyResult<CoreBPE> {
-    let bpe = Bpe::new(parts.tokens, parts.merges, parts.specials, pattern)
-        .map_err(|e| PyValueError::new_err(format!("{origin}: {e}")))?;
-    Ok(CoreBPE { inner: Arc::new(bpe) })
+fn build(parts: VocabParts, pattern: Pattern, origin: &str) -> PyResult<Bpe> {
+    Bpe::new(parts.tokens, parts.merges, parts.specials, pattern)
+        .map_err(|e| PyValueError::new_err(format!("{origin}: {e}")))
+}
+
+fn wrap(py: Python<'_>, bpe: Bpe) -> CoreBPE {
+    let ints = (0..bpe.n_vocab() as u32).map(|i| i.into_py(py)).collect();
+    CoreBPE { inner: Arc::new(bpe), ints }
+}
+
+impl CoreBPE {
+    /// A Python list of the ids (all < n_vocab: they come from our own tables).
+    fn to_list(&self, py: Python<'_>, ids: &[u32]) -> PyResult<PyObject> {
+        use pyo3::{ffi, AsPyPointer};
+        unsafe {
+            let list = ffi::PyList_New(ids.len() as ffi::Py_ssize_t);
+            if list.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let list: PyObject = PyObject::from_owned_ptr(py, list);
+            for (i, &id) in ids.iter().enumerate() {
+                let o = self.ints[id as usize].as_ptr();
+                ffi::Py_INCREF(o);
+                // steals the reference; cannot fail for an index within the new list
+                ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, o);
+            }
+            Ok(list)
+        }
+    }
 }
 
 /// Token ids from any Python iterable of ints, with errors naming the position.
@@ -114,7 +143,8 @@ impl CoreBPE {
         })?;
         let origin = format!("{encoder_path} + {merges_path}");
         let parts = parts.map_err(vocab_err)?;
-        py.allow_threads(|| guard(|| build(parts, pattern, &origin)))?
+        let bpe = py.allow_threads(|| guard(|| build(parts, pattern, &origin)))??;
+        Ok(wrap(py, bpe))
     }
 
     /// Load a `.tiktoken` rank file; `specials` are added (the file has none).
@@ -127,7 +157,7 @@ impl CoreBPE {
         let bpe = py
             .allow_threads(|| guard(|| Bpe::from_ranks(ranks, specials, pattern)))?
             .map_err(|e| PyValueError::new_err(format!("{path}: {e}")))?;
-        Ok(CoreBPE { inner: Arc::new(bpe) })
+        Ok(wrap(py, bpe))
     }
 
     /// From tiktoken-style mergeable ranks (bytes -> rank == id).
@@ -138,7 +168,7 @@ impl CoreBPE {
         let bpe = py
             .allow_threads(|| guard(|| Bpe::from_ranks(ranks, specials, pattern)))?
             .map_err(|e| PyValueError::new_err(format!("mergeable_ranks: {e}")))?;
-        Ok(CoreBPE { inner: Arc::new(bpe) })
+        Ok(wrap(py, bpe))
     }
 
     /// From the exact tables (tokens, merges in priority order, specials): used
@@ -153,26 +183,98 @@ impl CoreBPE {
     ) -> PyResult<Self> {
         let pattern = pattern_of(pattern)?;
         let tokens: Vec<(Vec<u8>, u32)> = tokens.into_iter().map(|(b, r)| (b.to_vec(), r)).collect();
-        py.allow_threads(|| guard(|| build(VocabParts { tokens, merges, specials }, pattern, "vocabulary")))?
+        let bpe = py.allow_threads(|| guard(|| build(VocabParts { tokens, merges, specials }, pattern, "vocabulary")))??;
+        Ok(wrap(py, bpe))
     }
 
-    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<Vec<u32>> {
+    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<PyObject> {
         let inner = &self.inner;
-        py.allow_threads(|| guard(|| inner.encode_ordinary(text)))
+        let ids = py.allow_threads(|| guard(|| inner.encode_ordinary(text)))?;
+        self.to_list(py, &ids)
     }
 
     /// Encode, turning the `allowed` special tokens into their ids.
-    fn encode(&self, py: Python<'_>, text: &str, allowed: Vec<String>) -> PyResult<Vec<u32>> {
+    fn encode(&self, py: Python<'_>, text: &str, allowed: Vec<String>) -> PyResult<PyObject> {
         let inner = &self.inner;
         let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        py.allow_threads(|| guard(|| inner.encode_with_specials(text, &allowed)))
+        let ids = py.allow_threads(|| guard(|| inner.encode_with_specials(text, &allowed)))?;
+        self.to_list(py, &ids)
     }
 
     /// Encode many texts over `num_threads` threads; results in input order.
-    fn encode_batch(&self, py: Python<'_>, texts: Vec<&str>, allowed: Vec<String>, num_threads: usize) -> PyResult<Vec<Vec<u32>>> {
-        let inner = &self.inner;
+    ///
+    /// Worker threads encode without the GIL; meanwhile this thread turns each
+    /// finished result into a Python list (which needs the GIL), so that the
+    /// serial part overlaps with the parallel one instead of following it.
+    fn encode_batch(&self, py: Python<'_>, texts: Vec<&str>, allowed: Vec<String>, num_threads: usize) -> PyResult<PyObject> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::mpsc;
+        let n = texts.len();
+        let inner: &Bpe = &self.inner;
         let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        py.allow_threads(|| guard(|| inner.encode_batch(&texts, &allowed, num_threads)))
+        let threads = num_threads.clamp(1, 256).min(n);
+        let mut out: Vec<Option<PyObject>> = (0..n).map(|_| None).collect();
+        if threads >= 2 {
+            let counter = AtomicUsize::new(0);
+            let (tx, rx) = mpsc::channel::<(usize, PyResult<Vec<u32>>)>();
+            let (texts, allowed, counter) = (&texts, &allowed, &counter);
+            std::thread::scope(|scope| -> PyResult<()> {
+                let mut spawned = 0;
+                for k in 0..threads {
+                    let tx = tx.clone();
+                    let worker = move || loop {
+                        let i = counter.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        let r = guard(|| inner.encode_with_specials(texts[i], allowed));
+                        if tx.send((i, r)).is_err() {
+                            break;
+                        }
+                    };
+                    let b = std::thread::Builder::new().name(format!("gptlite-batch-{k}"));
+                    if b.spawn_scoped(scope, worker).is_ok() {
+                        spawned += 1;
+                    }
+                }
+                drop(tx);
+                if spawned == 0 {
+                    return Ok(()); // could not start threads: done below, sequentially
+                }
+                let mut rx = rx;
+                loop {
+                    let msg = match rx.try_recv() {
+                        Ok(m) => m,
+                        Err(mpsc::TryRecvError::Empty) => {
+                            // wait without the GIL (the receiver travels into the closure and back)
+                            let (r, back) = py.allow_threads(move || (rx.recv(), rx));
+                            rx = back;
+                            match r {
+                                Ok(m) => m,
+                                Err(_) => break, // all workers finished
+                            }
+                        }
+                        Err(mpsc::TryRecvError::Disconnected) => break,
+                    };
+                    let ids = msg.1?;
+                    out[msg.0] = Some(self.to_list(py, &ids)?);
+                }
+                Ok(())
+            })?;
+        }
+        // Sequential path (one thread, or anything the workers did not do).
+        let mut lists = Vec::with_capacity(n);
+        for (i, slot) in out.into_iter().enumerate() {
+            match slot {
+                Some(l) => lists.push(l),
+                None => {
+                    let text = texts[i];
+                    let ids = py.allow_threads(|| guard(|| inner.encode_with_specials(text, &allowed)))?;
+                    lists.push(self.to_list(py, &ids)?);
+                }
+            }
+        }
+        Ok(PyList::new(py, lists).into())
     }
 
     /// Encode to little-endian unsigned integers of `width` bytes (2 or 4).
