@@ -277,7 +277,7 @@ impl CoreBPE {
         Ok(PyList::new(py, lists).into())
     }
 
-    /// Encode to little-endian unsigned integers of `width` bytes (2 or 4).
+    /// Encode to little-endian unsigned integers of `width` bytes (2 or 4), as a bytearray.
     fn encode_to_bytes(&self, py: Python<'_>, text: &str, allowed: Vec<String>, width: usize) -> PyResult<PyObject> {
         if width != 2 && width != 4 {
             return Err(PyValueError::new_err(format!("width must be 2 or 4, not {width}")));
@@ -304,7 +304,8 @@ impl CoreBPE {
             }
             out
         }))?;
-        Ok(PyBytes::new(py, &bytes).into())
+        // a bytearray, so that numpy.frombuffer gives a writable array without a copy
+        Ok(pyo3::types::PyByteArray::new(py, &bytes).into())
     }
 
     fn decode_bytes(&self, py: Python<'_>, ids: &PyAny) -> PyResult<PyObject> {

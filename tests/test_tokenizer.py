@@ -92,7 +92,7 @@ def test_decode_bytes_is_concatenation(gpt2_tokenizer):
 def test_encode_to_numpy(gpt2_tokenizer):
     text = "The quick brown fox. " * 50
     arr = gpt2_tokenizer.encode_to_numpy(text)
-    assert arr.dtype == np.uint16
+    assert arr.dtype == np.uint16 and arr.flags.writeable
     assert arr.tolist() == gpt2_tokenizer.encode(text)
 
 
