@@ -386,10 +386,7 @@ fn count_batch_here(
             let bytes = &batch[si].bytes[a..b];
             match std::str::from_utf8(bytes) {
                 Ok(_) => Ok(None),
-                Err(e) if replace_errors => {
-                    let _ = e;
-                    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
-                }
+                Err(_) if replace_errors => Ok(Some(String::from_utf8_lossy(bytes).into_owned())),
                 Err(e) => Err(TrainError::InvalidUtf8 {
                     path: paths[batch[si].file].to_path_buf(),
                     offset: batch[si].offset + (a + e.valid_up_to()) as u64,
