@@ -76,6 +76,17 @@ def _best(fn, rounds: int) -> float:
     return best
 
 
+def _best_cpu(fn, rounds: int) -> float:
+    """CPU time of this process (less disturbed than wall time on a busy machine;
+    only meaningful for single-threaded work)."""
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t)
+    return best
+
+
 def _report(benchmark, name: str, **info) -> None:
     benchmark.extra_info.update(info)
     RESULTS.update({f"{name}.{k}": v for k, v in info.items()})
@@ -102,10 +113,12 @@ def test_single_thread_vs_tiktoken_and_hf(benchmark, docs, n_bytes, ours, tiktok
     t_ours = benchmark.stats.stats.min
     t_tik = _best(run_tiktoken, 3)
     t_hf = _best(run_hf, 1)
+    c_ours, c_tik = _best_cpu(run_ours, 3), _best_cpu(run_tiktoken, 3)
     mb = n_bytes / 1e6
     _report(benchmark, "single_thread", corpus_mb=round(mb, 2), documents=len(docs),
             gptlite_mb_s=mb / t_ours, tiktoken_mb_s=mb / t_tik, hf_tokenizers_mb_s=mb / t_hf,
-            ratio_vs_tiktoken=t_tik / t_ours, ratio_vs_hf=t_hf / t_ours)
+            ratio_vs_tiktoken=t_tik / t_ours, ratio_vs_hf=t_hf / t_ours,
+            cpu_ratio_vs_tiktoken=c_tik / c_ours, load_avg_1m=os.getloadavg()[0])
 
 
 def test_batch_two_threads_vs_single(benchmark, docs, n_bytes, ours):
@@ -118,7 +131,7 @@ def test_batch_two_threads_vs_single(benchmark, docs, n_bytes, ours):
     t_single = _best(single, 5)
     mb = n_bytes / 1e6
     _report(benchmark, "batch_2_threads", batch_mb_s=mb / t_batch, single_mb_s=mb / t_single,
-            speedup_vs_single=t_single / t_batch, cpus=os.cpu_count())
+            speedup_vs_single=t_single / t_batch, cpus=os.cpu_count(), load_avg_1m=os.getloadavg()[0])
 
 
 _PATHOLOGICAL = {
