@@ -303,7 +303,7 @@ class GPT:
 
     def _head(self, h2):
         """Tied LM head: h (N,C) -> logits (N,V)."""
-        return h2 @ self.params["wte.weight"].T
+        return ops.matmul(h2, self.params["wte.weight"].T)
 
     def forward(self, idx):
         """idx (B,T) int -> (logits (B,T,V), cache). cache.hidden is (B,T,C)."""
@@ -369,8 +369,8 @@ class GPT:
                 raise ValueError(f"dlogits has shape {tuple(dlogits.shape)}, expected {(B, T, self.config.vocab_size)}")
             d2 = dlogits.reshape(B * T, -1)
             wte = self.params["wte.weight"]
-            dx = d2 @ wte  # (N,C)
-            dwte_head = d2.T @ h  # (V,C)
+            dx = ops.matmul(d2, wte)  # (N,C)
+            dwte_head = ops.matmul(d2.T, h)  # (V,C)
         else:
             dx = xp.zeros((B * T, C), dtype=self.dtype)
             dwte_head = None

@@ -30,6 +30,107 @@ def _is_cupy(xp) -> bool:
 
 
 # ----------------------------------------------------------------------------
+# CPU parallelism: one thread per core over independent blocks
+
+
+class _BlasThreads:
+    """Get/set NumPy's OpenBLAS thread count (what threadpoolctl does).
+
+    Linux only (finds the loaded library in /proc/self/maps); a no-op where
+    the library or its symbols are not found.
+    """
+
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            import ctypes
+
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+            for path in paths:
+                lib = ctypes.CDLL(path)
+                for pre, suf in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
+                    name = f"{pre}openblas_%s_num_threads{suf}"
+                    if hasattr(lib, name % "set") and hasattr(lib, name % "get"):
+                        self.get, self.set = getattr(lib, name % "get"), getattr(lib, name % "set")
+                        return
+        except OSError:
+            pass
+
+
+_blas_threads = None
+_pool = None
+
+
+def _workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _parallel_slices(fn, n):
+    """Run fn(i) for i in range(n) on a thread pool (NumPy releases the GIL in
+    BLAS calls and ufuncs) with OpenBLAS single-threaded meanwhile.
+
+    Why not OpenBLAS's own threads: they spin-wait, and on an oversubscribed
+    machine (2 cores, other processes) small and medium GEMMs then run
+    orders of magnitude slower; blocking pool threads degrade gracefully, and
+    they also parallelise the elementwise passes NumPy runs on one core."""
+    global _blas_threads, _pool
+    if _blas_threads is None:
+        _blas_threads = _BlasThreads()
+    nw = min(_workers(), n)
+    prev = _blas_threads.get() if _blas_threads.get else None
+    if prev is not None and prev != 1:
+        _blas_threads.set(1)
+    try:
+        if nw <= 1:
+            for i in range(n):
+                fn(i)
+            return
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="gptlite-bmm")
+        chunks = [range(w, n, nw) for w in range(nw)]
+        list(_pool.map(lambda r: [fn(i) for i in r], chunks))
+    finally:
+        if prev is not None and prev != 1:
+            _blas_threads.set(prev)
+
+
+def matmul(a, b, out=None):
+    """a (M,K) @ b (K,N) -> (M,N); on NumPy split into row (or column) blocks
+    run in parallel, each one single-threaded sgemm on a BLAS-compatible view."""
+    xp = xp_of(a)
+    if _is_cupy(xp):
+        return xp.matmul(a, b, out=out)
+    M, K = a.shape
+    N = b.shape[1]
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    nw = _workers()
+    if nw == 1 or M * N * K < (1 << 21):
+        _parallel_slices(lambda i: np.matmul(a, b, out=out), 1)
+        return out
+    if M >= N:
+        bounds = np.linspace(0, M, nw + 1).astype(int)
+        _parallel_slices(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]), nw)
+    else:
+        bounds = np.linspace(0, N, nw + 1).astype(int)
+        _parallel_slices(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]], out=out[:, bounds[i]:bounds[i + 1]]), nw)
+    return out
+
+
+def parallel_rows(fn, n_rows, min_rows=64):
+    """fn(slice) over row blocks of an n_rows-row problem, in parallel on NumPy."""
+    nw = min(_workers(), max(1, n_rows // min_rows))
+    bounds = np.linspace(0, n_rows, nw + 1).astype(int)
+    _parallel_slices(lambda i: fn(slice(bounds[i], bounds[i + 1])), nw)
+
+
+# ----------------------------------------------------------------------------
 # embedding: token + position
 
 
@@ -185,7 +286,7 @@ def layernorm_backward(dy, cache):
 
 def linear_forward(x, W, b):
     """x (N, Cin), W (Cin, Cout), b (Cout,) or None -> y (N, Cout). Cache: x, W."""
-    y = x @ W
+    y = matmul(x, W)
     if b is not None:
         y += b
     return y, (x, W)
@@ -194,8 +295,8 @@ def linear_forward(x, W, b):
 def linear_backward(dy, cache):
     """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,))."""
     x, W = cache
-    dx = dy @ W.T
-    dW = x.T @ dy
+    dx = matmul(dy, W.T)
+    dW = matmul(x.T, dy)
     db = dy.sum(axis=0)
     return dx, dW, db
 
@@ -227,14 +328,22 @@ def gelu_forward(x, approximate="gelu_new"):
         if _is_cupy(xp):
             y, t = _cupy_kernel("gelu_tanh_fwd")(x)
             return y, ("gelu_new", x, t)
-        t = x * x
-        t *= GELU_TANH_A * x
-        t += x
-        t *= GELU_TANH_K
-        np.tanh(t, out=t)
-        y = t + 1.0
-        y *= x
-        y *= 0.5
+        y, t = np.empty_like(x), np.empty_like(x)
+        x2, y2, t2 = (a.reshape(-1, x.shape[-1]) if x.ndim else a.reshape(1, 1) for a in (x, y, t))
+
+        def block(r):
+            xr, tr, yr = x2[r], t2[r], y2[r]
+            np.multiply(xr, xr, out=tr)
+            tr *= GELU_TANH_A
+            tr *= xr
+            tr += xr
+            tr *= GELU_TANH_K
+            np.tanh(tr, out=tr)
+            np.add(tr, 1.0, out=yr)
+            yr *= xr
+            yr *= 0.5
+
+        parallel_rows(block, x2.shape[0])
         return y, ("gelu_new", x, t)
     if approximate == "gelu":
         e = _erf(x * (1.0 / math.sqrt(2.0)))
@@ -253,18 +362,27 @@ def gelu_backward(dy, cache):
         if _is_cupy(xp):
             return _cupy_kernel("gelu_tanh_bwd")(x, t, dy)
         # d/dx = 0.5(1+t) + 0.5x(1-t^2) k (1 + 3a x^2)
-        x2 = x * x
-        x2 *= 3 * GELU_TANH_A
-        x2 += 1.0
-        x2 *= 0.5 * GELU_TANH_K
-        x2 *= x
-        s = t * t
-        np.subtract(1.0, s, out=s)
-        s *= x2
-        s += 0.5
-        s += 0.5 * t
-        s *= dy
-        return s
+        dx = np.empty_like(dy)
+        n = dy.shape[-1] if dy.ndim else 1
+        x2, t2, dy2, dx2 = (a.reshape(-1, n) for a in (x, t, dy, dx))
+
+        def block(r):
+            xr, tr, g = x2[r], t2[r], dx2[r]
+            u = xr * xr
+            u *= 3 * GELU_TANH_A
+            u += 1.0
+            u *= 0.5 * GELU_TANH_K
+            u *= xr
+            np.multiply(tr, tr, out=g)
+            np.subtract(1.0, g, out=g)
+            g *= u
+            g += 0.5
+            u = np.multiply(tr, 0.5, out=u)
+            g += u
+            g *= dy2[r]
+
+        parallel_rows(block, x2.shape[0])
+        return dx
     # exact: d/dx = 0.5(1+erf(x/sqrt2)) + x * pdf(x)
     pdf = xp.exp(-0.5 * x * x)
     pdf *= x * (1.0 / math.sqrt(2.0 * math.pi))
@@ -288,21 +406,39 @@ def softmax_inplace(a):
         threads = 128
         fn((rows,), (threads,), (a, np.int32(n)), shared_mem=threads * a.itemsize)
         return a
-    a -= a.max(axis=-1, keepdims=True)
-    xp.exp(a, out=a)
-    a *= 1.0 / a.sum(axis=-1, keepdims=True)
+    a2 = a.reshape(-1, a.shape[-1])  # a view: callers pass contiguous arrays
+
+    def block(r):
+        ar = a2[r]
+        ar -= ar.max(axis=-1, keepdims=True)
+        np.exp(ar, out=ar)
+        ar *= 1.0 / ar.sum(axis=-1, keepdims=True)
+
+    if a.flags.c_contiguous:
+        parallel_rows(block, a2.shape[0])
+    else:  # not reshapeable as a view: one pass on the whole array
+        a -= a.max(axis=-1, keepdims=True)
+        xp.exp(a, out=a)
+        a *= 1.0 / a.sum(axis=-1, keepdims=True)
     return a
 
 
 def softmax_backward_inplace(datt, att):
     """datt := att * (datt - sum(datt * att, -1)): the softmax Jacobian-vector product."""
     xp = xp_of(att)
-    if _is_cupy(xp):
+    if _is_cupy(xp) or not (datt.flags.c_contiguous and att.flags.c_contiguous):
         s = (datt * att).sum(axis=-1, keepdims=True)
-    else:
-        s = np.einsum("...i,...i->...", datt, att)[..., None]
-    datt -= s
-    datt *= att
+        datt -= s
+        datt *= att
+        return datt
+    d2, a2 = datt.reshape(-1, datt.shape[-1]), att.reshape(-1, att.shape[-1])
+
+    def block(r):
+        d = d2[r]
+        d -= np.einsum("ij,ij->i", d, a2[r])[:, None]
+        d *= a2[r]
+
+    parallel_rows(block, d2.shape[0])
     return datt
 
 
@@ -321,70 +457,6 @@ def causal_bias(xp, Tq, Tk, dtype, offset=0):
     i = xp.arange(Tq)[:, None] + offset
     j = xp.arange(Tk)[None, :]
     return xp.where(j > i, -xp.inf, 0.0).astype(dtype)
-
-
-class _BlasThreads:
-    """Get/set NumPy's OpenBLAS thread count (what threadpoolctl does).
-
-    Linux only (finds the loaded library in /proc/self/maps); a no-op where
-    the library or its symbols are not found.
-    """
-
-    def __init__(self):
-        self.get = self.set = None
-        try:
-            import ctypes
-
-            with open("/proc/self/maps") as f:
-                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-            for path in paths:
-                lib = ctypes.CDLL(path)
-                for pre, suf in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
-                    name = f"{pre}openblas_%s_num_threads{suf}"
-                    if hasattr(lib, name % "set") and hasattr(lib, name % "get"):
-                        self.get, self.set = getattr(lib, name % "get"), getattr(lib, name % "set")
-                        return
-        except OSError:
-            pass
-
-
-_blas_threads = None
-_pool = None
-
-
-def _workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def _parallel_slices(fn, n):
-    """Run fn(i) for i in range(n) on a thread pool (NumPy releases the GIL in
-    BLAS calls) with OpenBLAS single-threaded meanwhile: many small GEMMs
-    scale better one-per-core than each split across cores, and OpenBLAS's
-    spinning threads collapse when the machine is oversubscribed."""
-    global _blas_threads, _pool
-    if _blas_threads is None:
-        _blas_threads = _BlasThreads()
-    nw = min(_workers(), n)
-    prev = _blas_threads.get() if _blas_threads.get else None
-    if prev is not None and prev != 1:
-        _blas_threads.set(1)
-    try:
-        if nw <= 1:
-            for i in range(n):
-                fn(i)
-            return
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="gptlite-bmm")
-        chunks = [range(w, n, nw) for w in range(nw)]
-        list(_pool.map(lambda r: [fn(i) for i in r], chunks))
-    finally:
-        if prev is not None and prev != 1:
-            _blas_threads.set(prev)
 
 
 def bmm(a, b, out=None):
@@ -492,12 +564,25 @@ def cross_entropy_forward(logits, targets, ignore_index=-1, inplace=False):
     n = int(valid.sum())
     rows = xp.arange(x.shape[0])
     tsafe = xp.where(valid, t, 0)
-    m = x.max(axis=1, keepdims=True)
-    picked = x[rows, tsafe] - m[:, 0]  # target logit minus max, before x is overwritten
     p = x if inplace else x.copy()
-    p -= m
-    xp.exp(p, out=p)
-    s = p.sum(axis=1)
+    if _is_cupy(xp) or not p.flags.c_contiguous:
+        m = p.max(axis=1)
+        picked = p[rows, tsafe] - m  # target logit minus max, before p is overwritten
+        p -= m[:, None]
+        xp.exp(p, out=p)
+        s = p.sum(axis=1)
+    else:  # the same passes, fused per row block and spread over the cores
+        m, picked, s = (np.empty(p.shape[0], dtype=p.dtype) for _ in range(3))
+
+        def block(r):
+            pr = p[r]
+            m[r] = pr.max(axis=1)
+            picked[r] = pr[rows[r] - r.start, tsafe[r]] - m[r]
+            pr -= m[r, None]
+            np.exp(pr, out=pr)
+            s[r] = pr.sum(axis=1)
+
+        parallel_rows(block, p.shape[0])
     nll = xp.log(s) - picked
     loss = float((nll * valid).sum() / n) if n else 0.0
     return loss, (p, s, tsafe, valid, n, shape)
@@ -509,7 +594,10 @@ def cross_entropy_backward(cache, dloss=1.0):
     xp = xp_of(p)
     scale = (dloss / n) if n else 0.0
     w = (valid * scale / s).astype(p.dtype)  # softmax normaliser and mean, per row
-    p *= w[:, None]
+    if _is_cupy(xp):
+        p *= w[:, None]
+    else:
+        parallel_rows(lambda r: np.multiply(p[r], w[r, None], out=p[r]), p.shape[0])
     rows = xp.arange(p.shape[0])
     p[rows, tsafe] -= (valid * scale).astype(p.dtype)
     return p.reshape(shape)
