@@ -216,19 +216,25 @@ impl CoreBPE {
         let mut out: Vec<Option<PyObject>> = (0..n).map(|_| None).collect();
         if threads >= 2 {
             let counter = AtomicUsize::new(0);
-            let (tx, rx) = mpsc::channel::<(usize, PyResult<Vec<u32>>)>();
+            // texts are handed out in chunks: fewer wake-ups of this thread, while
+            // small enough chunks still balance the load between workers
+            let chunk = (n / (threads * 16)).clamp(1, 64);
+            let (tx, rx) = mpsc::channel::<(usize, PyResult<Vec<Vec<u32>>>)>();
             let (texts, allowed, counter) = (&texts, &allowed, &counter);
             std::thread::scope(|scope| -> PyResult<()> {
                 let mut spawned = 0;
                 for k in 0..threads {
                     let tx = tx.clone();
                     let worker = move || loop {
-                        let i = counter.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
+                        let start = counter.fetch_add(chunk, Ordering::Relaxed);
+                        if start >= n {
                             break;
                         }
-                        let r = guard(|| inner.encode_with_specials(texts[i], allowed));
-                        if tx.send((i, r)).is_err() {
+                        let end = (start + chunk).min(n);
+                        let r = guard(|| {
+                            texts[start..end].iter().map(|t| inner.encode_with_specials(t, allowed)).collect::<Vec<_>>()
+                        });
+                        if tx.send((start, r)).is_err() {
                             break;
                         }
                     };
@@ -256,8 +262,9 @@ impl CoreBPE {
                         }
                         Err(mpsc::TryRecvError::Disconnected) => break,
                     };
-                    let ids = msg.1?;
-                    out[msg.0] = Some(self.to_list(py, &ids)?);
+                    for (k, ids) in msg.1?.iter().enumerate() {
+                        out[msg.0 + k] = Some(self.to_list(py, ids)?);
+                    }
                 }
                 Ok(())
             })?;
