@@ -364,3 +364,12 @@ def test_split_patterns():
     assert _core.split("HELLO'S 12345", "cl100k") == ["HELLO", "'S", " ", "123", "45"]
     with pytest.raises(ValueError, match="pattern"):
         _core.split("x", "nope")
+
+
+def test_loads_files_written_by_hf_tokenizers(tmp_path, gpt2_tokenizer, gpt2_dir):
+    tokenizers = pytest.importorskip("tokenizers")
+    model = tokenizers.models.BPE.from_file(str(gpt2_dir / "encoder.json"), str(gpt2_dir / "vocab.bpe"))
+    model.save(str(tmp_path))  # vocab.json + merges.txt
+    tok = Tokenizer.from_files(tmp_path)
+    text = "Files written by HF tokenizers <|endoftext|> load too."
+    assert tok.encode(text, allowed_special="all") == gpt2_tokenizer.encode(text, allowed_special="all")
