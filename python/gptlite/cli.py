@@ -434,7 +434,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--text", default=None, help="sample text (default: a built-in paragraph)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--max-tokens", type=int, default=128, help="evaluate on at most this many tokens")
-    p.add_argument("--tol-logits", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
+    p.add_argument("--tol-logits", type=float, default=None, help="max |logit diff| allowed, relative to max(1, max |logit|) (default by dtype)")
     p.add_argument("--tol-loss", type=float, default=None, help="max |loss diff| allowed (default by dtype)")
     p.add_argument("--tol-grad", type=float, default=None, help="max relative gradient diff allowed (default by dtype)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
