@@ -118,3 +118,17 @@ def test_stdin_stdout_subprocess(gpt2_dir):
     dec = subprocess.run([sys.executable, "-m", "gptlite.cli", "decode"], input=enc.stdout,
                          capture_output=True, env=env, check=True)
     assert dec.stdout == b"Hello world\n"
+
+
+def test_offline_message(tmp_path, monkeypatch, capsysbinary):
+    import gptlite.tokenizer as mod
+
+    monkeypatch.delenv("GPTLITE_GPT2_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(mod.urllib.request, "urlopen", no_network)
+    rc, _, err = run(capsysbinary, "encode", "hi")
+    assert rc == 2 and "GPTLITE_GPT2_DIR" in err and "Traceback" not in err

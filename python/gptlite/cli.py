@@ -53,7 +53,10 @@ def _load_tokenizer(spec: str):
     from .tokenizer import Tokenizer
 
     if spec == "gpt2":
-        return Tokenizer.gpt2()
+        try:
+            return Tokenizer.gpt2()
+        except RuntimeError as exc:  # offline / bad download: say how to fix it, no traceback
+            raise UserError(str(exc)) from None
     return Tokenizer.from_files(spec)
 
 
@@ -495,13 +498,15 @@ def _cmd_generate(args) -> int:
     for i in range(args.num_samples):
         if i:
             out.write("\n" + "-" * 40 + "\n")
+        # validates the arguments before anything is printed
+        tokens = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=rng, eot_token=tok.eot_token, crop=args.crop, stream=True)
         if args.echo and prompt:
             out.write(prompt)
         out.flush()
         # Print only complete UTF-8 characters: a token may end inside one.
         dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for t in generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, seed=rng, eot_token=tok.eot_token, crop=args.crop, stream=True):
+        for t in tokens:
             text = dec.decode(tok.decode_bytes([t]))
             if text:
                 out.write(text)
