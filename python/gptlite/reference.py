@@ -79,6 +79,7 @@ def _hf_from_dir(path: Path, layout: str, dtype: str):
     cls = transformers.OpenAIGPTLMHeadModel if layout == "gpt1" else transformers.GPT2LMHeadModel
     tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     try:
+        transformers.utils.logging.disable_progress_bar()
         hf = cls.from_pretrained(str(path), attn_implementation="eager", dtype=tdtype)
     except Exception:  # e.g. a config written by another tool: fall back to our tensors
         return None
