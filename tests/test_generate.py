@@ -224,6 +224,35 @@ def test_cli_generate_errors(model_dir, tmp_path, capsys):
     assert rc == 2 and "top_p" in err
 
 
+def test_cli_streams_whole_characters_only(model_dir, monkeypatch):
+    """Tokens that end inside a UTF-8 character are held back until it is complete."""
+    import gptlite.generate as gen_mod
+
+    tok = ckpt.load_tokenizer(model_dir)
+    ids = tok.encode("héllo 😀 世界")
+    assert any(b"\xf0\x9f\x98" in tok.decode_bytes([i]) for i in ids)  # the emoji spans tokens
+
+    def fake_generate(model, prompt, n, **kw):
+        gen_mod.SamplingConfig(kw["temperature"], kw["top_k"], kw["top_p"]).validate()
+        return iter(ids)
+
+    monkeypatch.setattr(gen_mod, "generate", fake_generate)
+    writes = []
+
+    class Out:
+        def write(self, s):
+            writes.append(s)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Out())
+    assert cli.main(["generate", "--model", str(model_dir), "--no-prompt", "x"]) == 0
+    assert "".join(writes) == "héllo 😀 世界\n"
+    assert not any("\ufffd" in w for w in writes)
+    assert "😀" in writes and "世" in writes  # printed as soon as complete
+
+
 def test_cli_default_model_missing(tmp_path, capsys, monkeypatch):
     # as if gptlite were installed without assets/default
     monkeypatch.setattr(cli, "__file__", str(tmp_path / "gptlite" / "cli.py"))
