@@ -164,18 +164,24 @@ def hf_lambada(hf, hf_tok, texts, n_pos):
     return correct, math.exp(nll / len(texts)), math.exp(nll / ntok)
 
 
-def hf_choice(hf, hf_tok, examples, n_pos, normalize):
+def hf_choice(hf, hf_tok, examples, n_pos):
+    """-> ({"total": predictions, "mean": predictions}, {"total": scores, "mean": scores})"""
     eot = hf_tok.eos_token_id
-    preds = []
+    preds = {"total": [], "mean": []}
+    scores = {"total": [], "mean": []}
     for ex in examples:
         c = [eot] + hf_tok(ex["context"])["input_ids"]
-        scores = []
+        tot, mean = [], []
         for ch in ex["choices"]:
             t = hf_tok(" " + ch)["input_ids"]
             s, _ = hf_score(hf, c, t, n_pos)
-            scores.append(s / len(t) if normalize == "mean" else s)
-        preds.append(int(np.argmax(scores)))
-    return preds
+            tot.append(s)
+            mean.append(s / len(t))
+        preds["total"].append(int(np.argmax(tot)))
+        preds["mean"].append(int(np.argmax(mean)))
+        scores["total"].append(tot)
+        scores["mean"].append(mean)
+    return preds, scores
 
 
 # ---------------------------------------------------------------------------------
@@ -227,8 +233,7 @@ def test_lambada_matches_hf(model, tok, hf_model, hf_tok, lambada_lines, tmp_pat
     assert r.n_truncated > 0  # some passages are longer than N_POS tokens
 
 
-@pytest.mark.parametrize("normalize", ["total", "mean"])
-def test_choice_matches_hf(model, tok, hf_model, hf_tok, lambada_lines, tmp_path, normalize):
+def test_choice_matches_hf(model, tok, hf_model, hf_tok, lambada_lines, tmp_path):
     # LAMBADA as multiple choice: the true last word among words of the same passage.
     rng = np.random.default_rng(0)
     examples = []
@@ -241,10 +246,12 @@ def test_choice_matches_hf(model, tok, hf_model, hf_tok, lambada_lines, tmp_path
         examples.append({"context": ctx, "choices": choices, "label": choices.index(word)})
     p = tmp_path / "choice.jsonl"
     p.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
-    r = ev.choice(model, tok, p, normalize=normalize, batch_size=6, progress=False)
-    want = hf_choice(hf_model[0], hf_tok, examples, N_POS, normalize)
-    assert r.predictions == want
-    assert r.accuracy == pytest.approx(np.mean([w == e["label"] for w, e in zip(want, examples)]))
+    want, want_scores = hf_choice(hf_model[0], hf_tok, examples, N_POS)
+    for normalize in ("total", "mean"):
+        r = ev.choice(model, tok, p, normalize=normalize, batch_size=6, progress=False)
+        assert r.predictions == want[normalize], normalize
+        np.testing.assert_allclose(r.scores, want_scores[normalize], rtol=1e-4)
+        assert r.accuracy == pytest.approx(np.mean([w == e["label"] for w, e in zip(want[normalize], examples)]))
 
 
 # ---------------------------------------------------------------------------------
