@@ -95,12 +95,36 @@ def measure(model, hf, idx, targets, rounds=ROUNDS):
     return statistics.median(t_ours), statistics.median(t_hf)
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _proc_status_mib(key: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    hwm = _proc_status_mib("VmHWM")
+    if hwm is not None:
+        return hwm
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def step_peak_rss(which: str) -> dict:
-    """Peak RSS (MiB) of a fresh process: after building, and after one step."""
+    """RSS (MiB) of a fresh process after building the model, and its peak during one step."""
     code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_model as m; "
             f"print(json.dumps(m._rss_child({which!r})))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -114,12 +138,13 @@ def _rss_child(which):
         import gc
 
         gc.collect()
-    built = _rss_mib()
+    gc_rss = _proc_status_mib("VmRSS")
+    built = gc_rss if (gc_rss is not None and _reset_peak_rss()) else _peak_rss_mib()
     if which == "hf":
         step_hf(hf, idx, targets)
     else:
         step_gptlite(model, idx, targets)
-    peak = _rss_mib()
+    peak = _peak_rss_mib()
     return {"built_mib": built, "peak_mib": peak, "step_mib": peak - built}
 
 

@@ -289,3 +289,15 @@ def test_cupy_ops_match_numpy(dtype):
     lg, cg = ops.cross_entropy_forward(g(logits), g(targets))
     assert abs(l - lg) < 1e-5
     np.testing.assert_allclose(cp.asnumpy(ops.cross_entropy_backward(cg)), ops.cross_entropy_backward(c), **tol)
+
+
+def test_embedding_backward_accumulates_into_given_dwte():
+    V, P, C = 9, 4, 3
+    wte, wpe = RNG.standard_normal((V, C)), RNG.standard_normal((P, C))
+    idx = np.array([[2, 2, 5, 0]])
+    R = RNG.standard_normal((1, 4, C))
+    _, cache = ops.embedding_forward(idx, wte, wpe)
+    base = RNG.standard_normal((V, C))
+    dwte_alone, _ = ops.embedding_backward(R, cache)
+    dwte_acc, _ = ops.embedding_backward(R, cache, dwte=base.copy())
+    np.testing.assert_allclose(dwte_acc, base + dwte_alone, rtol=1e-12)

@@ -382,9 +382,7 @@ class GPT:
             dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f)
         for i in reversed(range(self.config.n_layer)):
             dx = self._block_backward(i, dx, cache.layers[i], grads)
-        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb)
-        if dwte_head is not None:
-            dwte += dwte_head
+        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head)
         grads["wte.weight"] = dwte
         grads["wpe.weight"] = dwpe
         return {name: grads[name] for name in self.params}

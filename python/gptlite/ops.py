@@ -149,31 +149,37 @@ def embedding_forward(idx, wte, wpe, pos=None):
     return out, (idx, pos, wte.shape[0], wpe.shape[0])
 
 
-def _scatter_add_rows(n_rows, index, values):
-    """sum of rows of values (M,C) into an (n_rows,C) zero array at index (M,)."""
+def _scatter_add_rows(n_rows, index, values, out=None):
+    """Add the rows of values (M,C) into out (n_rows,C) (zeros if None) at index (M,)."""
     xp = xp_of(values)
-    out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype)
+    if out is None:
+        out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype)
     if _is_cupy(xp):
         import cupyx
 
         cupyx.scatter_add(out, index, values)
         return out
     # Sort-and-reduce: one pass of contiguous row sums instead of np.add.at's
-    # per-element updates; deterministic (fixed summation order) too.
+    # per-element updates; deterministic (fixed summation order) too. The
+    # reduced rows have unique ids, so a fancy-index += is exact.
     order = np.argsort(index, kind="stable")
     sidx = index[order]
     starts = np.flatnonzero(np.r_[True, sidx[1:] != sidx[:-1]])
-    out[sidx[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    out[sidx[starts]] += np.add.reduceat(values[order], starts, axis=0)
     return out
 
 
-def embedding_backward(dout, cache):
-    """dout (B,T,C) -> (dwte (V,C), dwpe (P,C)); repeated ids accumulate."""
+def embedding_backward(dout, cache, dwte=None):
+    """dout (B,T,C) -> (dwte (V,C), dwpe (P,C)); repeated ids accumulate.
+
+    ``dwte``: an existing (V,C) gradient to add into (the tied LM head's),
+    which saves allocating and summing a second vocabulary-sized array.
+    """
     idx, pos, V, P = cache
     xp = xp_of(dout)
     B, T, C = dout.shape
     d2 = dout.reshape(-1, C)
-    dwte = _scatter_add_rows(V, idx.reshape(-1), d2)
+    dwte = _scatter_add_rows(V, idx.reshape(-1), d2, out=dwte)
     if pos.ndim == 1:  # the common case: the same positions in every row
         dwpe = xp.zeros((P, C), dtype=dout.dtype)
         dwpe[pos] = dout.sum(axis=0)
