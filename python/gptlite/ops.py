@@ -224,9 +224,9 @@ def _cupy_kernel(name):
             T* red = reinterpret_cast<T*>(smem);
             int tid = threadIdx.x;
             T m = x[0];  // any element of the row is a valid start for the max
-            for (int j = tid; j < n; j += blockDim.x) m = max(m, x[j]);
+            for (int j = tid; j < n; j += blockDim.x) m = x[j] > m ? x[j] : m;
             red[tid] = m; __syncthreads();
-            for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (tid < s) red[tid] = max(red[tid], red[tid + s]); __syncthreads(); }
+            for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (tid < s && red[tid + s] > red[tid]) red[tid] = red[tid + s]; __syncthreads(); }
             m = red[0]; __syncthreads();
             T sum = 0;
             for (int j = tid; j < n; j += blockDim.x) { T e = exp(x[j] - m); x[j] = e; sum += e; }
