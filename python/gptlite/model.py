@@ -242,7 +242,9 @@ class GPT:
         T = idx.shape[1]
         limit = self.config.n_positions if max_pos is None else max_pos
         if T > limit:
-            raise ValueError(f"sequence length {T} exceeds the model's n_positions={self.config.n_positions}")
+            if max_pos is None:
+                raise ValueError(f"sequence length {T} exceeds the model's n_positions={self.config.n_positions}")
+            raise ValueError(f"{T} new tokens exceed the KV cache's {limit} free columns")
         idx = xp.asarray(idx)
         V = self.config.vocab_size
         bad = (idx < 0) | (idx >= V)
