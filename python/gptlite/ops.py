@@ -93,8 +93,9 @@ def _parallel_slices(fn, n):
             from concurrent.futures import ThreadPoolExecutor
 
             _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="gptlite-bmm")
-        chunks = [range(w, n, nw) for w in range(nw)]
-        list(_pool.map(lambda r: [fn(i) for i in r], chunks))
+        # one task per block, handed out as workers free up: if the OS
+        # preempts one worker, the others take over its share
+        list(_pool.map(fn, range(n)))
     finally:
         if prev is not None and prev != 1:
             _blas_threads.set(prev)
@@ -114,20 +115,22 @@ def matmul(a, b, out=None):
     if nw == 1 or M * N * K < (1 << 21):
         _parallel_slices(lambda i: np.matmul(a, b, out=out), 1)
         return out
+    # a few blocks per core (each still a large sgemm) so the load balances
+    nb = max(1, min(4 * nw, max(M, N) // 128))
     if M >= N:
-        bounds = np.linspace(0, M, nw + 1).astype(int)
-        _parallel_slices(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]), nw)
+        bounds = np.linspace(0, M, nb + 1).astype(int)
+        _parallel_slices(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]), nb)
     else:
-        bounds = np.linspace(0, N, nw + 1).astype(int)
-        _parallel_slices(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]], out=out[:, bounds[i]:bounds[i + 1]]), nw)
+        bounds = np.linspace(0, N, nb + 1).astype(int)
+        _parallel_slices(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]], out=out[:, bounds[i]:bounds[i + 1]]), nb)
     return out
 
 
 def parallel_rows(fn, n_rows, min_rows=64):
     """fn(slice) over row blocks of an n_rows-row problem, in parallel on NumPy."""
-    nw = min(_workers(), max(1, n_rows // min_rows))
-    bounds = np.linspace(0, n_rows, nw + 1).astype(int)
-    _parallel_slices(lambda i: fn(slice(bounds[i], bounds[i + 1])), nw)
+    nb = min(4 * _workers(), max(1, n_rows // min_rows))
+    bounds = np.linspace(0, n_rows, nb + 1).astype(int)
+    _parallel_slices(lambda i: fn(slice(bounds[i], bounds[i + 1])), nb)
 
 
 # ----------------------------------------------------------------------------
