@@ -29,7 +29,7 @@ transformers = pytest.importorskip("transformers")
 
 SHAPES = {
     # name: (GPTConfig kwargs, batch, context)
-    "default": (dict(vocab_size=2048, n_positions=128, n_embd=128, n_layer=4, n_head=4), 16, 128),
+    "default": (dict(vocab_size=2048, n_positions=128, n_embd=192, n_layer=4, n_head=6), 16, 128),
     "124M": (dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12), 1, 128),
 }
 ROUNDS = 3
