@@ -533,7 +533,9 @@ impl Bpe {
     }
 }
 
-fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+/// A persistent pool of `threads` threads (one per thread count), so their
+/// piece caches stay warm from one call to the next.
+pub(crate) fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
     use std::sync::{Arc, Mutex, OnceLock};
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
     let mut pools = POOLS.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(|e| e.into_inner());

@@ -146,6 +146,34 @@ def test_lone_surrogates_like_tiktoken(gpt2_tokenizer, tiktoken_gpt2):
         assert gpt2_tokenizer.encode_ordinary_batch([s]) == [tiktoken_gpt2.encode_ordinary(s)]
 
 
+def test_batch_with_a_bad_text_deep_inside(gpt2_tokenizer, tiktoken_gpt2):
+    """Helpers already encoding when a late text fails to convert: right answer or a clear error."""
+    texts = [f"document {i} text" for i in range(5000)]
+    texts[3777] = "lone \ud800 surrogate"
+    want = [tiktoken_gpt2.encode_ordinary(t) for t in texts]
+    for n in (2, 3):
+        assert gpt2_tokenizer.encode_ordinary_batch(texts, num_threads=n) == want
+    texts[4999] = b"bytes"
+    with pytest.raises(TypeError, match=r"texts\[4999\] must be str, not bytes"):
+        gpt2_tokenizer.encode_ordinary_batch(texts, num_threads=2)
+
+
+def test_concurrent_batches_share_the_pool(gpt2_tokenizer):
+    texts = [f"text number {i} " * (i % 7 + 1) for i in range(3000)]
+    want = [gpt2_tokenizer.encode_ordinary(t) for t in texts]
+    results = {}
+
+    def work(k):
+        results[k] = gpt2_tokenizer.encode_ordinary_batch(texts, num_threads=2)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[k] == want for k in range(4))
+
+
 # --- vocabulary files --------------------------------------------------------------------
 def _texts(corpus_docs):
     return [d for docs in corpus_docs.values() for d in docs[:40]] + ["héllo wörld 👍🏽 <|endoftext|>"]

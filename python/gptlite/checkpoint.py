@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_open, atomic_write_text
+from .fileio import atomic_open, atomic_write_text, publish_modes
 
 # --------------------------------------------------------------------------------
 # safetensors
@@ -435,7 +435,7 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
                     shutil.copytree(entry, dest, symlinks=True)
                 else:
                     shutil.copy2(entry, dest, follow_symlinks=False)
-        _publish_modes(tmp, written)
+        publish_modes(tmp, written)
         _swap_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -443,24 +443,8 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _publish_modes(d: Path, names) -> None:
-    """Temporary files are created 0600; a model directory is for sharing: 0666 & ~umask."""
-    mode = 0o666 & ~_umask()
-    for name in names:
-        p = d / name
-        if p.is_file() and not p.is_symlink():
-            os.chmod(p, mode)
-
-
 def _swap_dir(new: Path, path: Path) -> None:
     """Replace directory ``path`` by ``new``; the old one is removed only after the swap."""
-    os.chmod(new, 0o777 & ~_umask())
     if not path.exists():
         os.replace(new, path)
         return
@@ -537,7 +521,7 @@ def download_model(name: str, quiet: bool = False) -> Path:
                 _download(HUB_URL.format(name=name, file=file), tmp / file, quiet=True)
             except OSError:
                 pass
-        _publish_modes(tmp, [p.name for p in tmp.iterdir()])
+        publish_modes(tmp)
         _swap_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -364,6 +364,7 @@ def _cmd_tokenizer_train(args) -> int:
     from pathlib import Path
 
     from . import trainer
+    from .fileio import publish_modes
 
     specials = () if args.no_special else tuple(args.special or trainer.DEFAULT_SPECIAL_TOKENS)
     formats = list(dict.fromkeys(args.format or ["gpt2", "tiktoken"]))
@@ -382,13 +383,7 @@ def _cmd_tokenizer_train(args) -> int:
     try:
         for fmt in formats:
             tok.save(tmp, format=fmt)
-        # temp files and dirs are created private (0600/0700); give the result
-        # the permissions an ordinary write would have (umask applied)
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():
-            f.chmod(0o666 & ~umask)
-        tmp.chmod(0o777 & ~umask)
+        publish_modes(tmp)
         if not out.exists():
             os.rename(tmp, out)
         else:

@@ -11,6 +11,31 @@ import tempfile
 from pathlib import Path
 
 
+FILE_MODE = 0o666
+DIR_MODE = 0o777
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(directory: Path, names=None) -> None:
+    """Give a temp directory (0700, files 0600) the modes an ordinary write would have.
+
+    ``names`` limits the change to the files we wrote (copies keep their own modes).
+    """
+    mask = current_umask()
+    directory = Path(directory)
+    paths = directory.iterdir() if names is None else (directory / n for n in names)
+    for p in paths:
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, FILE_MODE & ~mask)
+    os.chmod(directory, DIR_MODE & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "wb", encoding: str | None = None):
     """Open a temporary sibling of ``path``; on clean exit it replaces ``path``."""
@@ -21,6 +46,8 @@ def atomic_open(path, mode: str = "wb", encoding: str | None = None):
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
+            # mkstemp creates 0600; the result should look like an ordinary write
+            os.fchmod(f.fileno(), FILE_MODE & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

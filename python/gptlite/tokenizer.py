@@ -55,6 +55,14 @@ def _fix_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def _utf8_safe(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _fix_surrogates(text)
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -224,28 +232,31 @@ class Tokenizer:
                      allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                      disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
         """Encode many texts over ``num_threads`` threads (default: all cores); order kept."""
-        texts = self._prepare_batch(texts)
+        texts = self._check_batch(texts)
         allowed: set[str] = set()
         for t in texts:
             allowed.update(self._allowed(t, allowed_special, disallowed_special))
-        return self._core.encode_batch(texts, sorted(allowed), num_threads or _default_threads())
+        return self._core_batch(texts, sorted(allowed), num_threads)
 
     def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
-        texts = self._prepare_batch(texts)
-        return self._core.encode_batch(texts, [], num_threads or _default_threads())
+        return self._core_batch(self._check_batch(texts), [], num_threads)
 
-    def _prepare_batch(self, texts) -> list[str]:
+    def _core_batch(self, texts: list[str], allowed: list[str], num_threads: int | None) -> list[list[int]]:
+        threads = num_threads or _default_threads()
+        try:
+            return self._core.encode_batch(texts, allowed, threads)
+        except UnicodeEncodeError:  # a lone surrogate somewhere (rare): fix those texts, then encode
+            return self._core.encode_batch([_utf8_safe(t) for t in texts], allowed, threads)
+
+    @staticmethod
+    def _check_batch(texts) -> list[str]:
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts must be a sequence of str, not a single " + type(texts).__name__)
-        out = []
+        texts = list(texts)
         for i, t in enumerate(texts):
-            _check_text(t, f"texts[{i}]")
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:
-                t = _fix_surrogates(t)
-            out.append(t)
-        return out
+            if type(t) is not str:
+                _check_text(t, f"texts[{i}]")
+        return texts
 
     def encode_to_numpy(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                         disallowed_special: Literal["all"] | Collection[str] = "all") -> np.ndarray:
