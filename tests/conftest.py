@@ -7,7 +7,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GPTLITE_SHARED", ROOT.parent / "shared")).resolve()
+
+
+def _find_shared() -> Path:
+    """$GPTLITE_SHARED, else the nearest ``shared/`` beside an ancestor of the checkout
+    (a clone in a scratch folder still finds the workplace's shared data)."""
+    if os.environ.get("GPTLITE_SHARED"):
+        return Path(os.environ["GPTLITE_SHARED"]).resolve()
+    for parent in ROOT.parents:
+        if (parent / "shared" / "data" / "gpt2" / "encoder.json").exists():
+            return (parent / "shared").resolve()
+    return (ROOT.parent / "shared").resolve()
+
+
+SHARED = _find_shared()
 DATA = SHARED / "data"
 GPT2_DIR = DATA / "gpt2"
 CORPORA = DATA / "corpora"

@@ -194,7 +194,7 @@ transformers = pytest.importorskip("transformers")
 
 from gptlite.model import GPT, GPTConfig  # noqa: E402
 
-from hf_reference import hf_model, load_into_hf  # noqa: E402
+from hf_reference import hf_model  # noqa: E402
 
 SMALL = dict(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=4)
 IDS = np.array([[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]], dtype=np.int64)

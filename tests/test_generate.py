@@ -255,9 +255,11 @@ def test_cli_streams_whole_characters_only(model_dir, monkeypatch):
 
 def test_cli_default_model_missing(tmp_path, capsys, monkeypatch):
     # as if gptlite were installed without assets/default
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "gptlite" / "cli.py"))
+    from gptlite import checkpoint
+
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL_DIR", tmp_path / "gptlite" / "assets" / "default")
     rc, _, err = _run(["generate", "hello"], capsys)
-    assert rc == 2 and "default model" in err and "--model" in err
+    assert rc == 2 and "default model is not installed" in err and "model directory" in err
 
 
 def test_check_reference_cli(model_dir, capsys):

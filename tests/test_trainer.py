@@ -191,7 +191,7 @@ def test_tokenizer_encodes_like_training(trained):
 def test_round_trip_tiktoken_and_hf(trained):
     tiktoken = pytest.importorskip("tiktoken")
     import tiktoken.load
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     from gptlite.tokenizer import Tokenizer
 
     r, tok, text, d = trained

@@ -462,6 +462,7 @@ def _swap_dir(new: Path, path: Path) -> None:
 # --------------------------------------------------------------------------------
 # from_pretrained: a local directory or a hub name, with a cache
 # --------------------------------------------------------------------------------
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"  # the model shipped in the wheel
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt")
 HUB_URL = "https://huggingface.co/{name}/resolve/main/{file}"
 _HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME)
@@ -530,7 +531,13 @@ def download_model(name: str, quiet: bool = False) -> Path:
 
 
 def resolve_model_dir(name_or_path) -> Path:
-    """A local model directory for ``name_or_path``, downloading hub models when needed."""
+    """A local model directory for ``name_or_path`` ("default": the shipped model),
+    downloading hub models when needed."""
+    if name_or_path is None or str(name_or_path) == "default":
+        if not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"the default model is not installed ({DEFAULT_MODEL_DIR}); "
+                                    "pass a model directory or a hub name such as gpt2")
+        return DEFAULT_MODEL_DIR
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return p
@@ -542,5 +549,6 @@ def resolve_model_dir(name_or_path) -> Path:
 
 
 def from_pretrained(name_or_path, device=None, dtype="float32"):
-    """A GPT from a local directory or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)."""
+    """A GPT from a local directory, "default" (the shipped model) or a hub name
+    (gpt2, gpt2-medium, gpt2-large, gpt2-xl)."""
     return load_model(resolve_model_dir(name_or_path), device=device, dtype=dtype)

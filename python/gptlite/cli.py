@@ -439,20 +439,10 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=_cmd_check_reference)
 
 
-def _default_model_dir():
-    from pathlib import Path
-
-    d = Path(__file__).resolve().parent / "assets" / "default"
-    if not (d / "config.json").is_file():
-        raise UserError("no --model given and the default model (gptlite/assets/default) is not installed; "
-                        "pass --model DIR or a hub name such as gpt2")
-    return d
-
-
 def _model_and_tokenizer(model_arg, device, dtype):
     from . import checkpoint
 
-    d = _default_model_dir() if model_arg is None else checkpoint.resolve_model_dir(model_arg)
+    d = checkpoint.resolve_model_dir(model_arg)
     model = checkpoint.load_model(d, device=device, dtype=dtype)
     tok = checkpoint.load_tokenizer(d)
     if tok is None:
@@ -688,26 +678,6 @@ def _add_eval_commands(sub) -> None:
     p.set_defaults(func=_cmd_finetune)
 
 
-def _load_eval_model(args):
-    from pathlib import Path
-
-    from . import checkpoint
-
-    if args.model is None:
-        d = Path(__file__).resolve().parent / "assets" / "default"
-        if not (d / "config.json").is_file():
-            raise UserError("no --model given and the default model (gptlite/assets/default) is not installed")
-    else:
-        d = checkpoint.resolve_model_dir(args.model)
-    model = checkpoint.load_model(d, device=args.device, dtype=args.dtype)
-    tok = checkpoint.load_tokenizer(d)
-    if tok is None:
-        from .tokenizer import Tokenizer
-
-        tok = Tokenizer.gpt2()
-    return model, tok
-
-
 def _print_result(args, d: dict, title: str) -> None:
     import json
 
@@ -726,7 +696,7 @@ def _cmd_eval_perplexity(args) -> int:
         text = f.read()
     if not text:
         raise UserError(f"{args.file} is empty: nothing to evaluate")
-    model, tok = _load_eval_model(args)
+    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
     r = evaluate.perplexity(model, tok, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
                             bos=args.bos, progress=args.progress and None)
     _print_result(args, r.as_dict(), f"perplexity of {args.file}")
@@ -736,7 +706,7 @@ def _cmd_eval_perplexity(args) -> int:
 def _cmd_eval_lambada(args) -> int:
     from . import evaluate
 
-    model, tok = _load_eval_model(args)
+    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
     r = evaluate.lambada(model, tok, args.file, batch_size=args.batch_size, bos=args.bos, skip_bad=args.skip_bad,
                          limit=args.limit, progress=args.progress and None)
     for line, why in r.skipped:
@@ -749,7 +719,7 @@ def _cmd_eval_choice(args) -> int:
     from . import evaluate
     from .fileio import atomic_write_text
 
-    model, tok = _load_eval_model(args)
+    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
     r = evaluate.choice(model, tok, args.file, normalize=args.normalize, sep=args.sep, batch_size=args.batch_size,
                         bos=args.bos, skip_bad=args.skip_bad, progress=args.progress and None)
     for line, why in r.skipped:

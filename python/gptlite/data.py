@@ -87,7 +87,9 @@ def load_tokenizer(spec):
     if spec == "gpt2":
         return Tokenizer.gpt2()
     if spec == "default":
-        return Tokenizer.from_files(Path(__file__).parent / "assets" / "default")
+        from .checkpoint import DEFAULT_MODEL_DIR
+
+        return Tokenizer.from_files(DEFAULT_MODEL_DIR)
     p = Path(spec)
     if not p.exists():
         raise FileNotFoundError(f"tokenizer not found: {spec} (expected 'gpt2', 'default' or a directory with encoder.json + vocab.bpe)")
