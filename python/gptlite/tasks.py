@@ -76,30 +76,39 @@ def _check(obj, schema: dict, optional: dict) -> str | None:
     return None
 
 
-def read_jsonl(path, schema: dict, optional: dict | None = None, skip_bad: bool = False) -> Dataset:
-    """Read one JSON object per line; blank lines are ignored."""
-    path = Path(path)
-    optional = optional or {}
+def _dataset(path: Path, rows, schema: dict, optional: dict | None, skip_bad: bool) -> Dataset:
+    """Check each (line number, object or parse error) of a file into a Dataset."""
     records, skipped = [], []
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                err = _check(obj, schema, optional)
-            except json.JSONDecodeError as exc:
-                err = f"malformed JSON ({exc.msg} at column {exc.colno})"
-            if err:
-                if not skip_bad:
-                    raise DatasetError(f"{path}:{lineno}: {err} (use --skip-bad / skip_bad=True to skip bad lines)")
-                skipped.append((lineno, err))
-                continue
-            records.append(Record(obj, lineno))
+    for lineno, obj, err in rows:
+        if err is None:
+            err = _check(obj, schema, optional or {})
+        if err:
+            if not skip_bad:
+                raise DatasetError(f"{path}:{lineno}: {err} (use --skip-bad / skip_bad=True to skip bad lines)")
+            skipped.append((lineno, err))
+            continue
+        records.append(Record(obj, lineno))
     if not records:
         what = "is empty" if not skipped else f"has no valid record ({len(skipped)} bad lines skipped)"
         raise DatasetError(f"{path} {what}: nothing to evaluate")
     return Dataset(str(path), records, skipped)
+
+
+def read_jsonl(path, schema: dict, optional: dict | None = None, skip_bad: bool = False) -> Dataset:
+    """Read one JSON object per line; blank lines are ignored."""
+    path = Path(path)
+
+    def rows(f):
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
+
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        return _dataset(path, rows(f), schema, optional, skip_bad)
 
 
 def read_csv(path, schema: dict, optional: dict | None = None, skip_bad: bool = False) -> Dataset:
@@ -110,13 +119,8 @@ def read_csv(path, schema: dict, optional: dict | None = None, skip_bad: bool = 
     ``choices`` column holding a JSON list).
     """
     path = Path(path)
-    optional = optional or {}
-    records, skipped = [], []
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise DatasetError(f"{path} is empty: nothing to evaluate")
-        choice_cols = sorted((c for c in reader.fieldnames if c.startswith("choice_") and c[7:].isdigit()), key=lambda c: int(c[7:]))
+
+    def rows(reader, choice_cols):
         start = 2  # line the next row starts on (header is line 1)
         for row in reader:
             lineno, start = start, reader.line_num + 1
@@ -133,19 +137,17 @@ def read_csv(path, schema: dict, optional: dict | None = None, skip_bad: bool = 
                 lab = obj.get("label")
                 if isinstance(lab, str) and lab.strip().lstrip("-").isdigit():
                     obj["label"] = int(lab)
-                err = _check(obj, schema, optional)
             except (ValueError, json.JSONDecodeError) as exc:
-                err = str(exc)
-            if err:
-                if not skip_bad:
-                    raise DatasetError(f"{path}:{lineno}: {err} (use --skip-bad / skip_bad=True to skip bad lines)")
-                skipped.append((lineno, err))
+                yield lineno, None, str(exc)
                 continue
-            records.append(Record(obj, lineno))
-    if not records:
-        what = "is empty" if not skipped else f"has no valid record ({len(skipped)} bad lines skipped)"
-        raise DatasetError(f"{path} {what}: nothing to evaluate")
-    return Dataset(str(path), records, skipped)
+            yield lineno, obj, None
+
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise DatasetError(f"{path} is empty: nothing to evaluate")
+        choice_cols = sorted((c for c in reader.fieldnames if c.startswith("choice_") and c[7:].isdigit()), key=lambda c: int(c[7:]))
+        return _dataset(path, rows(reader, choice_cols), schema, optional, skip_bad)
 
 
 def read_records(path, schema: dict, optional: dict | None = None, skip_bad: bool = False) -> Dataset:
