@@ -266,6 +266,18 @@ def test_malformed_jsonl_reports_line(model, tok, tmp_path):
     assert "missing key 'text'" in r.skipped[1][1]
 
 
+def test_invalid_utf8_names_file_and_line(model, tok, tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(b'{"text": "a b c"}\n{"text": "caf\xe9 d"}\n')
+    with pytest.raises(DatasetError, match=r"bad.jsonl:2: not valid UTF-8 \(byte 13 of the line\)"):
+        ev.lambada(model, tok, p, progress=False)
+    assert ev.lambada(model, tok, p, skip_bad=True, progress=False).n == 1
+    c = tmp_path / "bad.csv"
+    c.write_bytes(b"context,choice_0,choice_1,label\nok,a,b,0\ncaf\xe9,a,b,1\n")
+    with pytest.raises(ValueError, match=r"bad.csv: not valid UTF-8 text \(byte 44, line 3\)"):
+        ev.choice(model, tok, c, progress=False)
+
+
 def test_empty_inputs_are_errors(model, tok, tmp_path):
     p = tmp_path / "empty.jsonl"
     p.write_text("\n\n", encoding="utf-8")
@@ -316,3 +328,7 @@ def test_cli_eval(hf_model, gpt2_dir, corpora_dir, tmp_path, capsys):
     empty.write_text("", encoding="utf-8")
     assert main(["eval", "perplexity", str(empty), "--model", str(d)]) == 2
     assert "empty" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("first line\ncaf\u00e9".encode("latin-1"))
+    assert main(["eval", "perplexity", str(latin1), "--model", str(d)]) == 2
+    assert "latin1.txt: not valid UTF-8 text (byte 14, line 2)" in capsys.readouterr().err

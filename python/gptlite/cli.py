@@ -691,9 +691,9 @@ def _print_result(args, d: dict, title: str) -> None:
 
 def _cmd_eval_perplexity(args) -> int:
     from . import evaluate
+    from .fileio import read_utf8
 
-    with open(args.file, "r", encoding="utf-8") as f:
-        text = f.read()
+    text = read_utf8(args.file)
     if not text:
         raise UserError(f"{args.file} is empty: nothing to evaluate")
     model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)

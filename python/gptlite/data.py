@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_open, atomic_write_text
+from .fileio import atomic_open, atomic_write_text, read_utf8
 
 META = "meta.json"
 FORMAT = "gptlite-tokens"
@@ -47,10 +47,7 @@ def read_documents(paths, text_field: str | None = None) -> list[tuple[str, str]
         if p.is_dir():
             raise ValueError(f"input {p} is a directory: pass the text files inside it")
         is_jsonl = text_field is not None or p.suffix.lower() in (".jsonl", ".ndjson")
-        try:
-            raw = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{p}: not valid UTF-8 text (byte {exc.start})") from None
+        raw = read_utf8(p)
         if is_jsonl:
             field = text_field or "text"
             n = 0

@@ -64,3 +64,14 @@ def atomic_write_bytes(path, data: bytes) -> None:
 def atomic_write_text(path, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def read_utf8(path) -> str:
+    """The whole text of ``path``; invalid UTF-8 raises ValueError naming the file and byte."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}: not valid UTF-8 text (byte {exc.start}, line {line})") from None

@@ -9,9 +9,12 @@ the count).  An input with no usable record is always an error.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .fileio import read_utf8
 
 
 class DatasetError(ValueError):
@@ -99,7 +102,12 @@ def read_jsonl(path, schema: dict, optional: dict | None = None, skip_bad: bool 
     path = Path(path)
 
     def rows(f):
-        for lineno, line in enumerate(f, 1):
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, None, f"not valid UTF-8 (byte {exc.start} of the line)"
+                continue
             if not line.strip():
                 continue
             try:
@@ -107,7 +115,7 @@ def read_jsonl(path, schema: dict, optional: dict | None = None, skip_bad: bool 
             except json.JSONDecodeError as exc:
                 yield lineno, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
 
-    with open(path, "r", encoding="utf-8", newline="") as f:
+    with open(path, "rb") as f:
         return _dataset(path, rows(f), schema, optional, skip_bad)
 
 
@@ -142,7 +150,7 @@ def read_csv(path, schema: dict, optional: dict | None = None, skip_bad: bool = 
                 continue
             yield lineno, obj, None
 
-    with open(path, "r", encoding="utf-8", newline="") as f:
+    with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise DatasetError(f"{path} is empty: nothing to evaluate")
