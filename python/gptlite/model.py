@@ -271,7 +271,9 @@ class GPT:
         else:
             a = self._attention_kv(i, qkv, B, T, kv, kv_start, bias)
         a, c["c_proj"] = ops.linear_forward(a, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
-        x = x + a
+        # pre-LN: no cache holds the residual stream itself, so it is updated
+        # in place; post-LN's x is the cached input of c_attn / c_fc
+        x = self._residual_add(x, a)
         if cfg.layout == "gpt1":
             x, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
             m_in = x
@@ -280,10 +282,16 @@ class GPT:
         h, c["c_fc"] = ops.linear_forward(m_in, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"])
         h, c["gelu"] = ops.gelu_forward(h, cfg.activation_function)
         h, c["mlp_proj"] = ops.linear_forward(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
-        x = x + h
+        x = self._residual_add(x, h)
         if cfg.layout == "gpt1":
             x, c["ln_2"] = ops.layernorm_forward(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
         return x, (c if keep else None)
+
+    def _residual_add(self, x, fx):
+        if self.config.layout == "gpt2":
+            x += fx
+            return x
+        return x + fx
 
     def _trunk(self, idx, keep, pos=None, bias=None, kv=None):
         """Embeddings + blocks (+ ln_f): idx (B,T) -> hidden (N,C), cache."""
@@ -343,16 +351,17 @@ class GPT:
         dm_in, grads[pre + "mlp.c_fc.weight"], grads[pre + "mlp.c_fc.bias"] = ops.linear_backward(dh, c["c_fc"])
         if cfg.layout == "gpt2":
             dm, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dm_in, c["ln_2"])
-            dx = dx + dm
+            dx += dm  # dx is this method's own array (from the block above or ln_f)
         else:  # m_in is x_mid itself
-            dx = dx + dm_in
+            dx += dm_in
             dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(dx, c["ln_1"])
         da, grads[pre + "attn.c_proj.weight"], grads[pre + "attn.c_proj.bias"] = ops.linear_backward(dx, c["c_proj"])
         dqkv = ops.attention_backward(da, c["attn"])
         da_in, grads[pre + "attn.c_attn.weight"], grads[pre + "attn.c_attn.bias"] = ops.linear_backward(dqkv, c["c_attn"])
         if cfg.layout == "gpt2":
             da_in, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(da_in, c["ln_1"])
-        return dx + da_in
+        dx += da_in
+        return dx
 
     def backward(self, cache: ForwardCache, dlogits=None, dhidden=None) -> dict:
         """Gradients of every parameter given dL/dlogits (B,T,V) and/or
