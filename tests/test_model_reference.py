@@ -138,14 +138,20 @@ def test_hf_weights_round_trip():
 def test_kv_decode_equals_full_forward(name):
     cfg = CONFIGS[name]
     model = GPT(cfg, dtype="float64", seed=2)
-    idx, _ = batch(cfg, B=2, T=12)
+    idx, _ = batch(cfg, B=2, T=24)
     full = model.logits(idx)
-    kv = model.kv_cache(2, 16)
-    got = [model.decode(idx[:, :5], kv)]  # prefill
-    for t in range(5, 12):  # then one token at a time
-        got.append(model.decode(idx[:, t:t + 1], kv))
-    assert kv.length == 12
-    np.testing.assert_allclose(np.concatenate(got, axis=1), full, rtol=1e-10, atol=1e-10)
+    for prefill in (5, 20):  # short and long prompts take different attention paths
+        kv, kv_last = model.kv_cache(2, 28), model.kv_cache(2, 28)
+        got = [model.decode(idx[:, :prefill], kv)]
+        last = [model.decode(idx[:, :prefill], kv_last, last_only=True)]
+        for t in range(prefill, 24):  # then one token at a time
+            got.append(model.decode(idx[:, t:t + 1], kv))
+            last.append(model.decode(idx[:, t:t + 1], kv_last, last_only=True))
+        assert kv.length == kv_last.length == 24
+        np.testing.assert_allclose(np.concatenate(got, axis=1), full, rtol=1e-10, atol=1e-10)
+        # last_only: the logits of each call's last position, (B,1,V) per call
+        assert last[0].shape == (2, 1, cfg.vocab_size)
+        np.testing.assert_allclose(np.concatenate(last, axis=1), full[:, prefill - 1:], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gpt1"])

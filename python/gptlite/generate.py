@@ -128,7 +128,7 @@ def _steps(model, rows, max_new_tokens, cfg, rng, eot_token):
         idx[b, pad[b]:] = r
     kv = model.kv_cache(B, max_len)
     pad_arg = None if not pad.any() else pad
-    logits = model.decode(xp.asarray(idx), kv, pad=pad_arg)[:, -1, :]
+    logits = model.decode(xp.asarray(idx), kv, pad=pad_arg, last_only=True)[:, -1, :]
     done = np.zeros(B, dtype=bool)
     fed = T0
     step_in = xp.empty((B, 1), dtype=xp.int64)
@@ -145,7 +145,7 @@ def _steps(model, rows, max_new_tokens, cfg, rng, eot_token):
         if done.all() or step == max_new_tokens - 1 or fed >= max_len:
             return  # all rows stopped, or the budget / the context is used up
         step_in[:, 0] = xp.asarray(np.where(done, 0, nxt))
-        logits = model.decode(step_in, kv)[:, -1, :]  # the cache remembers pad
+        logits = model.decode(step_in, kv, last_only=True)[:, -1, :]  # the cache remembers pad
         fed += 1
 
 

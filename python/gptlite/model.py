@@ -445,18 +445,12 @@ class GPT:
         q = ops._split_heads(qkv[:, :C], B, t, H)
         kv.k[i, :, :, start:start + t] = ops._split_heads(qkv[:, C:2 * C], B, t, H)
         kv.v[i, :, :, start:start + t] = ops._split_heads(qkv[:, 2 * C:], B, t, H)
-        k = kv.k[i, :, :, :start + t]
-        v = kv.v[i, :, :, :start + t]
-        att = ops.bmm(q, k.transpose(0, 1, 3, 2))  # (B,H,t,S)
-        att *= 1.0 / math.sqrt(C // H)
-        att += bias
-        ops.softmax_inplace(att)
-        y = self.xp.empty((B, t, H, C // H), dtype=qkv.dtype)
-        ops.bmm(att, v, out=y.transpose(0, 2, 1, 3))
-        return y.reshape(B * t, C)
+        return ops.attention_kv_forward(q, kv.k[i, :, :, :start + t], kv.v[i, :, :, :start + t], bias)
 
-    def decode(self, idx_new, kv: KVCache, pad=None):
-        """Append idx_new (B,t) to the cache and return its logits (B,t,V).
+    def decode(self, idx_new, kv: KVCache, pad=None, last_only=False):
+        """Append idx_new (B,t) to the cache and return its logits (B,t,V),
+        or with ``last_only`` those of the last new position only, (B,1,V)
+        (what sampling needs: it skips t-1 rows of the vocabulary-sized head).
 
         ``pad`` (B,) int: row b is left-padded with pad[b] tokens (its real
         tokens start at column pad[b]); positions count from there and the pad
@@ -498,6 +492,8 @@ class GPT:
         bias = xp.where(mask, -xp.inf, 0.0).astype(self.dtype)[:, None]  # (B|1,1,t,S)
         h, _ = self._trunk(idx, keep=False, pos=pos, bias=bias, kv=kv)
         kv.length = S
+        if last_only:
+            h, t = xp.ascontiguousarray(h.reshape(B, t, -1)[:, -1]), 1
         return self._head(h).reshape(B, t, -1)
 
     # ------------------------------------------------------------------

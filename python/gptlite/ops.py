@@ -112,6 +112,10 @@ def matmul(a, b, out=None):
     if out is None:
         out = np.empty((M, N), dtype=np.result_type(a, b))
     nw = _workers()
+    if M <= 16:
+        # decoding (one or a few rows): a memory-bound GEMV, where the pool's
+        # hand-off would cost more than it saves; OpenBLAS splits it itself
+        return np.matmul(a, b, out=out)
     if nw == 1 or M * N * K < (1 << 21):
         _parallel_slices(lambda i: np.matmul(a, b, out=out), 1)
         return out
@@ -491,6 +495,59 @@ def bmm(a, b, out=None):
     return out
 
 
+def _attend(q, k, v, bias, att, yh):
+    """att := softmax(q.k^T / sqrt(hs) + bias); yh := att @ v.
+
+    q (B,H,t,hs), k, v (B,H,S,hs), bias (B|1, 1|H, t, S), att (B,H,t,S) and
+    yh (B,H,t,hs) are written (yh usually a head-merged view)."""
+    xp = xp_of(q)
+    n_head = q.shape[1]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if _is_cupy(xp):
+        bmm(q, k.transpose(0, 1, 3, 2), out=att)
+        att *= scale
+        att += bias
+        softmax_inplace(att)
+        bmm(att, v, out=yh)
+        return
+    if q.shape[2] <= 16:  # decoding: tiny products, cheaper here than handed to the pool
+        np.matmul(q, k.transpose(0, 1, 3, 2), out=att)
+        att *= scale
+        att += bias
+        att -= att.max(axis=-1, keepdims=True)
+        np.exp(att, out=att)
+        att *= 1.0 / att.sum(axis=-1, keepdims=True)
+        np.matmul(att, v, out=yh)
+        return
+
+    # One task per (batch, head): scores, mask, softmax and att @ v run back
+    # to back while the (t,S) block is still in this core's cache.
+    def head(i):
+        b, h = divmod(i, n_head)
+        a = att[b, h]
+        np.matmul(q[b, h], k[b, h].T, out=a)
+        a *= scale
+        a += bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0]
+        a -= a.max(axis=-1, keepdims=True)
+        np.exp(a, out=a)
+        a *= 1.0 / a.sum(axis=-1, keepdims=True)
+        np.matmul(a, v[b, h], out=yh[b, h])
+
+    _parallel_slices(head, q.shape[0] * n_head)
+
+
+def attention_kv_forward(q, k, v, bias):
+    """Inference attention of t new queries over S cached keys (no cache kept).
+
+    q (B,H,t,hs), k, v (B,H,S,hs), bias (B|1, 1|H, t, S) -> y (B*t, H*hs)."""
+    xp = xp_of(q)
+    B, H, t, hs = q.shape
+    y = xp.empty((B, t, H, hs), dtype=q.dtype)
+    att = xp.empty((B, H, t, k.shape[2]), dtype=q.dtype)
+    _attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
+    return y.reshape(B * t, H * hs)
+
+
 def attention_forward(qkv, n_head, B, T, bias=None):
     """Causal self-attention with a fused QKV input.
 
@@ -504,33 +561,11 @@ def attention_forward(qkv, n_head, B, T, bias=None):
     q = _split_heads(qkv[:, :C], B, T, n_head)
     k = _split_heads(qkv[:, C:2 * C], B, T, n_head)
     v = _split_heads(qkv[:, 2 * C:], B, T, n_head)
-    scale = 1.0 / math.sqrt(hs)
     if bias is None:
         bias = causal_bias(xp, T, T, qkv.dtype)[None, None]
     y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
-    yh = y.transpose(0, 2, 1, 3)  # (B,H,T,hs) view, written head-merged
     att = xp.empty((B, n_head, T, T), dtype=qkv.dtype)
-    if _is_cupy(xp):
-        bmm(q, k.transpose(0, 1, 3, 2), out=att)
-        att *= scale
-        att += bias
-        softmax_inplace(att)
-        bmm(att, v, out=yh)
-    else:
-        # One task per (batch, head): scores, mask, softmax and att @ v run
-        # back to back while the (T,T) block is still in this core's cache.
-        def head(i):
-            b, h = divmod(i, n_head)
-            a = att[b, h]
-            np.matmul(q[b, h], k[b, h].T, out=a)
-            a *= scale
-            a += bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0]
-            a -= a.max(axis=-1, keepdims=True)
-            np.exp(a, out=a)
-            a *= 1.0 / a.sum(axis=-1, keepdims=True)
-            np.matmul(a, v[b, h], out=yh[b, h])
-
-        _parallel_slices(head, B * n_head)
+    _attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
     return y.reshape(B * T, C), (q, k, v, att, n_head, B, T)
 
 
