@@ -301,3 +301,18 @@ def test_embedding_backward_accumulates_into_given_dwte():
     dwte_alone, _ = ops.embedding_backward(R, cache)
     dwte_acc, _ = ops.embedding_backward(R, cache, dwte=base.copy())
     np.testing.assert_allclose(dwte_acc, base + dwte_alone, rtol=1e-12)
+
+
+def test_keep_freed_memory_applies_once_and_can_be_turned_off():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from gptlite.backend import keep_freed_memory as k; print(k(), k())"
+    env = dict(__import__("os").environ)
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    env["GPTLITE_KEEP_FREED_MEMORY"] = "0"
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert off == ["False", "False"]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert on == ["True", "True"]

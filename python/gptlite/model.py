@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from . import ops
-from .backend import get_xp, to_numpy
+from .backend import get_xp, keep_freed_memory, to_numpy
 
 _HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
 
@@ -198,6 +198,8 @@ class GPT:
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
         self.xp = get_xp(device)
+        if self.xp is np:
+            keep_freed_memory()
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")

@@ -533,7 +533,20 @@ def _attend(q, k, v, bias, att, yh):
         a *= 1.0 / a.sum(axis=-1, keepdims=True)
         np.matmul(a, v[b, h], out=yh[b, h])
 
-    _parallel_slices(head, q.shape[0] * n_head)
+    _parallel_heads(head, q.shape[0] * n_head)
+
+
+def _parallel_heads(fn, n):
+    """fn(i) for i in range(n), in a few contiguous groups per core: one task
+    per head would cost more in hand-offs than a small head's work."""
+    ng = min(n, 4 * _workers())
+    bounds = np.linspace(0, n, ng + 1).astype(int)
+
+    def group(j):
+        for i in range(bounds[j], bounds[j + 1]):
+            fn(i)
+
+    _parallel_slices(group, ng)
 
 
 def attention_kv_forward(q, k, v, bias):
@@ -599,7 +612,7 @@ def attention_backward(dy, cache):
         np.matmul(da, k[b, h], out=dq[b, h])
         np.matmul(da.T, q[b, h], out=dk[b, h])
 
-    _parallel_slices(head, B * n_head)
+    _parallel_heads(head, B * n_head)
     return dqkv.reshape(B * T, 3 * C)
 
 
