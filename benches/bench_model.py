@@ -16,6 +16,7 @@ sgemm peak measured in the same run, and the peak RSS of a training step
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -127,7 +128,10 @@ def step_peak_rss(which: str) -> dict:
     """RSS (MiB) of a fresh process after building the model, and its peak during one step."""
     code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_model as m; "
             f"print(json.dumps(m._rss_child({which!r})))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    # the HF child builds a gptlite model too (for the weights): keep glibc's
+    # defaults there so gptlite's malloc setting does not change torch's RSS
+    env = {**os.environ, **({"GPTLITE_KEEP_FREED_MEMORY": "0"} if which == "hf" else {})}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
