@@ -201,3 +201,79 @@ if __name__ == "__main__":
     model, hf, idx, targets = build()
     s = measure(model, hf, idx, targets)
     report(model, *s, sgemm_peak(), {"gptlite": step_peak_rss("gptlite"), "hf": step_peak_rss("hf")})
+
+
+# ----------------------------------------------------------------------------
+# GPU: the same step on CuPy vs PyTorch CUDA (skipped without a GPU)
+
+
+def _gpu_ready():
+    from gptlite.backend import cuda_available
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    if not cuda_available() or not torch.cuda.is_available():
+        pytest.skip("needs CuPy and torch with a visible CUDA GPU")
+
+
+def measure_gpu(model, hf, idx, targets, rounds=5):
+    """Median seconds per step on the GPU (each side synchronised), and the
+    peak device memory of a step: CuPy's pool and torch's allocator."""
+    import cupy as cp
+    import torch
+
+    xi, xt = cp.asarray(idx), cp.asarray(targets)
+    ti, tt = torch.from_numpy(idx).cuda(), torch.from_numpy(targets).cuda()
+
+    def ours():
+        loss, _ = model.loss_and_grads(xi, xt)
+        cp.cuda.Device().synchronize()
+        return loss
+
+    def theirs():
+        hf.zero_grad(set_to_none=True)
+        logits = hf(ti).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tt.view(-1))
+        loss.backward()
+        torch.cuda.synchronize()
+        return float(loss.detach())
+
+    l_ours, l_hf = ours(), theirs()  # warm-up (kernel compilation, cuBLAS handles)
+    if abs(l_ours - l_hf) > 1e-3 * abs(l_hf):
+        raise AssertionError(f"losses differ on the GPU: gptlite {l_ours} vs torch {l_hf}")
+    torch.cuda.reset_peak_memory_stats()
+    t_ours, t_hf = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        ours()
+        t1 = time.perf_counter()
+        theirs()
+        t2 = time.perf_counter()
+        t_ours.append(t1 - t0)
+        t_hf.append(t2 - t1)
+    return (statistics.median(t_ours), statistics.median(t_hf),
+            cp.get_default_memory_pool().total_bytes() / 2 ** 20, torch.cuda.max_memory_allocated() / 2 ** 20)
+
+
+def test_train_step_gpu_vs_torch_cuda(benchmark):
+    _gpu_ready()
+    import cupy as cp
+    import torch
+
+    from gptlite.model import GPT
+
+    model, hf, idx, targets = build()
+    hf = hf.cuda()
+    model = GPT(model.config, params=model.params, device="cuda")
+    s_ours, s_hf, mib_ours, mib_hf = measure_gpu(model, hf, idx, targets)
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    tokens = B * T
+    info = {"device": name, "gptlite_tokens_per_s": tokens / s_ours, "torch_tokens_per_s": tokens / s_hf,
+            "ratio": s_hf / s_ours, "gptlite_tflops": model.flops_per_token(T) * tokens / s_ours / 1e12,
+            "gptlite_pool_mib": mib_ours, "torch_peak_mib": mib_hf}
+    benchmark.extra_info.update(info)
+    print(f"\ntrain step 124M, batch {B}x{T}, float32, {name}: gptlite (CuPy) {info['gptlite_tokens_per_s']:,.0f} tok/s, "
+          f"torch CUDA eager {info['torch_tokens_per_s']:,.0f} tok/s -> {info['ratio']:.2f}x; "
+          f"{info['gptlite_tflops']:.1f} TFLOP/s; memory: CuPy pool {mib_ours:,.0f} MiB, torch peak {mib_hf:,.0f} MiB")
+    benchmark.pedantic(lambda: model.loss_and_grads(cp.asarray(idx), cp.asarray(targets)), rounds=1, iterations=1)
+    torch.cuda.empty_cache()
