@@ -183,11 +183,17 @@ FINETUNE_SCHEMAS = {
 def read_lambada(path, skip_bad: bool = False) -> Dataset:
     """LAMBADA jsonl: ``{"text": ...}``; the target is the last space-separated word."""
     ds = read_jsonl(path, LAMBADA_SCHEMA, skip_bad=skip_bad)
+    return _keep_valid(ds, path, skip_bad, lambda d: None if " " in d["text"].strip()
+                       else "text has no space: cannot split off a last word")
+
+
+def _keep_valid(ds: Dataset, path, skip_bad: bool, problem) -> Dataset:
+    """Drop records for which ``problem(data)`` names an error (or raise on the
+    first one unless skip_bad); an evaluation needs at least one record left."""
     good = []
     for r in ds.records:
-        text = r.data["text"].rstrip()
-        if " " not in text.strip():
-            err = "text has no space: cannot split off a last word"
+        err = problem(r.data)
+        if err is not None:
             if not skip_bad:
                 raise DatasetError(f"{path}:{r.line}: {err}")
             ds.skipped.append((r.line, err))
@@ -202,17 +208,11 @@ def read_lambada(path, skip_bad: bool = False) -> Dataset:
 def read_choice(path, skip_bad: bool = False) -> Dataset:
     """Multiple choice: ``{"context": str, "choices": [str, ...], "label": int (optional)}``."""
     ds = read_records(path, CHOICE_SCHEMA, CHOICE_OPTIONAL, skip_bad=skip_bad)
-    good = []
-    for r in ds.records:
-        lab = r.data.get("label")
-        if lab is not None and not (0 <= lab < len(r.data["choices"])):
-            err = f"label {lab} out of range for {len(r.data['choices'])} choices"
-            if not skip_bad:
-                raise DatasetError(f"{path}:{r.line}: {err}")
-            ds.skipped.append((r.line, err))
-            continue
-        good.append(r)
-    if not good:
-        raise DatasetError(f"{path} has no valid record: nothing to evaluate")
-    ds.records = good
-    return ds
+
+    def problem(d):
+        lab = d.get("label")
+        if lab is not None and not (0 <= lab < len(d["choices"])):
+            return f"label {lab} out of range for {len(d['choices'])} choices"
+        return None
+
+    return _keep_valid(ds, path, skip_bad, problem)

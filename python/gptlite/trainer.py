@@ -167,17 +167,16 @@ def count_pretokens(
         raise ValueError("count_pretokens: give files=... and/or texts=...")
     cb = _progress_fn(progress)
     try:
-        return _core.count_pretokens(
-            files=paths or None,
-            texts=texts,
-            pattern=_check_pattern(pattern),
-            errors=_check_errors(errors),
-            num_threads=_check_threads(num_threads),
-            progress=cb,
-        )
+        return _core.count_pretokens(**_source_args(paths, texts, pattern, errors, num_threads, cb))
     finally:
         if isinstance(cb, ProgressBar):
             cb.close()
+
+
+def _source_args(paths, texts, pattern, errors, num_threads, progress) -> dict:
+    """The checked keyword arguments the Rust core's counting takes (files or texts)."""
+    return dict(files=paths or None, texts=texts, pattern=_check_pattern(pattern), errors=_check_errors(errors),
+                num_threads=_check_threads(num_threads), progress=progress)
 
 
 def merge_counts(counts: Iterable[dict]) -> dict:
@@ -248,16 +247,8 @@ def train_bpe(
     t0 = time.perf_counter()
     try:
         merges, tokens, stats = _core.train_bpe(
-            vocab_size - 256 - len(specials),
-            files=paths or None,
-            texts=texts,
-            word_counts=word_counts,
-            min_frequency=max(1, min_frequency),
-            pattern=_check_pattern(pattern),
-            errors=_check_errors(errors),
-            num_threads=_check_threads(num_threads),
-            progress=cb,
-        )
+            vocab_size - 256 - len(specials), word_counts=word_counts, min_frequency=max(1, min_frequency),
+            **_source_args(paths, texts, pattern, errors, num_threads, cb))
     finally:
         if isinstance(cb, ProgressBar):
             cb.close()
