@@ -9,14 +9,33 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _origin_dir():
+    """The checkout this one was cloned from, when that is a local folder."""
+    import subprocess
+
+    try:
+        url = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = url.removeprefix("file://")
+    return Path(url).resolve() if url and Path(url).is_dir() else None
+
+
 def _find_shared() -> Path:
-    """$GPTLITE_SHARED, else the nearest ``shared/`` beside an ancestor of the checkout
-    (a clone in a scratch folder still finds the workplace's shared data)."""
+    """$GPTLITE_SHARED, else the nearest ``shared/`` beside an ancestor of the
+    checkout or, for a clone of a local checkout (in a scratch folder), of the
+    checkout it was cloned from."""
     if os.environ.get("GPTLITE_SHARED"):
         return Path(os.environ["GPTLITE_SHARED"]).resolve()
-    for parent in ROOT.parents:
-        if (parent / "shared" / "data" / "gpt2" / "encoder.json").exists():
-            return (parent / "shared").resolve()
+    roots = [ROOT]
+    origin = _origin_dir()
+    if origin is not None:
+        roots.append(origin)
+    for root in roots:
+        for parent in root.parents:
+            if (parent / "shared" / "data" / "gpt2" / "encoder.json").exists():
+                return (parent / "shared").resolve()
     return (ROOT.parent / "shared").resolve()
 
 
