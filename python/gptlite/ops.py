@@ -520,31 +520,34 @@ def _attend(q, k, v, bias, att, yh):
         np.matmul(att, v, out=yh)
         return
 
-    # One task per (batch, head): scores, mask, softmax and att @ v run back
-    # to back while the (t,S) block is still in this core's cache.
-    def head(i):
-        b, h = divmod(i, n_head)
-        a = att[b, h]
-        np.matmul(q[b, h], k[b, h].T, out=a)
+    # One task per (batch row, run of heads): scores, mask, softmax and
+    # att @ v back to back while the run's (hc,t,S) block is in this core's
+    # cache; runs of several small heads save per-call overhead.
+    def heads(b, hsl):
+        a = att[b, hsl]
+        np.matmul(q[b, hsl], k[b, hsl].transpose(0, 2, 1), out=a)
         a *= scale
-        a += bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0]
+        a += bias[b if bias.shape[0] > 1 else 0, hsl if bias.shape[1] > 1 else slice(0, 1)]
         a -= a.max(axis=-1, keepdims=True)
         np.exp(a, out=a)
         a *= 1.0 / a.sum(axis=-1, keepdims=True)
-        np.matmul(a, v[b, h], out=yh[b, h])
+        np.matmul(a, v[b, hsl], out=yh[b, hsl])
 
-    _parallel_heads(head, q.shape[0] * n_head)
+    _parallel_heads(heads, q.shape[0], n_head, q.shape[2] * k.shape[2])
 
 
-def _parallel_heads(fn, n):
-    """fn(i) for i in range(n), in a few contiguous groups per core: one task
-    per head would cost more in hand-offs than a small head's work."""
-    ng = min(n, 4 * _workers())
-    bounds = np.linspace(0, n, ng + 1).astype(int)
+def _parallel_heads(fn, B, H, block):
+    """fn(b, heads) over every batch row b and a run of heads (a slice),
+    runs sized so a task's (heads, t, S) scores, ``block`` = t*S each, stay
+    within ~256 KB (a core's L2), spread in a few groups per core."""
+    hc = max(1, min(H, (1 << 16) // max(1, block)))
+    tasks = [(b, slice(h, min(H, h + hc))) for b in range(B) for h in range(0, H, hc)]
+    ng = min(len(tasks), 4 * _workers())
+    bounds = np.linspace(0, len(tasks), ng + 1).astype(int)
 
     def group(j):
-        for i in range(bounds[j], bounds[j + 1]):
-            fn(i)
+        for b, hsl in tasks[bounds[j]:bounds[j + 1]]:
+            fn(b, hsl)
 
     _parallel_slices(group, ng)
 
@@ -601,18 +604,17 @@ def attention_backward(dy, cache):
         bmm(datt.transpose(0, 1, 3, 2), q, out=dk)
         return dqkv.reshape(B * T, 3 * C)
 
-    def head(i):  # the forward's tasks in reverse, one (T,T) scratch per task
-        b, h = divmod(i, n_head)
-        a, g = att[b, h], dyh[b, h]
-        np.matmul(a.T, g, out=dv[b, h])
-        da = g @ v[b, h].T
-        da -= np.einsum("ij,ij->i", da, a)[:, None]  # softmax Jacobian-vector product
+    def heads(b, hsl):  # the forward's tasks in reverse, one scratch block per task
+        a, g = att[b, hsl], dyh[b, hsl]
+        np.matmul(a.transpose(0, 2, 1), g, out=dv[b, hsl])
+        da = g @ v[b, hsl].transpose(0, 2, 1)
+        da -= np.einsum("hij,hij->hi", da, a)[..., None]  # softmax Jacobian-vector product
         da *= a
         da *= scale
-        np.matmul(da, k[b, h], out=dq[b, h])
-        np.matmul(da.T, q[b, h], out=dk[b, h])
+        np.matmul(da, k[b, hsl], out=dq[b, hsl])
+        np.matmul(da.transpose(0, 2, 1), q[b, hsl], out=dk[b, hsl])
 
-    _parallel_heads(head, B * n_head)
+    _parallel_heads(heads, B, n_head, T * T)
     return dqkv.reshape(B * T, 3 * C)
 
 
