@@ -1,0 +1,149 @@
+"""A stand-in for CuPy, made of NumPy, to run gptlite's CuPy code paths on a
+machine without a GPU (test-only).
+
+"Device" arrays are a NumPy subclass, so ``backend.xp_of`` sends them down
+the ``xp is cupy`` branches while host arrays stay on the NumPy ones; array
+creation and ``asarray`` return device arrays (``asarray`` of a host array
+copies, as a host-to-device transfer does). The three fused kernels
+(``ElementwiseKernel``: GELU forward/backward, LayerNorm affine) and the
+row-softmax ``RawModule`` are replaced by NumPy functions computing the same
+formulas. What this can catch: errors in the CuPy-only branches (names,
+shapes, in-place aliasing, missing synchronisation helpers). What it cannot:
+CUDA compilation, numerics of the real kernels, host/device mixing (NumPy
+accepts mixed inputs where CuPy raises) — those need a GPU run.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import types
+
+import numpy as np
+
+GELU_K = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
+
+
+class DeviceArray(np.ndarray):
+    def get(self):
+        return np.array(self).view(np.ndarray)
+
+
+def _dev(r):
+    if isinstance(r, np.ndarray) and not isinstance(r, DeviceArray):
+        return r.view(DeviceArray)
+    if isinstance(r, tuple):
+        return tuple(_dev(x) for x in r)
+    return r
+
+
+def _wrap(fn):
+    def device_fn(*args, **kwargs):
+        return _dev(fn(*args, **kwargs))
+
+    return device_fn
+
+
+def _asarray(a, dtype=None, **kwargs):
+    if isinstance(a, DeviceArray):
+        return a if dtype is None else a.astype(dtype, copy=False)
+    return np.array(a, dtype=dtype, copy=True).view(DeviceArray)
+
+
+def _gelu_fwd(x):
+    t = np.tanh(GELU_K * (x + GELU_A * x * x * x))
+    return _dev(0.5 * x * (1 + t)), _dev(t)
+
+
+def _gelu_bwd(x, t, dy):
+    return _dev(dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * GELU_K * (1 + 3 * GELU_A * x * x)))
+
+
+def _ln_affine(x, mean, rstd, w, b):
+    xhat = (x - mean) * rstd
+    return _dev(xhat), _dev(xhat * w + b)
+
+
+KERNELS = {"gptlite_gelu_tanh_fwd": _gelu_fwd, "gptlite_gelu_tanh_bwd": _gelu_bwd, "gptlite_ln_affine": _ln_affine}
+
+
+class _RawModule:
+    def __init__(self, code=None, **kwargs):
+        self.code = code
+
+    def get_function(self, name):
+        if name not in ("softmax_f32", "softmax_f64"):
+            raise KeyError(name)
+
+        def launch(grid, block, args, shared_mem=0):  # in-place softmax of grid[0] rows of n
+            a, n = args
+            rows = a.reshape(grid[0], int(n))
+            rows -= rows.max(axis=1, keepdims=True)
+            np.exp(rows, out=rows)
+            rows /= rows.sum(axis=1, keepdims=True)
+
+        return launch
+
+
+class _Device:
+    def __init__(self, *args):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+class _Pool:
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+
+def _numpy_attr(name):
+    """NumPy's attribute; functions wrapped to return device arrays (types,
+    dtypes and constants as they are)."""
+    attr = getattr(np, name)
+    if callable(attr) and not isinstance(attr, type):
+        return _wrap(attr)
+    return attr
+
+
+def make_modules() -> dict:
+    """sys.modules entries for cupy, cupyx, cupyx.scipy, cupyx.scipy.special."""
+    cp = types.ModuleType("cupy")
+    cp.__dict__["__getattr__"] = _numpy_attr
+    cp.ndarray = DeviceArray
+    cp.asarray = _asarray
+    cp.array = _asarray
+    cp.ascontiguousarray = lambda a, dtype=None: _dev(np.ascontiguousarray(_asarray(a), dtype=dtype))
+    cp.asnumpy = lambda a: np.array(a).view(np.ndarray)
+    cp.ElementwiseKernel = lambda in_params, out_params, operation, name, **kw: KERNELS[name]
+    cp.RawModule = _RawModule
+    cp.get_default_memory_pool = lambda: _Pool()
+    cp.cuda = types.SimpleNamespace(
+        Device=_Device,
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                      getDeviceProperties=lambda i: {"name": b"fake CuPy (NumPy)"}))
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scatter_add = lambda out, index, values: np.add.at(out, index, values)
+    scipy = types.ModuleType("cupyx.scipy")
+    special = types.ModuleType("cupyx.scipy.special")
+    special.erf = lambda x: _dev(np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype))
+    cupyx.scipy = scipy
+    scipy.special = special
+    return {"cupy": cp, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
+
+
+def install(monkeypatch):
+    """Make gptlite see the fake as CuPy with one GPU; undone by monkeypatch."""
+    from gptlite import backend, ops
+
+    mods = make_modules()
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(backend, "_cupy", mods["cupy"])
+    monkeypatch.setattr(backend, "_cupy_checked", True)
+    monkeypatch.setattr(ops, "_cupy_kernels", {})
+    return mods["cupy"]
