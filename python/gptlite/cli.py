@@ -652,6 +652,34 @@ def _add_eval_commands(sub) -> None:
     model_args(p)
     p.set_defaults(func=_cmd_eval_choice)
 
+    pr = sub.add_parser("prompt", help="GPT-2-style zero-shot tasks by prompting: TL;DR summaries, translation")
+    prs = pr.add_subparsers(dest="prompt_command", metavar="TASK")
+    prs.required = True
+
+    def prompt_args(p, max_new_tokens):
+        p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped default model)")
+        p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
+        p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+        p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+        p.add_argument("--show-prompt", action="store_true", help="print the full prompt the model sees first")
+        p.add_argument("--json", action="store_true", help="print prompt, completion and answer as one JSON object")
+
+    p = prs.add_parser("tldr", help="summarise: the article, then 'TL;DR:'; sample with top-k 2, keep 3 sentences")
+    p.add_argument("file", nargs="?", default="-", help="article text file ('-' or absent: stdin)")
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--sentences", type=int, default=3, help="keep this many generated sentences")
+    prompt_args(p, 100)
+    p.set_defaults(func=_cmd_prompt_tldr)
+    p = prs.add_parser("translate", help="few-shot translation: 'source = target' example lines, then the text")
+    p.add_argument("text", help="one line to translate ('-': stdin)")
+    p.add_argument("--examples", default=None,
+                   help="file of 'source<TAB>target' example lines (default: built-in English = French pairs)")
+    p.add_argument("--sep", default=" = ", help="what joins source and target in the prompt")
+    prompt_args(p, 40)
+    p.set_defaults(func=_cmd_prompt_translate)
+
     p = sub.add_parser("finetune", help="GPT-1 supervised fine-tuning (classification, entailment, similarity, choice)",
                        description="GPT-1 fine-tuning: special tokens, a linear head at the extract token, "
                                    "loss = task loss + lambda * LM loss. Defaults are the GPT-1 paper's.")
@@ -727,6 +755,59 @@ def _cmd_eval_choice(args) -> int:
     if args.predictions:
         atomic_write_text(args.predictions, "".join(f"{p}\n" for p in r.predictions))
     _print_result(args, r.as_dict(), f"multiple choice on {args.file}")
+    return 0
+
+
+def _read_arg_text(name: str) -> str:
+    from .fileio import read_utf8
+
+    return sys.stdin.read() if name == "-" else read_utf8(name)
+
+
+def _print_prompt_result(args, r) -> None:
+    import json
+
+    if args.json:
+        print(json.dumps({"prompt": r.prompt, "completion": r.completion, "output": r.output,
+                          "prompt_tokens": r.prompt_tokens, "cropped": r.cropped}))
+        return
+    if r.cropped:
+        print(f"gptlite: the prompt was longer than the model's context: kept its last {r.prompt_tokens} tokens",
+              file=sys.stderr)
+    if args.show_prompt:
+        print(r.prompt + "\n" + "-" * 40)
+    print(r.output)
+
+
+def _cmd_prompt_tldr(args) -> int:
+    from . import prompting
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.sentences < 1:
+        raise UserError(f"--sentences must be >= 1, got {args.sentences}")
+    article = _read_arg_text(args.file)
+    if not article.strip():
+        raise UserError(f"{'stdin' if args.file == '-' else args.file} is empty: nothing to summarise")
+    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
+    r = prompting.summarize(model, tok, article, args.max_new_tokens, top_k=args.top_k,
+                            temperature=args.temperature, seed=args.seed, sentences=args.sentences)
+    _print_prompt_result(args, r)
+    return 0
+
+
+def _cmd_prompt_translate(args) -> int:
+    from . import prompting
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if not text.strip():
+        raise UserError("nothing to translate: the text is empty")
+    examples = prompting.read_examples(args.examples) if args.examples else None
+    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
+    r = prompting.translate(model, tok, text, examples, sep=args.sep, max_new_tokens=args.max_new_tokens)
+    _print_prompt_result(args, r)
     return 0
 
 
