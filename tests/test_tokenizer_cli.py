@@ -132,3 +132,49 @@ def test_offline_message(tmp_path, monkeypatch, capsysbinary):
     monkeypatch.setattr(mod.urllib.request, "urlopen", no_network)
     rc, _, err = run(capsysbinary, "encode", "hi")
     assert rc == 2 and "GPTLITE_GPT2_DIR" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "cl100k"])
+def test_stream_cuts_keep_ids_for_both_patterns(gpt2_dir, pattern):
+    # (alphabet: every kind of cut candidate - whitespace after letters, digits,
+    # punctuation and whitespace; CR/LF before letters; U+001C which Python
+    # counts as whitespace and the patterns do not; contractions; a special)
+    """Every re-cut stream of tricky text encodes to the whole text's ids."""
+    from gptlite.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_files(gpt2_dir, pattern=pattern)
+    rng = np.random.default_rng(0)
+    alphabet = list("ab Z9.,!'\t\n\r ") + ["\u3000", "\u00a0", "日", "本", "語", "。", "\u0301", "👍", "\x1c", "'s", "'ll", "<|endoftext|>"]
+    for trial in range(30):
+        text = "".join(rng.choice(alphabet, 400))
+        for size in (1, 3, 17):
+            chunks = [text[i:i + size] for i in range(0, len(text), size)]
+            pieces = list(cli._stream_pieces(chunks, ["<|endoftext|>"], pattern))
+            assert "".join(pieces) == text
+            ids = [i for p in pieces for i in tok.encode(p, allowed_special="all")]
+            assert ids == tok.encode(text, allowed_special="all"), (trial, size)
+
+
+def test_stream_memory_bounded_without_spaces():
+    """Text without spaces (Chinese, one line at a time) is still cut at line
+    ends: pieces stay near the chunk size instead of growing with the input."""
+    line = "日本語の文章は空白を使わずに書かれる。" * 5 + "\n"
+    text = line * 20_000  # ~2 MB, no U+0020 at all
+    chunks = [text[i:i + 4096] for i in range(0, len(text), 4096)]
+    for pattern in ("gpt2", "cl100k"):
+        sizes = [len(p) for p in cli._stream_pieces(chunks, ["<|endoftext|>"], pattern)]
+        assert sum(sizes) == len(text)
+        assert max(sizes) <= 4096 + len(line), pattern
+
+
+def test_raw_formats_from_suffix(tmp_path, capsysbinary, gpt2_tokenizer):
+    inp = tmp_path / "in.txt"
+    inp.write_text("Hello world, again and again.\n", encoding="utf-8")
+    want = gpt2_tokenizer.encode(inp.read_text(encoding="utf-8"))
+    for suffix, dtype in ((".u16", "<u2"), (".u32", "<u4")):
+        out = tmp_path / f"ids{suffix}"
+        rc, _, err = run(capsysbinary, "encode", "-i", str(inp), "-o", str(out))
+        assert rc == 0, err
+        assert np.frombuffer(out.read_bytes(), dtype=dtype).tolist() == want  # raw, not text
+        rc, text, err = run(capsysbinary, "decode", "-i", str(out))
+        assert rc == 0 and text == inp.read_bytes(), err

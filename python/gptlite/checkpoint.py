@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_open, atomic_write_text, publish_modes
+from .fileio import atomic_open, atomic_write_text, publish_modes, swap_dir
 
 # --------------------------------------------------------------------------------
 # safetensors
@@ -423,40 +423,13 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
         if tokenizer is not None:
             tokenizer.save(tmp, format="gpt2")
             written |= {p.name for p in tmp.iterdir()}
-        if path.is_dir():
-            for entry in path.iterdir():
-                # Keep what we do not write (logs, plots, an older tokenizer when none is given now).
-                if entry.name in written or (tokenizer is not None and entry.name in _TOKENIZER_FILES):
-                    continue
-                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                    continue  # a leftover of an interrupted write
-                dest = tmp / entry.name
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.copytree(entry, dest, symlinks=True)
-                else:
-                    shutil.copy2(entry, dest, follow_symlinks=False)
         publish_modes(tmp, written)
-        _swap_dir(tmp, path)
+        # keep what we do not write (logs, plots, an older tokenizer when none is given now)
+        swap_dir(tmp, path, replaced=written | (set(_TOKENIZER_FILES) if tokenizer is not None else set()))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _swap_dir(new: Path, path: Path) -> None:
-    """Replace directory ``path`` by ``new``; the old one is removed only after the swap."""
-    if not path.exists():
-        os.replace(new, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-    os.rmdir(old)
-    os.replace(path, old)
-    try:
-        os.replace(new, path)
-    except BaseException:
-        os.replace(old, path)  # put the previous checkpoint back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------
@@ -523,7 +496,7 @@ def download_model(name: str, quiet: bool = False) -> Path:
             except OSError:
                 pass
         publish_modes(tmp)
-        _swap_dir(tmp, dest)
+        swap_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

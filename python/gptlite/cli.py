@@ -9,6 +9,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -29,7 +30,8 @@ def _add_tokenizer_commands(sub) -> None:
     p.add_argument("-o", "--output", help="write the ids here (default: stdout); written atomically")
     p.add_argument("-t", "--tokenizer", default="gpt2", help=tok_help)
     p.add_argument("--format", choices=_ID_FORMATS, default=None,
-                   help="ids as text (default), .npy array, or raw little-endian u16/u32 (default from -o's suffix)")
+                   help="ids as text, .npy array, or raw little-endian u16/u32 (default from -o's suffix: "
+                        ".npy, .u16, .u32; else text)")
     p.add_argument("--show", action="store_true", help="print each id with the text it covers, one a line")
     p.add_argument("--allow-special", action="store_true",
                    help="encode special-token text such as <|endoftext|> as the special token (default: error)")
@@ -44,7 +46,7 @@ def _add_tokenizer_commands(sub) -> None:
     p.add_argument("-o", "--output", help="write the text here (default: stdout); written atomically")
     p.add_argument("-t", "--tokenizer", default="gpt2", help=tok_help)
     p.add_argument("--format", choices=_ID_FORMATS, default=None,
-                   help="how the input ids are stored (default from -i's suffix: .npy, else text)")
+                   help="how the input ids are stored (default from -i's suffix: .npy, .u16, .u32; else text)")
     p.add_argument("--chunk-ids", type=int, default=1 << 20, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_decode)
 
@@ -60,39 +62,85 @@ def _load_tokenizer(spec: str):
     return Tokenizer.from_files(spec)
 
 
+_SUFFIX_FORMATS = {".npy": "npy", ".u16": "u16", ".u32": "u32"}
+
+
 def _format_of(explicit, path) -> str:
+    """--format, else from the file's suffix (.npy, .u16, .u32), else text."""
     if explicit:
         return explicit
-    if path and path.endswith(".npy"):
-        return "npy"
+    if path:
+        for suffix, fmt in _SUFFIX_FORMATS.items():
+            if path.lower().endswith(suffix):
+                return fmt
     return "text"
 
 
-def _safe_cut(buf: str, specials) -> int:
-    """The largest position p > 0 where `buf` can be cut so that encoding
-    buf[:p] and buf[p:] separately gives the same ids as encoding buf (0: none).
+# Where text may be cut for streaming, per pre-tokenization pattern. Python's
+# \s also matches U+001C..U+001F, which the tokenizer's patterns treat as
+# punctuation, so whitespace is written [^\S\x1c-\x1f].
+_CUTS = {
+    # gpt2: before whitespace that follows non-whitespace
+    "gpt2": re.compile(r"(?<=\S)[^\S\x1c-\x1f]"),
+    # cl100k: before whitespace that follows a letter or number, before a
+    # space that follows non-whitespace, and before a letter or number that
+    # follows CR/LF
+    "cl100k": re.compile(r"(?<=[^\W_])[^\S\x1c-\x1f]|(?<=\S) |(?<=[\r\n])[^\W_]"),
+}
 
-    We cut just before a space U+0020 whose preceding character is not
-    whitespace. Why that is safe, for both patterns (gpt2 and cl100k): the piece
-    holding buf[p-1] (a letter, number, other, or contraction run) cannot take in a
-    following space (only *leading* spaces join pieces, and cl100k's trailing
-    ``[\\r\\n]*`` takes CR/LF, not spaces), and its end does not depend on any
-    lookahead, so a piece ends at p whether or not more text follows; the scanners
-    are memoryless, so the pieces from p on are the same when scanning starts at
-    p. A special token never straddles the cut (checked for specials that contain
-    a space). `str.isspace` is a superset of Unicode White_Space (it adds only
-    U+001C..U+001F), so it only makes us skip some valid cuts.
+
+def _safe_cut(buf: str, specials, lo: int = 1, pattern: str = "gpt2") -> int:
+    """The largest position p >= lo where ``buf`` can be cut so that encoding
+    buf[:p] and buf[p:] separately gives the same ids as encoding buf, and
+    that stays so whatever text is appended to buf later (0: none).
+
+    Why the cuts of ``_CUTS`` are safe. gpt2: no piece runs from non-whitespace
+    into whitespace (its pieces are letter, number, other and contraction
+    runs, each with at most one *leading* space, or whitespace runs), so a
+    piece ends at p whether or not more text follows. Not the other way round:
+    after whitespace, the ``\\s+(?!\\S)`` lookahead depends on what follows.
+    cl100k: letter and number pieces never take in following whitespace, and
+    no piece takes in a following space; punctuation pieces take trailing
+    CR/LF (so no cut after punctuation before a newline), and CR/LF never joins
+    the letters or digits after it. In both, the scanners are memoryless, so
+    the pieces from p on are the same when scanning starts at p. A special
+    token never straddles the cut, and the last max-special-length characters
+    are not cut (a special could still be completed by text appended later).
+    Scans from the end in growing windows: cheap when a cut is near the end.
     """
-    p = len(buf)
-    while True:
-        p = buf.rfind(" ", 1, p)
-        if p <= 0:
-            return 0
-        if buf[p - 1].isspace():
-            continue
-        if any(s in buf[max(0, p - len(s) + 1):p + len(s)] and _straddles(buf, s, p) for s in specials):
-            continue
-        return p
+    cut = _CUTS[pattern]
+    hi = len(buf) - max((len(s) for s in specials), default=1) + 1
+    lo = max(1, lo)
+    width = 4096
+    while hi > lo:
+        a = max(lo, hi - width)
+        best = 0
+        for m in cut.finditer(buf, a, hi + 1):
+            p = m.start()
+            if p < hi and not any(_straddles(buf, s, p) for s in specials):
+                best = p
+        if best:
+            return best
+        hi, width = a, width * 4
+    return 0
+
+
+def _stream_pieces(chunks, specials, pattern: str = "gpt2"):
+    """Re-cut a stream of text chunks at safe cuts (see _safe_cut), so each
+    piece encodes to exactly its share of the whole text's ids. Memory stays
+    bounded by the chunk size plus the longest stretch of text without a safe
+    cut (such as one line of text without spaces)."""
+    tail = max((len(s) for s in specials), default=1)
+    buf, scanned = "", 1
+    for data in chunks:
+        buf += data
+        p = _safe_cut(buf, specials, scanned, pattern)
+        if p:
+            yield buf[:p]
+            buf = buf[p:]
+        scanned = max(1, len(buf) - tail)  # no valid cut before here; the tail is looked at again
+    if buf:
+        yield buf
 
 
 def _straddles(buf: str, s: str, p: int) -> bool:
@@ -204,15 +252,7 @@ def _cmd_encode(args) -> int:
         encode = tok.encode
 
     def pieces():
-        buf = ""
-        for data in _text_chunks(args):
-            buf += data
-            p = _safe_cut(buf, specials)
-            if p:
-                yield buf[:p]
-                buf = buf[p:]
-        if buf:
-            yield buf
+        return _stream_pieces(_text_chunks(args), specials, tok.pattern)
 
     with _open_out(args.output) as f:
         if args.show:
@@ -358,23 +398,25 @@ def _add_tokenizer_train_commands(sub) -> None:
 
 
 def _cmd_tokenizer_train(args) -> int:
-    import os
     import shutil
     import tempfile
     from pathlib import Path
 
     from . import trainer
-    from .fileio import publish_modes
+    from .fileio import publish_modes, swap_dir
 
     specials = () if args.no_special else tuple(args.special or trainer.DEFAULT_SPECIAL_TOKENS)
     formats = list(dict.fromkeys(args.format or ["gpt2", "tiktoken"]))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    result = trainer.train_bpe(
-        args.files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency,
-        pattern=args.pattern, errors=args.errors, num_threads=args.threads, progress=not args.quiet,
-    )
+    try:
+        result = trainer.train_bpe(
+            args.files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency,
+            pattern=args.pattern, errors=args.errors, num_threads=args.threads, progress=not args.quiet,
+        )
+    except ValueError as exc:  # the core's hint names the Python argument; here it is a flag
+        raise UserError(str(exc).replace('errors="replace"', "--errors replace")) from None
     tok = result.to_tokenizer(name=out.name or "gptlite-bpe")
     # Save everything into a fresh sibling directory first, then move it into
     # place: an interrupted run leaves no half-written output behind.
@@ -384,11 +426,8 @@ def _cmd_tokenizer_train(args) -> int:
         for fmt in formats:
             tok.save(tmp, format=fmt)
         publish_modes(tmp)
-        if not out.exists():
-            os.rename(tmp, out)
-        else:
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, out / f.name)
+        # an existing --out keeps its other files; the directory changes in one rename
+        swap_dir(tmp, out, replaced={f.name for f in tmp.iterdir()})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     st = result.stats

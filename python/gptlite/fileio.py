@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -75,3 +76,37 @@ def read_utf8(path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ValueError(f"{path}: not valid UTF-8 text (byte {exc.start}, line {line})") from None
+
+
+def swap_dir(new, path, replaced=None) -> None:
+    """Make the fully written directory ``new`` become ``path``.
+
+    With ``replaced`` (a set of names) an existing ``path``'s other entries
+    are carried over into ``new`` first (logs, plots, files of other formats;
+    not leftovers of interrupted writes). The old directory is renamed away,
+    ``new`` renamed in, and only then the old one removed: an interruption
+    leaves either the old directory or the new one, never a mix."""
+    new, path = Path(new), Path(path)
+    if not path.exists():
+        os.replace(new, path)
+        return
+    if replaced is not None:
+        for entry in path.iterdir():
+            if entry.name in replaced or (new / entry.name).exists():
+                continue
+            if entry.name.startswith(".") and entry.name.endswith((".tmp", ".old")):
+                continue
+            dest = new / entry.name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, dest, symlinks=True)
+            else:
+                shutil.copy2(entry, dest, follow_symlinks=False)
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rmdir(old)
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)  # put the previous directory back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
