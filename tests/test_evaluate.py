@@ -332,3 +332,36 @@ def test_cli_eval(hf_model, gpt2_dir, corpora_dir, tmp_path, capsys):
     latin1.write_bytes("first line\ncaf\u00e9".encode("latin-1"))
     assert main(["eval", "perplexity", str(latin1), "--model", str(d)]) == 2
     assert "latin1.txt: not valid UTF-8 text (byte 14, line 2)" in capsys.readouterr().err
+
+
+def test_cli_eval_choice(hf_model, gpt2_dir, tmp_path, capsys):
+    """`gptlite eval choice`: the same predictions as the API, for both
+    normalisations and a custom separator; --predictions writes them."""
+    import shutil
+
+    from gptlite.checkpoint import load_model, load_tokenizer
+    from gptlite.cli import main
+
+    d = tmp_path / "m"
+    shutil.copytree(hf_model[1], d)
+    for f in ("encoder.json", "vocab.bpe"):
+        shutil.copy(gpt2_dir / f, d / f)
+    rows = [{"context": "The cat sat on the", "choices": ["mat", "moon", "idea of"], "label": 0},
+            {"context": "One, two,", "choices": ["three", "blue"], "label": 0},
+            {"context": "Water is", "choices": ["wet", "a dry stone wall"]}]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    model, tok = load_model(d), load_tokenizer(d)
+    for norm, sep in (("total", " "), ("mean", " -- ")):
+        preds = tmp_path / f"p_{norm}.txt"
+        assert main(["eval", "choice", str(data), "--model", str(d), "--normalize", norm, "--sep", sep,
+                     "--predictions", str(preds), "--json", "--no-progress"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        want = ev.choice(model, tok, data, normalize=norm, sep=sep)
+        assert [int(x) for x in preds.read_text().split()] == want.predictions
+        assert (out["examples"], out["labelled"], out["normalize"]) == (3, 2, norm)
+        assert out["accuracy"] == pytest.approx(want.accuracy)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "a", "choices": ["b"], "label": 3}\n', encoding="utf-8")
+    assert main(["eval", "choice", str(bad), "--model", str(d)]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err

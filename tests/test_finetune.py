@@ -319,3 +319,28 @@ def test_finetune_choice_and_similarity_api(tiny_dir, tmp_path):
     res2 = ft.finetune(load_model(tiny_dir), tok, p2, p2, ft.FinetuneConfig(task="similarity", epochs=1, max_len=16),
                        log=lambda s: None)
     assert res2.finetuned.labels == ["0", "1"] and "valid_f1" in res2.history[-1]
+
+
+def test_finetune_cli_random_init(tiny_dir, corpus_sets, tmp_path, capsys):
+    """--random-init: the pre-trained model's shape with fresh GPT-2-init weights
+    (seeded), the baseline of the docs' table; refused for a fine-tuned checkpoint."""
+    from gptlite.checkpoint import load_model
+    from gptlite.cli import main
+    from gptlite.model import GPT
+
+    train, _ = corpus_sets
+    out = tmp_path / "rand"
+    rc = main(["finetune", "--task", "classification", "--train", str(train), "--model", str(tiny_dir),
+               "--out", str(out), "--epochs", "1", "--batch-size", "56", "--max-len", "24", "--lr", "1e-12",
+               "--random-init", "--seed", "4", "--json"])
+    assert rc == 0
+    capsys.readouterr()
+    got = ft.load_finetuned(out).model.params
+    pre = load_model(tiny_dir)
+    fresh = GPT(pre.config, seed=4).params
+    for name in ("h.0.attn.c_attn.weight", "h.0.mlp.c_fc.weight", "wpe.weight"):
+        np.testing.assert_allclose(got[name], fresh[name], atol=1e-6)  # lr 1e-12: still the init
+        assert not np.allclose(got[name], pre.params[name], atol=1e-3)
+    rc = main(["finetune", "--task", "classification", "--train", str(train), "--model", str(out),
+               "--out", str(tmp_path / "x"), "--random-init"])
+    assert rc == 2 and "fine-tuned checkpoint" in capsys.readouterr().err

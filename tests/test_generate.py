@@ -300,3 +300,31 @@ def test_check_reference_gpt1(tmp_path, capsys):
     rc, out, err = _run(["check-reference", "--model", str(tmp_path / "g1")], capsys)
     assert rc == 0, out + err
     assert "OpenAIGPTLMHeadModel" in out and "from_pretrained" in out
+
+
+def test_cli_empty_prompt_is_an_error(model_dir, capsys, monkeypatch):
+    rc, _, err = _run(["generate", "--model", str(model_dir), ""], capsys)
+    assert rc == 2 and "empty prompt" in err
+    rc, _, err = _run(["generate", "--model", str(model_dir), "-"], capsys, stdin="", monkeypatch=monkeypatch)
+    assert rc == 2 and "empty prompt" in err
+
+
+def test_shipped_default_model(capsys):
+    """The model inside the package: small, loads offline with its own tokenizer,
+    and `gptlite generate` with no --model writes play-like text from it."""
+    from gptlite import checkpoint
+
+    d = checkpoint.resolve_model_dir(None)
+    assert d == checkpoint.DEFAULT_MODEL_DIR and d.is_dir()
+    assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2 ** 20
+    model, tok = checkpoint.load_model(d), checkpoint.load_tokenizer(d)
+    assert tok is not None and tok.n_vocab <= model.config.vocab_size
+    assert model.config.layout == "gpt2"
+    rc, out, err = _run(["generate", "--seed", "1", "--max-new-tokens", "60", "ROMEO:"], capsys)
+    assert rc == 0, err
+    text = out[len("ROMEO:"):]
+    assert out.startswith("ROMEO:") and len(text.split()) >= 20
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    assert len(lines) >= 3 and all(ln[0].isupper() for ln in lines[:3])  # verse: short capitalised lines
+    rc2, out2, _ = _run(["generate", "--seed", "1", "--max-new-tokens", "60", "ROMEO:"], capsys)
+    assert (rc2, out2) == (0, out)  # deterministic with --seed

@@ -366,3 +366,25 @@ def test_evaluate_split_unigram_baseline(tmp_path):
     assert rep["unigram_nats_per_token"] == pytest.approx(-np.log(p[val[1:n + 1]]).mean(), rel=1e-9)
     assert rep["tokens"] == n and rep["bytes"] is None  # no tokenizer files in this fake data dir
     assert before["loss_nats_per_token"] > rep["unigram_nats_per_token"] > rep["loss_nats_per_token"]
+
+
+def test_metrics_flops_and_mfu(tmp_path):
+    """metrics.jsonl: FLOP/s = tokens/s x (6N + 12 L C T), MFU = FLOP/s / peak_flops."""
+    from gptlite.model import GPT
+
+    cfg = _cfg(tmp_path, peak_flops=1e9, max_steps=4, log_interval=2)
+    tr = T.Trainer(cfg, log=lambda m: None)
+    tr.run()
+    n_no_wpe = GPT.num_parameters(tr.model, non_embedding=True)
+    fpt = 6.0 * n_no_wpe + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    assert tr.flops_per_token == fpt == tr.model.flops_per_token(cfg.block_size)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r.get("tokens_per_s")]
+    assert train_rows
+    for r in train_rows:
+        assert r["flops_per_s"] == pytest.approx(r["tokens_per_s"] * fpt, rel=1e-9)
+        assert r["mfu"] == pytest.approx(r["flops_per_s"] / 1e9, rel=1e-9)
+    no_peak = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "b"), max_steps=2, log_interval=1), log=lambda m: None)
+    no_peak.run()
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.get("mfu") is None for r in rows if r.get("tokens_per_s"))

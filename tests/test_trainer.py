@@ -402,6 +402,21 @@ def test_cli_interrupt_leaves_no_output(tmp_path, monkeypatch, capsys):
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [a]
 
+    # an existing --out: a finished run replaces the tokenizer files and keeps
+    # the others; a run interrupted while saving leaves the old directory whole
+    monkeypatch.setattr(tokmod.Tokenizer, "save", real_save)
+    assert cli_main(["tokenizer", "train", "--vocab-size", "600", "--out", str(out), str(a)]) == 0
+    (out / "notes.txt").write_text("mine")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert cli_main(["tokenizer", "train", "--vocab-size", "700", "--out", str(out), str(a)]) == 0
+    after = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert after.keys() == before.keys() and after["notes.txt"] == b"mine"
+    assert after["vocab.bpe"] != before["vocab.bpe"]
+    monkeypatch.setattr(tokmod.Tokenizer, "save", save_then_die)
+    assert cli_main(["tokenizer", "train", "--vocab-size", "900", "--out", str(out), str(a)]) == 130
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "tok"]
+
 
 def test_cli_subprocess_help():
     r = subprocess.run([sys.executable, "-m", "gptlite.cli", "tokenizer", "train", "--help"],

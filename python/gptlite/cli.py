@@ -507,15 +507,19 @@ def _cmd_generate(args) -> int:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+    unconditional = args.prompt is None and sys.stdin.isatty()
     if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
         prompt = sys.stdin.read()
     else:
         prompt = args.prompt or ""
+    if not prompt and not unconditional:
+        raise UserError("empty prompt: give some text (or leave PROMPT out on a terminal to sample "
+                        "unconditionally from <|endoftext|>)")
     model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
     ids = tok.encode(prompt, allowed_special="all") if prompt else []
     if not ids:
         if tok.eot_token is None:
-            raise UserError("empty prompt, and the tokenizer has no <|endoftext|> to start from")
+            raise UserError("no prompt, and the tokenizer has no <|endoftext|> to start from")
         ids = [tok.eot_token]  # unconditional sampling, as GPT-2's samples
     rng = np.random.default_rng(args.seed)  # one stream across samples: --seed fixes them all
     out = sys.stdout

@@ -512,17 +512,13 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
 
 def run_from_args(args) -> int:
     """`gptlite finetune` (arguments defined in cli._add_eval_commands)."""
-    from pathlib import Path as _P
-
     from . import checkpoint
 
-    if args.model is None:
-        d = _P(__file__).resolve().parent / "assets" / "default"
-        if not (d / "config.json").is_file():
-            raise ValueError("no --model given and the default model (gptlite/assets/default) is not installed")
-    else:
-        d = checkpoint.resolve_model_dir(args.model)
+    d = checkpoint.resolve_model_dir(args.model)  # None: the shipped default model
     if (d / META_FILE).is_file():
+        if args.random_init:
+            raise ValueError(f"--random-init starts from random weights of a pre-trained model's shape; "
+                             f"{d} is a fine-tuned checkpoint (continue from it without --random-init)")
         model = load_finetuned(d, device=args.device)
         tok = model.tokenizer
     else:

@@ -49,7 +49,7 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     # [run]
     out_dir: str = "runs/default"
-    device: str = "cpu"  # "cpu" | "cuda" | "auto"
+    device: str = "auto"  # "cpu" | "cuda" | "auto" (cuda when CuPy sees a GPU)
     dtype: str = "float32"
     seed: int = 1337
     init_from: str = "scratch"  # "scratch" or a model directory to continue from
