@@ -202,7 +202,9 @@ def test_train_step_vs_torch(benchmark, models):
     s_ours, s_hf = measure(model, hf, idx, targets)
     peak = sgemm_peak()
     rss = {"gptlite": step_peak_rss("gptlite"), "hf": step_peak_rss("hf")}
-    benchmark.extra_info.update(report(model, s_ours, s_hf, peak, rss))
+    r = report(model, s_ours, s_hf, peak, rss)
+    benchmark.extra_info.update(r)
+    assert r["ratio"] >= 1.2, f"train step only {r['ratio']:.2f}x PyTorch eager (target 1.2x)"
     # the pytest-benchmark table: gptlite's own step
     benchmark.pedantic(step_gptlite, args=(model, idx, targets), rounds=1, iterations=1)
 
@@ -260,7 +262,7 @@ def measure_gpu(model, hf, idx, targets, rounds=5):
         theirs()
         t2 = time.perf_counter()
         t_ours.append(t1 - t0)
-        t_hf.append(t2 - t1b)
+        t_hf.append(t2 - t1)
     return (statistics.median(t_ours), statistics.median(t_hf),
             cp.get_default_memory_pool().total_bytes() / 2 ** 20, torch.cuda.max_memory_allocated() / 2 ** 20)
 

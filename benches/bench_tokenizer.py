@@ -119,6 +119,8 @@ def test_single_thread_vs_tiktoken_and_hf(benchmark, docs, n_bytes, ours, tiktok
             gptlite_mb_s=mb / t_ours, tiktoken_mb_s=mb / t_tik, hf_tokenizers_mb_s=mb / t_hf,
             ratio_vs_tiktoken=t_tik / t_ours, ratio_vs_hf=t_hf / t_ours,
             cpu_ratio_vs_tiktoken=c_tik / c_ours, load_avg_1m=os.getloadavg()[0])
+    assert t_tik / t_ours >= 2.0, f"single-thread encode only {t_tik / t_ours:.2f}x tiktoken (target 2.0x)"
+    assert t_hf / t_ours >= 5.0, f"single-thread encode only {t_hf / t_ours:.2f}x HF tokenizers"
 
 
 def test_batch_two_threads_vs_single(benchmark, docs, n_bytes, ours):
@@ -138,6 +140,8 @@ def test_batch_two_threads_vs_single(benchmark, docs, n_bytes, ours):
     mb = n_bytes / 1e6
     _report(benchmark, "batch_2_threads", batch_mb_s=mb / t_batch, single_mb_s=mb / t_single,
             speedup_vs_single=t_single / t_batch, cpus=os.cpu_count(), load_avg_1m=os.getloadavg()[0])
+    if (os.cpu_count() or 1) >= 2:
+        assert t_single / t_batch >= 1.7, f"2-thread batch only {t_single / t_batch:.2f}x single (target 1.7x)"
 
 
 _PATHOLOGICAL = {
@@ -192,6 +196,9 @@ def test_pathological(benchmark, kind):
     wall, cpu, peak_mb, n_ids, n_in = out["v"]
     _report(benchmark, kind, seconds=float(wall), cpu_seconds=float(cpu), peak_rss_growth_mb=float(peak_mb),
             input_mb=int(n_in) / 1e6, tokens=int(n_ids))
+    assert float(wall) < 1.0, f"{kind}: {float(wall):.2f} s for 1 MB (target < 1 s)"
+    # proportional to the input: the ids as a Python list cost ~8-30 bytes per input byte
+    assert float(peak_mb) <= 64 * int(n_in) / 1e6, f"{kind}: RSS grew {float(peak_mb):.0f} MB for 1 MB of input"
 
 
 def test_zz_summary():

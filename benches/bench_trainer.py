@@ -70,3 +70,4 @@ def test_train_32k_vs_hf(benchmark):
           f"gptlite/HF = {info['ratio_gptlite_over_hf']:.2f}")
     assert r.n_vocab == VOCAB
     assert hf.get_vocab_size() == VOCAB
+    assert info["ratio_gptlite_over_hf"] <= 0.5, f"gptlite took {info['ratio_gptlite_over_hf']:.2f} of HF's time (target <= 0.5)"

@@ -219,15 +219,29 @@ impl CoreBPE {
         let inner: &Bpe = &self.inner;
         let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
         let threads = num_threads.clamp(1, 256).min(n);
-        // chunks: few channel messages, yet small enough to balance the load
-        let chunk = (n / (threads * 16)).clamp(1, 64);
+        // Chunks of consecutive texts: few channel messages, yet small enough
+        // to balance the load. Bounded in characters as well as in count, so
+        // that a few huge texts do not land in one chunk and leave the other
+        // threads idle at the end.
+        let lens: Vec<usize> = texts.iter().take(n).map(|t| t.len().unwrap_or(1)).collect();
+        let target = (lens.iter().sum::<usize>() / (threads * 16)).max(1);
+        let mut bounds = vec![0usize];
+        let mut chars = 0usize;
+        for (i, &len) in lens.iter().enumerate() {
+            chars += len;
+            if chars >= target || i + 1 - bounds[bounds.len() - 1] >= 64 || i + 1 == n {
+                bounds.push(i + 1);
+                chars = 0;
+            }
+        }
+        let n_chunks = bounds.len() - 1;
         let strs: Vec<OnceLock<&str>> = (0..n).map(|_| OnceLock::new()).collect();
         let ready = AtomicUsize::new(0); // strs[..ready] are set
         let abort = AtomicBool::new(false); // a string could not be converted: stop
         let counter = AtomicUsize::new(0); // next chunk to claim
-        let (strs, allowed, ready, abort, counter) = (&strs, &allowed, &ready, &abort, &counter);
-        let encode_chunk = move |start: usize| -> Option<Chunk> {
-            let end = (start + chunk).min(n);
+        let (strs, allowed, ready, abort, counter, bounds) = (&strs, &allowed, &ready, &abort, &counter, &bounds);
+        let encode_chunk = move |c: usize| -> Option<Chunk> {
+            let (start, end) = (bounds[c], bounds[c + 1]);
             while ready.load(Ordering::Acquire) < end {
                 if abort.load(Ordering::Relaxed) {
                     return None;
@@ -240,9 +254,9 @@ impl CoreBPE {
         let (tx, rx) = mpsc::channel::<(usize, Chunk)>();
         let helper = move |tx: mpsc::Sender<(usize, Chunk)>| {
             move || loop {
-                let start = counter.fetch_add(chunk, Ordering::Relaxed);
-                let Some(r) = (start < n).then(|| encode_chunk(start)).flatten() else { break };
-                if tx.send((start, r)).is_err() {
+                let c = counter.fetch_add(1, Ordering::Relaxed);
+                let Some(r) = (c < n_chunks).then(|| encode_chunk(c)).flatten() else { break };
+                if tx.send((bounds[c], r)).is_err() {
                     break; // this thread stopped on an error
                 }
             }
@@ -265,7 +279,7 @@ impl CoreBPE {
                         return Err(e);
                     }
                 }
-                if (i + 1) % chunk == 0 || i + 1 == n {
+                if (i + 1) % 64 == 0 || i + 1 == n {
                     ready.store(i + 1, Ordering::Release);
                 }
             }
@@ -273,12 +287,12 @@ impl CoreBPE {
                 while let Ok((start, r)) = rx.try_recv() {
                     store(start, r)?;
                 }
-                let start = counter.fetch_add(chunk, Ordering::Relaxed);
-                if start >= n {
+                let c = counter.fetch_add(1, Ordering::Relaxed);
+                if c >= n_chunks {
                     break;
                 }
-                let r = py.allow_threads(|| encode_chunk(start)).expect("all strings are published");
-                store(start, r)?;
+                let r = py.allow_threads(|| encode_chunk(c)).expect("all strings are published");
+                store(bounds[c], r)?;
             }
             // nothing left to claim: wait (without the GIL) for the helpers' last chunks
             loop {
