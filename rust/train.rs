@@ -222,23 +222,68 @@ fn batch_bytes_for(threads: usize) -> usize {
     (threads * 4 * CHUNK).max(8 << 20)
 }
 
-/// A position where the text may be cut without changing its pre-tokenization
-/// (for both patterns): right after an ASCII non-space character that is
-/// followed by a space. No pre-token of either pattern holds a non-space
-/// character followed by a space, and the scanners look only forward, so the
-/// pieces on each side are the pieces of the whole. Cutting at ASCII bytes also
-/// never splits a UTF-8 sequence.
+/// A position where the text may be cut without changing its pre-tokenization,
+/// whatever follows (the scanners look only forward, so once a piece ends at
+/// `i` in the whole text, the pieces on each side are the pieces of the whole):
+/// - both patterns: before a space after a non-whitespace character (no piece
+///   takes in a following space), and before ASCII whitespace after a letter or
+///   number (letter and number pieces never take in following whitespace);
+/// - gpt2 also before ASCII whitespace after any non-whitespace character (no
+///   gpt2 piece holds a non-whitespace character followed by whitespace);
+/// - cl100k also before a letter or number after CR/LF (CR/LF never joins the
+///   letters or digits after it; not after punctuation + newline, which cl100k
+///   keeps together).
+/// Every cut is next to an ASCII byte, so it never splits a UTF-8 sequence, valid
+/// or not; a neighbouring character that is not valid UTF-8 means no cut.
 #[inline]
-fn is_cut(b: &[u8], i: usize) -> bool {
-    i > 0 && i < b.len() && b[i] == b' ' && b[i - 1] > b' ' && b[i - 1] < 0x7f
+fn is_cut(b: &[u8], i: usize, pattern: Pattern) -> bool {
+    use crate::pretokenize::{class_of, LETTER, NUMBER, SPACE};
+    if i == 0 || i >= b.len() {
+        return false;
+    }
+    let (cur, prev) = (b[i], b[i - 1]);
+    if cur == b' ' && prev > b' ' && prev < 0x7f {
+        return true; // the common case, without decoding
+    }
+    let ascii_ws = matches!(cur, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    if ascii_ws {
+        let Some(cp) = char_before(b, i) else { return false };
+        let class = class_of(cp);
+        return match pattern {
+            Pattern::Gpt2 => class != SPACE,
+            Pattern::Cl100k => class == LETTER || class == NUMBER || (cur == b' ' && class != SPACE),
+        };
+    }
+    if pattern == Pattern::Cl100k && (prev == b'\n' || prev == b'\r') {
+        let Some(cp) = char_at(b, i) else { return false };
+        return matches!(class_of(cp), LETTER | NUMBER);
+    }
+    false
+}
+
+/// The code point ending at byte `i` (exclusive), if `b[..i]` ends in valid UTF-8.
+fn char_before(b: &[u8], i: usize) -> Option<u32> {
+    let start = (i.saturating_sub(4)..i).rev().find(|&k| b[k] & 0xC0 != 0x80)?;
+    let c = std::str::from_utf8(&b[start..i]).ok()?.chars().next()?;
+    Some(c as u32)
+}
+
+/// The code point starting at byte `i`, if valid UTF-8 starts there.
+fn char_at(b: &[u8], i: usize) -> Option<u32> {
+    let end = (i + 4).min(b.len());
+    let valid = match std::str::from_utf8(&b[i..end]) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&b[i..i + e.valid_up_to()]).ok()?,
+    };
+    valid.chars().next().map(|c| c as u32)
 }
 
 /// The last cut point in `b[lo..]`, or None.
-fn last_cut(b: &[u8], lo: usize) -> Option<usize> {
+fn last_cut(b: &[u8], lo: usize, pattern: Pattern) -> Option<usize> {
     let mut i = b.len();
     while i > lo.max(1) {
         i -= 1;
-        if is_cut(b, i) {
+        if is_cut(b, i, pattern) {
             return Some(i);
         }
     }
@@ -246,13 +291,13 @@ fn last_cut(b: &[u8], lo: usize) -> Option<usize> {
 }
 
 /// Split `b` into pieces of about CHUNK bytes at cut points.
-fn chunk_bounds(b: &[u8]) -> Vec<(usize, usize)> {
+fn chunk_bounds(b: &[u8], pattern: Pattern) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
     while b.len() - start > CHUNK + CHUNK / 2 {
         let mut i = start + CHUNK;
         let limit = (start + 2 * CHUNK).min(b.len());
-        while i < limit && !is_cut(b, i) {
+        while i < limit && !is_cut(b, i, pattern) {
             i += 1;
         }
         if i >= limit {
@@ -320,7 +365,7 @@ pub fn count_files<P: AsRef<Path>>(
                 filled += n;
             }
             buf.truncate(filled);
-            let cut = if eof { Some(buf.len()) } else { last_cut(&buf, old.saturating_sub(1)) };
+            let cut = if eof { Some(buf.len()) } else { last_cut(&buf, old.saturating_sub(1), pattern) };
             if let Some(cut) = cut {
                 let rest = buf.split_off(cut);
                 let seg = std::mem::replace(&mut buf, rest);
@@ -374,12 +419,12 @@ fn count_batch_here(
     // (segment, start, end) work items of about CHUNK bytes
     let mut items: Vec<(usize, usize, usize)> = Vec::new();
     for (si, s) in batch.iter().enumerate() {
-        for (a, b) in chunk_bounds(&s.bytes) {
+        for (a, b) in chunk_bounds(&s.bytes, pattern) {
             items.push((si, a, b));
         }
     }
-    // Invalid UTF-8 sequences never straddle a chunk boundary (chunks are cut at
-    // ASCII bytes), so lossy conversion per chunk equals lossy conversion of the file.
+    // Invalid UTF-8 sequences never straddle a chunk boundary (chunks are cut next
+    // to ASCII bytes), so lossy conversion per chunk equals lossy conversion of the file.
     let lossy: Vec<Option<String>> = items
         .par_iter()
         .map(|&(si, a, b)| {
@@ -771,7 +816,7 @@ mod tests {
     fn chunking_preserves_pieces() {
         let text = "Hello world,  this is   a test.\n\n  Again 123 4567 'll 's x".repeat(50_000);
         let b = text.as_bytes();
-        let bounds = chunk_bounds(b);
+        let bounds = chunk_bounds(b, Pattern::Gpt2);
         assert!(bounds.len() > 1);
         let mut whole = FxMap::default();
         count_into(&text, Pattern::Gpt2, &mut whole);
@@ -780,6 +825,52 @@ mod tests {
             count_into(&text[x..y], Pattern::Gpt2, &mut parts);
         }
         assert_eq!(whole, parts);
+    }
+
+    #[test]
+    fn every_cut_keeps_the_pieces_for_both_patterns() {
+        // every kind of neighbour: letters, digits, punctuation, CJK, combining
+        // marks, emoji, U+001C, NBSP and ideographic spaces, CR/LF, tabs
+        let alphabet = [
+            "a", "Z", "7", ".", "!", "'s", " ", "  ", "\t", "\n", "\r\n", "\r", "\u{3000}", "\u{a0}", "日", "本",
+            "。", "\u{301}", "👍", "\u{1c}", "\u{b}", "x",
+        ];
+        let mut seed = 12345u64;
+        for _ in 0..300 {
+            let mut text = String::new();
+            for _ in 0..60 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                text.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            let b = text.as_bytes();
+            for pattern in [Pattern::Gpt2, Pattern::Cl100k] {
+                let whole: Vec<&str> = split(&text, pattern).collect();
+                for i in 1..b.len() {
+                    if is_cut(b, i, pattern) {
+                        let mut parts: Vec<&str> = split(&text[..i], pattern).collect();
+                        parts.extend(split(&text[i..], pattern));
+                        assert_eq!(parts, whole, "{pattern:?} cut at {i} of {text:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn text_without_spaces_is_still_chunked() {
+        // Chinese lines without any U+0020: cut at the line ends
+        let text = "日本語の文章は空白を使わずに書かれる。\n".repeat(200_000);
+        for pattern in [Pattern::Gpt2, Pattern::Cl100k] {
+            let bounds = chunk_bounds(text.as_bytes(), pattern);
+            assert!(bounds.len() > 4, "{pattern:?}: {} chunks", bounds.len());
+            let mut whole = FxMap::default();
+            count_into(&text, pattern, &mut whole);
+            let mut parts = FxMap::default();
+            for (x, y) in bounds {
+                count_into(&text[x..y], pattern, &mut parts);
+            }
+            assert_eq!(whole, parts);
+        }
     }
 
     #[test]
