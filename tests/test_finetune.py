@@ -2,6 +2,7 @@
 head and losses, the input transformations, bad input, and an end-to-end run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -344,3 +345,64 @@ def test_finetune_cli_random_init(tiny_dir, corpus_sets, tmp_path, capsys):
     rc = main(["finetune", "--task", "classification", "--train", str(train), "--model", str(out),
                "--out", str(tmp_path / "x"), "--random-init"])
     assert rc == 2 and "fine-tuned checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop_after", [3, 7])  # mid-epoch, and right at the end of epoch 1 (7 steps/epoch)
+def test_ctrl_c_saves_and_resume_is_exact(tiny_dir, corpus_sets, tmp_path, monkeypatch, stop_after):
+    """Ctrl-C saves model, head, optimizer, RNG and the position in the epoch;
+    resuming gives the same losses and weights as a run never interrupted."""
+    import signal
+
+    from gptlite.checkpoint import load_model, load_tokenizer
+
+    train, valid = corpus_sets
+    tok = load_tokenizer(tiny_dir)
+    cfg = ft.FinetuneConfig(task="classification", epochs=2, batch_size=8, max_len=24, lr=1e-3)
+    straight = ft.finetune(load_model(tiny_dir), tok, train, valid, cfg, out_dir=tmp_path / "a", log=lambda s: None)
+
+    real = ft.loss_and_grads
+    calls = []
+
+    def interrupt_at_k(*a, **kw):
+        calls.append(1)
+        if len(calls) == stop_after:
+            signal.raise_signal(signal.SIGINT)  # handled: the step finishes, then the loop saves and stops
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ft, "loss_and_grads", interrupt_at_k)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(load_model(tiny_dir), tok, train, valid, cfg, out_dir=tmp_path / "b", log=lambda s: None)
+    monkeypatch.setattr(ft, "loss_and_grads", real)
+    meta = json.loads((tmp_path / "b" / ft.META_FILE).read_text())
+    assert meta["resume"]["step"] == stop_after
+    resumed = ft.finetune(None, None, train, valid, cfg, out_dir=tmp_path / "b", log=lambda s: None, resume=True)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    assert [h["valid_accuracy"] for h in resumed.history] == [h["valid_accuracy"] for h in straight.history]
+    a, b = ft.load_finetuned(tmp_path / "a"), ft.load_finetuned(tmp_path / "b")
+    for k in a.model.params:
+        assert np.array_equal(a.model.params[k], b.model.params[k]), k
+    for k in a.head:
+        assert np.array_equal(a.head[k], b.head[k]), k
+    # a finished run cannot be resumed, nor one with other settings
+    with pytest.raises(ValueError, match="already finished"):
+        ft.finetune(None, None, train, valid, cfg, out_dir=tmp_path / "b", log=lambda s: None, resume=True)
+    other = dataclasses.replace(cfg, lr=2e-3, epochs=3)
+    with pytest.raises(ValueError, match="different configuration: epochs 2 -> 3, lr 0.001 -> 0.002"):
+        ft.finetune(None, None, train, valid, other, out_dir=tmp_path / "b", log=lambda s: None, resume=True)
+
+
+def test_finetune_cli_resume(tiny_dir, corpus_sets, tmp_path, capsys):
+    from gptlite.cli import main
+
+    train, valid = corpus_sets
+    args = ["finetune", "--task", "classification", "--train", str(train), "--valid", str(valid),
+            "--out", str(tmp_path / "ft"), "--batch-size", "8", "--max-len", "24", "--json"]
+    assert main(args + ["--epochs", "1", "--model", str(tiny_dir)]) == 0
+    capsys.readouterr()
+    assert main(args + ["--epochs", "1", "--resume"]) == 2  # finished: nothing to resume
+    assert "already finished" in capsys.readouterr().err
+    assert main(args + ["--epochs", "2", "--resume"]) == 2  # other settings
+    assert "different configuration: epochs 1 -> 2" in capsys.readouterr().err
+    assert main(["finetune", "--task", "classification", "--train", str(train), "--out", str(tmp_path / "none"),
+                 "--resume"]) == 2
+    assert "none" in capsys.readouterr().err

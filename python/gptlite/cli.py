@@ -733,6 +733,8 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--out", required=True, help="checkpoint directory (model + head + special tokens)")
     p.add_argument("--model", default=None, help="pre-trained model directory or hub name (default: the shipped default model)")
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (the no-pre-training baseline)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run saved in --out exactly (give the same options again; --model is not used)")
     p.add_argument("--labels", default=None, help="comma-separated label set (default: the labels seen in --train)")
     p.add_argument("--lr", type=float, default=6.25e-5)
     p.add_argument("--batch-size", type=int, default=32)

@@ -42,6 +42,7 @@ TASKS = tuple(FINETUNE_SCHEMAS)
 SPECIALS = ("start", "delim", "extract")
 HEAD_FILE = "head.safetensors"
 META_FILE = "finetune.json"
+OPTIM_FILE = "optimizer.safetensors"  # AdamW's m and v, for resuming
 
 
 @dataclass
@@ -346,11 +347,13 @@ class Finetuned:
         exs = encode_dataset(self.task, ds, tok, self.special_tokens, self.max_len, self.labels)
         return evaluate_examples(self, exs, batch_size)
 
-    def save(self, path, tokenizer=None) -> Path:
-        """Model + head + metadata into ``path``, replacing it atomically."""
-        from .checkpoint import save_model, write_safetensors
+    def save(self, path, tokenizer=None, resume: dict | None = None, optimizer: dict | None = None) -> Path:
+        """Model + head + metadata into ``path``, replacing it atomically; with
+        ``resume`` (the loop's position) and ``optimizer`` (AdamW's state_dict)
+        also what ``finetune(..., resume=True)`` needs to continue exactly."""
         from .backend import to_numpy
-        from .fileio import atomic_write_text
+        from .checkpoint import save_model, write_safetensors
+        from .fileio import atomic_write_text, swap_dir
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,16 +363,12 @@ class Finetuned:
             write_safetensors(tmp / HEAD_FILE, {k: to_numpy(v) for k, v in self.head.items()})
             meta = {"task": self.task, "labels": self.labels, "special_tokens": self.special_tokens,
                     "max_len": self.max_len, "history": self.history}
+            if resume is not None and optimizer is not None:
+                write_safetensors(tmp / OPTIM_FILE, optimizer["tensors"])
+                meta["resume"] = {**resume, "adamw_t": optimizer["t"]}
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
             os.chmod(tmp, 0o755)
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                os.rmdir(old)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            swap_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -420,13 +419,62 @@ class FinetuneResult:
     skipped: list  # (file, line, reason)
 
 
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _config_dict(cfg: FinetuneConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["betas"] = list(d["betas"])
+    return d
+
+
+def _device_of(model) -> str:
+    m = model.model if isinstance(model, Finetuned) else model
+    return "cpu" if m.xp is np else "cuda"
+
+
+def _dtype_of(model) -> str:
+    if model is None:
+        return "float32"
+    m = model.model if isinstance(model, Finetuned) else model
+    return str(m.dtype)
+
+
+def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
+    """The saved loop position and optimizer state of a fine-tuning checkpoint,
+    checked against this run's configuration."""
+    from .checkpoint import read_safetensors
+
+    meta = json.loads((Path(out_dir) / META_FILE).read_text(encoding="utf-8"))
+    st = meta.get("resume")
+    if st is None or not (Path(out_dir) / OPTIM_FILE).is_file():
+        raise ValueError(f"{out_dir}: the checkpoint holds no optimizer state or loop position to resume from")
+    now = _config_dict(cfg)
+    diff = sorted(k for k in now if st["config"].get(k) != now[k])
+    if diff:
+        raise ValueError(f"{out_dir}: cannot resume with a different configuration: "
+                         + ", ".join(f"{k} {st['config'].get(k)!r} -> {now[k]!r}" for k in diff))
+    if st["epoch"] >= cfg.epochs:
+        raise ValueError(f"{out_dir}: the run already finished its {cfg.epochs} epochs")
+    tensors = read_safetensors(Path(out_dir) / OPTIM_FILE)
+    st["optimizer"] = {"t": st["adamw_t"], "tensors": {k: np.array(v) for k, v in tensors.items()}}
+    return st
+
+
 def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None = None, labels=None,
-             out_dir=None, skip_bad: bool = False, log=print) -> FinetuneResult:
+             out_dir=None, skip_bad: bool = False, log=print, resume: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` (a GPT, or a Finetuned to continue) on ``train``.
 
     train / valid: paths (.jsonl / .csv) or tasks.Dataset. Validation metrics are
     computed after every epoch; with ``out_dir`` the checkpoint is saved (atomically)
-    after every epoch.
+    after every epoch, with the optimizer state and the loop's position, and on
+    Ctrl-C (at the next step boundary; KeyboardInterrupt is then re-raised).
+    ``resume=True`` continues the run saved in ``out_dir`` exactly where it
+    stopped (``model`` is then ignored; ``config`` must equal the saved one):
+    the same updates, losses and weights as a run that was never interrupted.
     """
     from .optim import AdamW, AdamWConfig, Schedule, clip_grads
 
@@ -439,6 +487,14 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
         va = valid if isinstance(valid, Dataset) else read_records(valid, schema, skip_bad=skip_bad)
     skipped = [(tr.path, ln, why) for ln, why in tr.skipped] + ([(va.path, ln, why) for ln, why in va.skipped] if va else [])
 
+    saved = None
+    if resume:
+        if out_dir is None:
+            raise ValueError("resume=True needs out_dir, the checkpoint to continue")
+        model = load_finetuned(out_dir, device=None if model is None else _device_of(model),
+                               dtype=_dtype_of(model))
+        saved = _resume_state(out_dir, model, cfg)
+        tokenizer = tokenizer or model.tokenizer
     if isinstance(model, Finetuned):
         ft = model
         if ft.task != cfg.task:
@@ -480,40 +536,86 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     opt = AdamW(params, AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay))
     rng = np.random.default_rng(cfg.seed + 2)  # data order and dropout masks
     history = list(ft.history)
-    step = 0
-    for epoch in range(cfg.epochs):
-        t0 = time.time()
-        order = rng.permutation(len(tr_ex))
-        sums = np.zeros(3)
-        for s in range(0, len(order), cfg.batch_size):
-            exs = [tr_ex[i] for i in order[s : s + cfg.batch_size]]
-            batch = collate(exs, xp)
-            K_rows = len(exs) * n_seq if cfg.task == "choice" else len(exs)
-            mask = dropout_mask((K_rows, model.config.n_embd), cfg.dropout, rng, xp, model.dtype)
-            tot, tl, ll, grads = loss_and_grads(model, ft.head, batch, cfg.task, cfg.lm_coef, mask, n_seq)
-            clip_grads(grads, cfg.max_grad_norm)
-            opt.step(grads, lr=sched(step))
-            step += 1
-            sums += (tot, tl, ll if cfg.lm_coef > 0 else 0.0)
-        n = steps_per_epoch
-        rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
-               "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
-        if va_ex:
-            _, m = evaluate_examples(ft, va_ex, cfg.batch_size)
-            rec.update({f"valid_{k}": v for k, v in m.items()})
-        rec["seconds"] = time.time() - t0
-        history.append(rec)
+    step, start_epoch, pos, order, sums = 0, 0, 0, None, np.zeros(3)
+    if saved is not None:
+        opt.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        step, start_epoch, pos = saved["step"], saved["epoch"], saved["pos"]
+        order = None if saved["order"] is None else np.asarray(saved["order"], dtype=np.int64)
+        sums = np.asarray(saved["sums"], dtype=np.float64)
+        log(f"resuming {out_dir} at epoch {start_epoch + 1}, step {step}")
+
+    def checkpoint(epoch, pos, order, sums):
         ft.history = history
-        log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-        if out_dir is not None:
-            ft.save(out_dir, tokenizer)
+        state = {"config": _config_dict(cfg), "step": step, "epoch": epoch, "pos": pos,
+                 "order": None if order is None else order.tolist(), "sums": sums.tolist(),
+                 "rng": rng.bit_generator.state}
+        ft.save(out_dir, tokenizer, resume=state, optimizer=opt.state_dict())
+
+    stop = []  # set by Ctrl-C: save at the next step boundary, then stop
+    prev_handler = None
+    if _in_main_thread():
+        import signal
+
+        prev_handler = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            if order is None:
+                order, pos, sums = rng.permutation(len(tr_ex)), 0, np.zeros(3)
+            for s in range(pos, len(order), cfg.batch_size):
+                exs = [tr_ex[i] for i in order[s : s + cfg.batch_size]]
+                batch = collate(exs, xp)
+                K_rows = len(exs) * n_seq if cfg.task == "choice" else len(exs)
+                mask = dropout_mask((K_rows, model.config.n_embd), cfg.dropout, rng, xp, model.dtype)
+                tot, tl, ll, grads = loss_and_grads(model, ft.head, batch, cfg.task, cfg.lm_coef, mask, n_seq)
+                clip_grads(grads, cfg.max_grad_norm)
+                opt.step(grads, lr=sched(step))
+                step += 1
+                sums += (tot, tl, ll if cfg.lm_coef > 0 else 0.0)
+                if stop:
+                    if out_dir is not None:
+                        checkpoint(epoch, s + cfg.batch_size, order, sums)
+                        log(f"interrupted: saved at epoch {epoch + 1}, step {step} in {out_dir}; continue with --resume")
+                    raise KeyboardInterrupt
+            n = steps_per_epoch
+            rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
+                   "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
+            if va_ex:
+                _, m = evaluate_examples(ft, va_ex, cfg.batch_size)
+                rec.update({f"valid_{k}": v for k, v in m.items()})
+            rec["seconds"] = time.time() - t0
+            history.append(rec)
+            ft.history = history
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            order = None
+            if out_dir is not None:
+                checkpoint(epoch + 1, 0, None, np.zeros(3))
+    finally:
+        if prev_handler is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, prev_handler)
     return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
 
 
 def run_from_args(args) -> int:
     """`gptlite finetune` (arguments defined in cli._add_eval_commands)."""
+    import sys
+
     from . import checkpoint
 
+    cfg = FinetuneConfig(task=args.task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                         warmup=args.warmup, lm_coef=args.lm_coef, dropout=args.dropout,
+                         weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed)
+    log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
+    labels = args.labels.split(",") if args.labels else None
+    if args.resume:
+        if args.random_init:
+            raise ValueError("--resume continues the saved run; --random-init does not apply")
+        res = finetune(None, None, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
+                       skip_bad=args.skip_bad, log=log, resume=True)
+        return _report(args, res)
     d = checkpoint.resolve_model_dir(args.model)  # None: the shipped default model
     if (d / META_FILE).is_file():
         if args.random_init:
@@ -532,14 +634,14 @@ def run_from_args(args) -> int:
         from .tokenizer import Tokenizer
 
         tok = Tokenizer.gpt2()
-    cfg = FinetuneConfig(task=args.task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                         warmup=args.warmup, lm_coef=args.lm_coef, dropout=args.dropout,
-                         weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed)
-    labels = args.labels.split(",") if args.labels else None
+    res = finetune(model, tok, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
+                   skip_bad=args.skip_bad, log=log)
+    return _report(args, res)
+
+
+def _report(args, res) -> int:
     import sys
 
-    res = finetune(model, tok, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
-                   skip_bad=args.skip_bad, log=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)))
     for f, ln, why in res.skipped:
         print(f"gptlite: skipped {f}:{ln}: {why}", file=sys.stderr)
     summary = {"train_examples": res.n_train, "valid_examples": res.n_valid, "truncated_train": res.truncated_train, "truncated_valid": res.truncated_valid,
