@@ -339,5 +339,10 @@ def test_cupy_model_matches_numpy(name):
     gpu32 = GPT(cfg, params=cpu.params, dtype="float32", device="cuda")
     hf = hf_model(cfg, dtype="float32")
     load_into_hf(hf, cpu.params, cfg)
-    hl, _, _ = hf_loss_and_grads(hf, idx, targets, cfg)
+    hl, hloss, hgrads = hf_loss_and_grads(hf, idx, targets, cfg)
     assert np.abs(cp.asnumpy(gpu32.logits(idx)) - hl).max() <= 1e-4
+    loss32, grads32 = gpu32.loss_and_grads(idx, targets)
+    assert abs(loss32 - hloss) <= 1e-5 * abs(hloss)
+    for k, g in grads32.items():
+        assert g.dtype == np.float32, k
+        assert rel_err(cp.asnumpy(g), hgrads[k]) <= 1e-3, k
