@@ -167,7 +167,8 @@ def _toml_loads(text: str, where: str) -> dict:
         try:
             import tomli as tomllib
         except ModuleNotFoundError:
-            raise RuntimeError("reading TOML configs needs Python 3.11+ or `pip install tomli`") from None
+            raise RuntimeError("reading TOML configs needs Python 3.11+ or the tomli package: "
+                               "pip install 'gptlite[toml]'") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
