@@ -362,6 +362,15 @@ def test_cli_train(tmp_path, capsys):
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     ids = tok.encode_ordinary(UNSEEN)
     assert enc.encode_ordinary(UNSEEN) == ids == hf.encode(UNSEEN).ids
+    # the whole training text too, and `gptlite encode -t DIR` uses the trained tokenizer
+    train_text = a.read_text(encoding="utf-8")
+    assert enc.encode_ordinary(train_text) == tok.encode_ordinary(train_text) == hf.encode(train_text).ids
+    n_bytes = a.stat().st_size + b.stat().st_size
+    assert "700 = 256 bytes + 442 merges + 2 special" in summary and f"{n_bytes:,} bytes in 2 file(s)" in summary
+    assert "counting" in summary and "merging" in summary
+    capsys.readouterr()
+    assert cli_main(["encode", "-t", str(out), UNSEEN]) == 0
+    assert [int(x) for x in capsys.readouterr().out.split()] == tok.encode(UNSEEN)
 
     # user errors: one line, exit status 2, no output written
     bad_out = tmp_path / "bad"
