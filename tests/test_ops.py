@@ -177,6 +177,21 @@ def test_residual():
     dx, dfx = ops.residual_backward(np.ones(4), cache)
     np.testing.assert_array_equal(dx, np.ones(4))
     np.testing.assert_array_equal(dfx, np.ones(4))
+    want = x + fx
+    same, _ = ops.residual_forward(x, fx, inplace=True)
+    assert same is x and np.array_equal(x, want)
+
+
+def test_lm_head_gradcheck():
+    """The tied head: logits = h @ wte.T; its backward gives dh and the head's share of dwte."""
+    h, wte = RNG.standard_normal((5, 4)), RNG.standard_normal((7, 4))
+    R = RNG.standard_normal((5, 7))
+    logits, cache = ops.lm_head_forward(h, wte)
+    np.testing.assert_allclose(logits, h @ wte.T, rtol=1e-12)
+    dh, dwte = ops.lm_head_backward(R, cache)
+    f = lambda: float((ops.lm_head_forward(h, wte)[0] * R).sum())
+    assert_close_grad(dh, numgrad(f, h))
+    assert_close_grad(dwte, numgrad(f, wte))
 
 
 def test_cross_entropy_gradcheck_with_ignore_index():

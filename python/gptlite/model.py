@@ -275,7 +275,8 @@ class GPT:
         a, c["c_proj"] = ops.linear_forward(a, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
         # pre-LN: no cache holds the residual stream itself, so it is updated
         # in place; post-LN's x is the cached input of c_attn / c_fc
-        x = self._residual_add(x, a)
+        inplace = cfg.layout == "gpt2"
+        x, _ = ops.residual_forward(x, a, inplace)
         if cfg.layout == "gpt1":
             x, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
             m_in = x
@@ -284,16 +285,10 @@ class GPT:
         h, c["c_fc"] = ops.linear_forward(m_in, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"])
         h, c["gelu"] = ops.gelu_forward(h, cfg.activation_function)
         h, c["mlp_proj"] = ops.linear_forward(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
-        x = self._residual_add(x, h)
+        x, _ = ops.residual_forward(x, h, inplace)
         if cfg.layout == "gpt1":
             x, c["ln_2"] = ops.layernorm_forward(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
         return x, (c if keep else None)
-
-    def _residual_add(self, x, fx):
-        if self.config.layout == "gpt2":
-            x += fx
-            return x
-        return x + fx
 
     def _trunk(self, idx, keep, pos=None, bias=None, kv=None):
         """Embeddings + blocks (+ ln_f): idx (B,T) -> hidden (N,C), cache."""
@@ -315,7 +310,7 @@ class GPT:
 
     def _head(self, h2):
         """Tied LM head: h (N,C) -> logits (N,V)."""
-        return ops.matmul(h2, self.params["wte.weight"].T)
+        return ops.lm_head_forward(h2, self.params["wte.weight"])[0]
 
     def forward(self, idx):
         """idx (B,T) int -> (logits (B,T,V), cache). cache.hidden is (B,T,C)."""
@@ -380,10 +375,7 @@ class GPT:
         if dlogits is not None:
             if tuple(dlogits.shape) != (B, T, self.config.vocab_size):
                 raise ValueError(f"dlogits has shape {tuple(dlogits.shape)}, expected {(B, T, self.config.vocab_size)}")
-            d2 = dlogits.reshape(B * T, -1)
-            wte = self.params["wte.weight"]
-            dx = ops.matmul(d2, wte)  # (N,C)
-            dwte_head = ops.matmul(d2.T, h)  # (V,C)
+            dx, dwte_head = ops.lm_head_backward(dlogits.reshape(B * T, -1), (h, self.params["wte.weight"]))
         else:
             dx = xp.zeros((B * T, C), dtype=self.dtype)
             dwte_head = None

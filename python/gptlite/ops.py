@@ -622,14 +622,34 @@ def attention_backward(dy, cache):
 # residual
 
 
-def residual_forward(x, fx):
-    """x + f(x), any shape. No cache needed."""
+def residual_forward(x, fx, inplace=False):
+    """x + f(x), any shape. No cache needed. ``inplace`` adds into x itself
+    (for a residual stream that no cache holds, such as GPT-2's pre-LN one)."""
+    if inplace:
+        x += fx
+        return x, None
     return x + fx, None
 
 
 def residual_backward(dout, cache=None):
     """The gradient flows unchanged into both branches: (dx, dfx)."""
     return dout, dout
+
+
+# ----------------------------------------------------------------------------
+# LM head, tied to the token embedding: logits = h @ wte.T
+
+
+def lm_head_forward(h, wte):
+    """h (N, C), wte (V, C) -> logits (N, V). Cache: h, wte."""
+    return matmul(h, wte.T), (h, wte)
+
+
+def lm_head_backward(dlogits, cache):
+    """dlogits (N, V) -> (dh (N, C), dwte (V, C)): the head's share of the tied
+    embedding's gradient (the embedding lookup adds its own)."""
+    h, wte = cache
+    return matmul(dlogits, wte), matmul(dlogits.T, h)
 
 
 # ----------------------------------------------------------------------------
