@@ -431,3 +431,23 @@ def test_cli_subprocess_help():
     r = subprocess.run([sys.executable, "-m", "gptlite.cli", "tokenizer", "train", "--help"],
                        capture_output=True, text=True, check=True)
     assert "--vocab-size" in r.stdout and "--special" in r.stdout
+
+
+def test_progress_bar_draws_both_phases(tmp_path):
+    """The real bar (not replaced): counting in MB, then merging in tokens, a line each."""
+    import io
+
+    a = tmp_path / "a.txt"
+    a.write_text(_head(BIG, 60_000), encoding="utf-8")
+    out = io.StringIO()
+    bar = trainer.ProgressBar(stream=out, width=10)
+    trainer.train_bpe(files=[a], vocab_size=400, progress=bar)
+    bar.close()
+    lines = out.getvalue().split("\n")
+    count = [ln for ln in lines if "counting" in ln]
+    merge = [ln for ln in lines if "merging" in ln]
+    assert count and merge and out.getvalue().index("counting") < out.getvalue().index("merging")
+    # the final draw of each phase is a full bar with done == total
+    assert count[0].rstrip().split("\r")[-1].startswith("counting [##########]") and " MB " in count[0]
+    last_merge = merge[0].rstrip().split("\r")[-1]
+    assert last_merge.startswith("merging  [##########]") and "143/143 tokens" in last_merge  # 400 - 256 bytes - 1 special
