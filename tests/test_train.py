@@ -388,3 +388,13 @@ def test_metrics_flops_and_mfu(tmp_path):
     no_peak.run()
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert all(r.get("mfu") is None for r in rows if r.get("tokens_per_s"))
+
+
+def test_progress_lines_with_eta(tmp_path, capsys):
+    """progress=True: a line per logged step (not a terminal) with loss, lr, tokens/s and ETA."""
+    T.Trainer(_cfg(tmp_path, progress=True, max_steps=4, log_interval=2), log=lambda m: None).run()
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines][:2] == ["2/4", "4/4"]
+    assert all("loss " in ln and "lr " in ln and "tok/s" in ln and "| ETA " in ln for ln in lines)
+    assert "[" + "#" * 20 + "]" in lines[-1]  # the last step fills the bar
