@@ -419,12 +419,6 @@ class FinetuneResult:
     skipped: list  # (file, line, reason)
 
 
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def _config_dict(cfg: FinetuneConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["betas"] = list(d["betas"])
@@ -554,6 +548,8 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
 
     stop = []  # set by Ctrl-C: save at the next step boundary, then stop
     prev_handler = None
+    from .train import _in_main_thread
+
     if _in_main_thread():
         import signal
 
