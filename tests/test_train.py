@@ -76,7 +76,15 @@ def test_ten_adamw_steps_match_pytorch(tmp_path):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    sched = tr.schedule
+    # the reference's schedule written out here, not gptlite's Schedule: linear
+    # warmup to the peak over 3 steps, then cosine to min_lr at max_steps
+    def sched(step):
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps)
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + np.cos(np.pi * frac))
+
+    assert [sched(i) for i in range(10)] == pytest.approx([tr.schedule(i) for i in range(10)], rel=1e-12)
     batches = Batches(TokenData(cfg.data_dir, "train"), cfg.batch_size, cfg.block_size, seed=cfg.seed)
     ref.train()
     theirs = []
