@@ -420,21 +420,19 @@ def softmax_inplace(a):
         threads = 128
         fn((rows,), (threads,), (a, np.int32(n)), shared_mem=threads * a.itemsize)
         return a
-    a2 = a.reshape(-1, a.shape[-1])  # a view: callers pass contiguous arrays
-
-    def block(r):
-        ar = a2[r]
-        ar -= ar.max(axis=-1, keepdims=True)
-        np.exp(ar, out=ar)
-        ar *= 1.0 / ar.sum(axis=-1, keepdims=True)
-
     if a.flags.c_contiguous:
-        parallel_rows(block, a2.shape[0])
+        a2 = a.reshape(-1, a.shape[-1])  # a view
+        parallel_rows(lambda r: _softmax_here(a2[r]), a2.shape[0])
     else:  # not reshapeable as a view: one pass on the whole array
-        a -= a.max(axis=-1, keepdims=True)
-        xp.exp(a, out=a)
-        a *= 1.0 / a.sum(axis=-1, keepdims=True)
+        _softmax_here(a)
     return a
+
+
+def _softmax_here(a):
+    """Softmax over the last axis, in place, in one pass per step (on NumPy: on this thread)."""
+    a -= a.max(axis=-1, keepdims=True)
+    xp_of(a).exp(a, out=a)
+    a *= 1.0 / a.sum(axis=-1, keepdims=True)
 
 
 def softmax_backward_inplace(datt, att):
@@ -503,21 +501,15 @@ def _attend(q, k, v, bias, att, yh):
     xp = xp_of(q)
     n_head = q.shape[1]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    if _is_cupy(xp):
-        bmm(q, k.transpose(0, 1, 3, 2), out=att)
+    if _is_cupy(xp) or q.shape[2] <= 16:
+        # CuPy batches natively; on NumPy, decoding's tiny products are cheaper
+        # here than handed to the pool
+        mm, softmax = (bmm, softmax_inplace) if _is_cupy(xp) else (np.matmul, _softmax_here)
+        mm(q, k.transpose(0, 1, 3, 2), out=att)
         att *= scale
         att += bias
-        softmax_inplace(att)
-        bmm(att, v, out=yh)
-        return
-    if q.shape[2] <= 16:  # decoding: tiny products, cheaper here than handed to the pool
-        np.matmul(q, k.transpose(0, 1, 3, 2), out=att)
-        att *= scale
-        att += bias
-        att -= att.max(axis=-1, keepdims=True)
-        np.exp(att, out=att)
-        att *= 1.0 / att.sum(axis=-1, keepdims=True)
-        np.matmul(att, v, out=yh)
+        softmax(att)
+        mm(att, v, out=yh)
         return
 
     # One task per (batch row, run of heads): scores, mask, softmax and
@@ -528,9 +520,7 @@ def _attend(q, k, v, bias, att, yh):
         np.matmul(q[b, hsl], k[b, hsl].transpose(0, 2, 1), out=a)
         a *= scale
         a += bias[b if bias.shape[0] > 1 else 0, hsl if bias.shape[1] > 1 else slice(0, 1)]
-        a -= a.max(axis=-1, keepdims=True)
-        np.exp(a, out=a)
-        a *= 1.0 / a.sum(axis=-1, keepdims=True)
+        _softmax_here(a)
         np.matmul(a, v[b, hsl], out=yh[b, hsl])
 
     _parallel_heads(heads, q.shape[0], n_head, q.shape[2] * k.shape[2])
