@@ -497,8 +497,6 @@ def _model_and_tokenizer(model_arg, device, dtype):
 
 
 def _cmd_generate(args) -> int:
-    import codecs
-
     import numpy as np
 
     from .generate import generate
@@ -507,12 +505,9 @@ def _cmd_generate(args) -> int:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    unconditional = args.prompt is None and sys.stdin.isatty()
-    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
-        prompt = sys.stdin.read()
-    else:
-        prompt = args.prompt or ""
-    if not prompt and not unconditional:
+    from_stdin = args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty())
+    prompt = sys.stdin.read() if from_stdin else (args.prompt or "")
+    if not prompt and (from_stdin or args.prompt is not None):  # only a left-out PROMPT means unconditional
         raise UserError("empty prompt: give some text (or leave PROMPT out on a terminal to sample "
                         "unconditionally from <|endoftext|>)")
     model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
@@ -532,14 +527,10 @@ def _cmd_generate(args) -> int:
         if args.echo and prompt:
             out.write(prompt)
         out.flush()
-        # Print only complete UTF-8 characters: a token may end inside one.
-        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for t in tokens:
-            text = dec.decode(tok.decode_bytes([t]))
-            if text:
-                out.write(text)
-                out.flush()
-        out.write(dec.decode(b"", final=True) + "\n")
+        for text in tok.decode_stream(tokens):  # whole characters only: a token may end inside one
+            out.write(text)
+            out.flush()
+        out.write("\n")
         out.flush()
     return 0
 

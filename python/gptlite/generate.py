@@ -74,6 +74,12 @@ def sample_next(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generato
     return out
 
 
+def kept_prompt_len(n_positions: int, max_new_tokens: int) -> int:
+    """How many prompt tokens ``crop=True`` keeps (the last ones): room for
+    max_new_tokens - 1 fed-back tokens, at least one prompt token."""
+    return max(1, n_positions - max(max_new_tokens - 1, 0))
+
+
 def _as_rows(prompt_ids):
     """(rows: list[np.ndarray int64], batched: bool) with clear errors for bad input."""
     if isinstance(prompt_ids, np.ndarray) or hasattr(prompt_ids, "__cuda_array_interface__"):
@@ -181,8 +187,8 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, t
             where = f"prompt {i}" if batched else "prompt"
             raise ValueError(f"{where} has {len(r)} tokens but the model's context is {n_pos} positions "
                              "(pass crop=True / --crop to keep the last tokens)")
-        if crop and len(r) + max_new_tokens - 1 > n_pos:
-            rows[i] = r[-max(1, n_pos - max_new_tokens + 1):]
+        if crop:
+            rows[i] = r[-kept_prompt_len(n_pos, max_new_tokens):]
     # seed: None, an int, or a Generator to continue (several samples from one --seed)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     it = _steps(model, rows, int(max_new_tokens), cfg, rng, eot_token) if max_new_tokens > 0 else iter(())

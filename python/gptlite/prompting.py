@@ -13,11 +13,10 @@ the context keep their end (where the task cue is), reported as ``cropped``.
 """
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass
 
-from .generate import generate
+from .generate import generate, kept_prompt_len
 
 TLDR_CUE = "\nTL;DR:"
 TRANSLATION_SEP = " = "
@@ -84,20 +83,16 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
     ids = tokenizer.encode(prompt, allowed_special="all")
     if not ids:
         raise ValueError("empty prompt")
-    n_pos = model.config.n_positions
-    keep = max(1, n_pos - max(max_new_tokens - 1, 0))
-    cropped = len(ids) > keep
+    keep = kept_prompt_len(model.config.n_positions, max_new_tokens)
     stream = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                       eot_token=tokenizer.eot_token, crop=True, stream=True)
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out = []
-    for t in stream:
-        out.append(dec.decode(tokenizer.decode_bytes([t])))
-        if stop_at_newline and "\n" in out[-1]:
-            out[-1] = out[-1].split("\n", 1)[0]
-            return "".join(out), min(len(ids), keep), cropped
-    out.append(dec.decode(b"", final=True))
-    return "".join(out), min(len(ids), keep), cropped
+    for text in tokenizer.decode_stream(stream):
+        if stop_at_newline and "\n" in text:
+            out.append(text.split("\n", 1)[0])
+            break  # the generator stops here: nothing more is computed
+        out.append(text)
+    return "".join(out), min(len(ids), keep), len(ids) > keep
 
 
 def summarize(model, tokenizer, article: str, max_new_tokens: int = 100, top_k: int | None = 2,

@@ -281,6 +281,21 @@ class Tokenizer:
         """Decode to str; incomplete UTF-8 (a token boundary inside a character) follows ``errors``."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
+    def decode_stream(self, ids: Iterable[int]) -> Iterable[str]:
+        """Text of a stream of ids as it comes, whole characters only: a token
+        that ends inside a UTF-8 character is held back until the character is
+        complete (invalid UTF-8 becomes U+FFFD, as in ``decode``)."""
+        import codecs
+
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for t in ids:
+            text = dec.decode(self.decode_bytes([t]))
+            if text:
+                yield text
+        tail = dec.decode(b"", final=True)
+        if tail:
+            yield tail
+
     def decode_single_token_bytes(self, token: int) -> bytes:
         return self.token_bytes(token)
 
