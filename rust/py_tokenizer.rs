@@ -41,6 +41,10 @@ pub struct CoreBPE {
     ints: Vec<PyObject>,
 }
 
+/// Most texts in one `encode_batch` chunk, and how often the strings
+/// converted so far are published to the helpers.
+const MAX_CHUNK_TEXTS: usize = 64;
+
 fn build(parts: VocabParts, pattern: Pattern, origin: &str) -> PyResult<Bpe> {
     Bpe::new(parts.tokens, parts.merges, parts.specials, pattern)
         .map_err(|e| PyValueError::new_err(format!("{origin}: {e}")))
@@ -229,7 +233,7 @@ impl CoreBPE {
         let mut chars = 0usize;
         for (i, &len) in lens.iter().enumerate() {
             chars += len;
-            if chars >= target || i + 1 - bounds[bounds.len() - 1] >= 64 || i + 1 == n {
+            if chars >= target || i + 1 - bounds[bounds.len() - 1] >= MAX_CHUNK_TEXTS || i + 1 == n {
                 bounds.push(i + 1);
                 chars = 0;
             }
@@ -279,7 +283,7 @@ impl CoreBPE {
                         return Err(e);
                     }
                 }
-                if (i + 1) % 64 == 0 || i + 1 == n {
+                if (i + 1) % MAX_CHUNK_TEXTS == 0 || i + 1 == n {
                     ready.store(i + 1, Ordering::Release);
                 }
             }

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import device_of
 from .tasks import FINETUNE_SCHEMAS, Dataset, DatasetError, read_records
 
 TASKS = tuple(FINETUNE_SCHEMAS)
@@ -425,18 +427,6 @@ def _config_dict(cfg: FinetuneConfig) -> dict:
     return d
 
 
-def _device_of(model) -> str:
-    m = model.model if isinstance(model, Finetuned) else model
-    return "cpu" if m.xp is np else "cuda"
-
-
-def _dtype_of(model) -> str:
-    if model is None:
-        return "float32"
-    m = model.model if isinstance(model, Finetuned) else model
-    return str(m.dtype)
-
-
 def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
     """The saved loop position and optimizer state of a fine-tuning checkpoint,
     checked against this run's configuration."""
@@ -485,8 +475,9 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     if resume:
         if out_dir is None:
             raise ValueError("resume=True needs out_dir, the checkpoint to continue")
-        model = load_finetuned(out_dir, device=None if model is None else _device_of(model),
-                               dtype=_dtype_of(model))
+        m = model.model if isinstance(model, Finetuned) else model  # a given model sets device and dtype
+        model = load_finetuned(out_dir, device=None if m is None else device_of(m.params["wte.weight"]),
+                               dtype="float32" if m is None else m.dtype)
         saved = _resume_state(out_dir, model, cfg)
         tokenizer = tokenizer or model.tokenizer
     if isinstance(model, Finetuned):
@@ -551,8 +542,6 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     from .train import _in_main_thread
 
     if _in_main_thread():
-        import signal
-
         prev_handler = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -589,8 +578,6 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
                 checkpoint(epoch + 1, 0, None, np.zeros(3))
     finally:
         if prev_handler is not None:
-            import signal
-
             signal.signal(signal.SIGINT, prev_handler)
     return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
 
