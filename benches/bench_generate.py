@@ -11,15 +11,15 @@ with default threads and again with one BLAS thread each.
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import alternate  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, ROUNDS = 32, 64, 3
 
@@ -78,30 +78,12 @@ class single_thread:
             self.blas.set(self.prev[1])
 
 
-def settle():
-    """A pause between the two sides: OpenMP / OpenBLAS worker threads spin for
-    a while after their work and would otherwise steal the next side's cores."""
-    time.sleep(0.3)
-
-
 def measure(model, hf, prompt, rounds=ROUNDS):
     """Median seconds per call of each, alternating; checks both give the same tokens."""
     ours, theirs = run_gptlite(model, prompt), run_hf(hf, prompt)  # warm-up
     if ours != theirs:
         raise AssertionError(f"greedy outputs differ: gptlite {ours[:8]}... vs HF {theirs[:8]}...")
-    t_ours, t_hf = [], []
-    for _ in range(rounds):
-        settle()
-        t0 = time.perf_counter()
-        run_gptlite(model, prompt)
-        t1 = time.perf_counter()
-        settle()
-        t1b = time.perf_counter()
-        run_hf(hf, prompt)
-        t2 = time.perf_counter()
-        t_ours.append(t1 - t0)
-        t_hf.append(t2 - t1b)
-    return statistics.median(t_ours), statistics.median(t_hf)
+    return alternate(lambda: run_gptlite(model, prompt), lambda r: run_hf(hf, prompt), rounds)
 
 
 def report(s_ours, s_hf, label="") -> dict:
@@ -177,16 +159,7 @@ def test_generate_gpu_vs_hf_cuda(benchmark):
     ref = theirs()
     # float32 on two GPU stacks: greedy paths may part after a near-tie; the first tokens must agree
     assert ours[:8] == ref[:8], f"greedy outputs differ early: gptlite {ours[:8]} vs HF {ref[:8]}"
-    t_ours, t_hf = [], []
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        run_gptlite(model, prompt)
-        t1 = time.perf_counter()
-        theirs()
-        t2 = time.perf_counter()
-        t_ours.append(t1 - t0)
-        t_hf.append(t2 - t1)
-    s_ours, s_hf = statistics.median(t_ours), statistics.median(t_hf)
+    s_ours, s_hf = alternate(lambda: run_gptlite(model, prompt), lambda r: theirs(), ROUNDS, pause=False)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     info = {"device": name, "gptlite_tokens_per_s": NEW_TOKENS / s_ours, "hf_tokens_per_s": NEW_TOKENS / s_hf,
             "ratio": s_hf / s_ours}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import alternate, settle  # noqa: E402
 
 B, T, ROUNDS = 4, 256, 5
 
@@ -79,31 +80,13 @@ def sgemm_peak(n=2048, reps=3) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def settle():
-    """A pause between the two sides: OpenMP / OpenBLAS worker threads spin for
-    a while after their work and would otherwise steal the next side's cores."""
-    time.sleep(0.3)
-
-
 def measure(model, hf, idx, targets, rounds=ROUNDS):
     """Median seconds per step of each (1 warm-up, then alternating rounds);
     checks both compute the same loss."""
     l_ours, l_hf = step_gptlite(model, idx, targets), step_hf(hf, idx, targets)
     if abs(l_ours - l_hf) > 1e-3 * abs(l_hf):
         raise AssertionError(f"losses differ: gptlite {l_ours} vs HF {l_hf}")
-    t_ours, t_hf = [], []
-    for _ in range(rounds):
-        settle()
-        t0 = time.perf_counter()
-        step_gptlite(model, idx, targets)
-        t1 = time.perf_counter()
-        settle()
-        t1b = time.perf_counter()
-        step_hf(hf, idx, targets)
-        t2 = time.perf_counter()
-        t_ours.append(t1 - t0)
-        t_hf.append(t2 - t1b)
-    return statistics.median(t_ours), statistics.median(t_hf)
+    return alternate(lambda: step_gptlite(model, idx, targets), lambda r: step_hf(hf, idx, targets), rounds)
 
 
 def _proc_status_mib(key: str):
@@ -254,16 +237,8 @@ def measure_gpu(model, hf, idx, targets, rounds=5):
     if abs(l_ours - l_hf) > 1e-3 * abs(l_hf):
         raise AssertionError(f"losses differ on the GPU: gptlite {l_ours} vs torch {l_hf}")
     torch.cuda.reset_peak_memory_stats()
-    t_ours, t_hf = [], []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        ours()
-        t1 = time.perf_counter()
-        theirs()
-        t2 = time.perf_counter()
-        t_ours.append(t1 - t0)
-        t_hf.append(t2 - t1)
-    return (statistics.median(t_ours), statistics.median(t_hf),
+    s_ours, s_hf = alternate(ours, lambda r: theirs(), rounds, pause=False)  # GPU: no spinning CPU threads
+    return (s_ours, s_hf,
             cp.get_default_memory_pool().total_bytes() / 2 ** 20, torch.cuda.max_memory_allocated() / 2 ** 20)
 
 

@@ -15,7 +15,9 @@ On a GPU (CuPy present) the gptlite side runs there and the device is named.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,9 @@ import pytest
 from gptlite import optim
 from gptlite.backend import default_device, get_xp, to_numpy
 from gptlite.model import GPT, GPTConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import alternate, settle  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -37,12 +42,6 @@ SHAPES = {
 def _sync(xp):
     if xp is not np:
         xp.cuda.Device().synchronize()
-
-
-def settle():
-    """A pause between the two sides: OpenMP / OpenBLAS worker threads spin for
-    a while after their work, and would otherwise steal the next side's cores."""
-    time.sleep(0.3)
 
 
 def _gemm_peak(xp) -> float:
@@ -105,18 +104,7 @@ def test_train_step_throughput(benchmark, shape):
     # speed hits both alike; median of each
     ours()
     theirs(batches[0])
-    t_ours, t_torch = [], []
-    for r in range(rounds):
-        settle()
-        t = time.perf_counter()
-        ours()
-        t1 = time.perf_counter()
-        settle()
-        t2 = time.perf_counter()
-        theirs(batches[r % len(batches)])
-        t_ours.append(t1 - t)
-        t_torch.append(time.perf_counter() - t2)
-    ours_s, torch_s = float(np.median(t_ours)), float(np.median(t_torch))
+    ours_s, torch_s = alternate(ours, lambda r: theirs(batches[r % len(batches)]), rounds)
     benchmark.pedantic(ours, rounds=1, iterations=1)  # the pytest-benchmark table: gptlite's step
 
     flops_tok = model.flops_per_token(T)
