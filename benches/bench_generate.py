@@ -28,7 +28,7 @@ def build():
     """(gptlite model, HF model, prompt) with identical 124M-shaped weights."""
     from hf_reference import hf_model, params_from_hf
 
-    from gptlite.model import GPT, GPTConfig
+    from gptlite.engine.model import GPT, GPTConfig
 
     cfg = GPTConfig.preset("gpt2")
     hf = hf_model(cfg, seed=0)
@@ -62,7 +62,7 @@ class single_thread:
     def __enter__(self):
         import torch
 
-        from gptlite.ops import _BlasThreads
+        from gptlite.engine.ops import _BlasThreads
 
         self.blas = _BlasThreads()
         self.prev = (torch.get_num_threads(), self.blas.get() if self.blas.get else None)
@@ -135,7 +135,7 @@ if __name__ == "__main__":
 
 
 def test_generate_gpu_vs_hf_cuda(benchmark):
-    from gptlite.backend import cuda_available
+    from gptlite.engine.backend import cuda_available
 
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -143,7 +143,7 @@ def test_generate_gpu_vs_hf_cuda(benchmark):
         pytest.skip("needs CuPy and torch with a visible CUDA GPU")
     import cupy as cp
 
-    from gptlite.model import GPT
+    from gptlite.engine.model import GPT
 
     model, hf, prompt = build()
     model = GPT(model.config, params=model.params, device="cuda")

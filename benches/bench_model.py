@@ -35,7 +35,7 @@ B, T, ROUNDS = 4, 256, 5
 
 def build(with_hf=True):
     """(gptlite model, HF model or None, idx, targets) with identical 124M-shaped weights."""
-    from gptlite.model import GPT, GPTConfig
+    from gptlite.engine.model import GPT, GPTConfig
 
     cfg = GPTConfig.preset("gpt2")
     rng = np.random.default_rng(0)
@@ -203,7 +203,7 @@ if __name__ == "__main__":
 
 
 def _gpu_ready():
-    from gptlite.backend import cuda_available
+    from gptlite.engine.backend import cuda_available
 
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -247,7 +247,7 @@ def test_train_step_gpu_vs_torch_cuda(benchmark):
     import cupy as cp
     import torch
 
-    from gptlite.model import GPT
+    from gptlite.engine.model import GPT
 
     model, hf, idx, targets = build()
     hf = hf.cuda()

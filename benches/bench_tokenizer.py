@@ -41,7 +41,7 @@ def n_bytes(docs) -> int:
 
 @pytest.fixture(scope="module")
 def ours():
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     return Tokenizer.from_files(GPT2_DIR)
 
@@ -154,7 +154,7 @@ _PATHOLOGICAL = {
 
 _CHILD = r"""
 import resource, sys, time
-from gptlite.tokenizer import Tokenizer
+from gptlite.tokenizer.encoding import Tokenizer
 tok = Tokenizer.from_files(sys.argv[1])
 text = eval(sys.argv[2])
 tok.encode_ordinary("warm up")

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptlite import optim
-from gptlite.backend import default_device, get_xp, to_numpy
-from gptlite.model import GPT, GPTConfig
+from gptlite.training import optim
+from gptlite.engine.backend import default_device, get_xp, to_numpy
+from gptlite.engine.model import GPT, GPTConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import alternate, settle  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gptlite import trainer
+from gptlite.tokenizer import bpe_train as trainer
 
 tokenizers = pytest.importorskip("tokenizers")
 

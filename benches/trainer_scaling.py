@@ -31,7 +31,7 @@ BASE = ["tinyshakespeare.txt", "big.txt", "wikitext-2/valid.txt", "wikitext-2/te
 CHILD = {
     "gptlite": """
 import json, resource, sys, time
-from gptlite import trainer
+from gptlite.tokenizer import bpe_train as trainer
 files, vocab = json.loads(sys.argv[1]), int(sys.argv[2])
 t = time.perf_counter()
 r = trainer.train_bpe(files=files, vocab_size=vocab)

@@ -31,9 +31,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from gptlite import checkpoint
+    from gptlite.engine import checkpoint
     from gptlite.generate import generate
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     article = open(args.file, encoding="utf-8").read() if args.file else sys.stdin.read()
     d = checkpoint.resolve_model_dir(args.model)

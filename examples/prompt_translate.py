@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=40)
     args = ap.parse_args(argv)
 
-    from gptlite import checkpoint
+    from gptlite.engine import checkpoint
     from gptlite.generate import generate
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     pairs = PAIRS
     if args.pairs:

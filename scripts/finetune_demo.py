@@ -134,8 +134,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write all results here")
     args = ap.parse_args(argv)
 
-    from gptlite import checkpoint, evaluate, finetune
-    from gptlite.model import GPT
+    from gptlite.engine import checkpoint
+    from gptlite.tasks import evaluate
+    from gptlite.tasks import finetune
+    from gptlite.engine.model import GPT
 
     text = (SHARED / "corpora" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     tail = text[int(len(text) * 0.9):]  # held out of the default model's training split
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
     base = checkpoint.load_model(model_dir, device="cpu")
     tok = checkpoint.load_tokenizer(model_dir)
     if tok is None:
-        from gptlite.tokenizer import Tokenizer
+        from gptlite.tokenizer.encoding import Tokenizer
 
         tok = Tokenizer.gpt2()
     results = {"model": str(model_dir), "config": vars(args), "n_train": len(train), "n_valid": len(valid), "runs": {}}

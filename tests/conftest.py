@@ -91,7 +91,7 @@ def corpus_docs() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     return Tokenizer.from_files(GPT2_DIR)
 

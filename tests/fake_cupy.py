@@ -138,7 +138,8 @@ def make_modules() -> dict:
 
 def install(monkeypatch):
     """Make gptlite see the fake as CuPy with one GPU; undone by monkeypatch."""
-    from gptlite import backend, ops
+    from gptlite.engine import backend
+    from gptlite.engine import ops
 
     mods = make_modules()
     for name, mod in mods.items():

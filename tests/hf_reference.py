@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gptlite.backend import to_numpy
-from gptlite.model import GPTConfig
+from gptlite.engine.backend import to_numpy
+from gptlite.engine.model import GPTConfig
 
 
 def _torch():
@@ -51,7 +51,7 @@ def hf_model(config: GPTConfig, seed: int = 0, dtype="float32"):
 
 def params_from_hf(model, config: GPTConfig, dtype="float32") -> dict:
     """HF model -> gptlite params dict (NumPy copies)."""
-    from gptlite.model import param_shapes
+    from gptlite.engine.model import param_shapes
 
     sd = dict(model.named_parameters())
     return {n: sd[hf_name(n, config)].detach().cpu().numpy().astype(dtype, copy=True) for n in param_shapes(config)}
@@ -71,7 +71,7 @@ def hf_loss_and_grads(model, idx, targets, config: GPTConfig, ignore_index=-1):
     """Logits, mean cross-entropy (ignore_index honoured) and every parameter's
     gradient from HF with torch autograd; grads keyed by gptlite names."""
     torch = _torch()
-    from gptlite.model import param_shapes
+    from gptlite.engine.model import param_shapes
 
     model.zero_grad(set_to_none=True)
     logits = model(torch.from_numpy(np.asarray(idx))).logits

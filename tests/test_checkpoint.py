@@ -8,8 +8,8 @@ import urllib.error
 import numpy as np
 import pytest
 
-from gptlite import checkpoint as ckpt
-from gptlite.checkpoint import read_safetensors, read_safetensors_metadata, write_safetensors
+from gptlite.engine import checkpoint as ckpt
+from gptlite.engine.checkpoint import read_safetensors, read_safetensors_metadata, write_safetensors
 
 # --------------------------------------------------------------------------------
 # safetensors format
@@ -192,7 +192,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gptlite.model import GPT, GPTConfig  # noqa: E402
+from gptlite.engine.model import GPT, GPTConfig  # noqa: E402
 
 from hf_reference import hf_model  # noqa: E402
 

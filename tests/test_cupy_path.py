@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import fake_cupy
-from gptlite import ops, optim
+from gptlite.engine import ops
+from gptlite.training import optim
 from gptlite.generate import generate
-from gptlite.model import GPT, GPTConfig
+from gptlite.engine.model import GPT, GPTConfig
 
 CFG = {
     "gpt2": GPTConfig(n_layer=2, n_embd=32, n_head=4, n_positions=40, vocab_size=97),
@@ -113,7 +114,7 @@ def test_training_loop_on_fake_cupy(monkeypatch, tmp_path):
     """`gptlite train`'s loop with device="cuda": the same losses as on the CPU
     (float64), checkpoints written from device arrays, exact resume."""
     import test_train as tt
-    from gptlite import train as T
+    from gptlite.training import pretrain as T
 
     cpu = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "cpu"), dtype="float64"), log=lambda m: None).run()["losses"]
     fake_cupy.install(monkeypatch)
@@ -133,9 +134,9 @@ def test_finetune_and_evaluation_on_fake_cupy(monkeypatch, tmp_path, gpt2_dir):
     zero-shot evaluations give the CPU's figures on the CuPy path (float64)."""
     import json
 
-    from gptlite import evaluate as ev
-    from gptlite import finetune as ft
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tasks import evaluate as ev
+    from gptlite.tasks import finetune as ft
+    from gptlite.tokenizer.encoding import Tokenizer
 
     tok = Tokenizer.from_files(gpt2_dir)
     words = ["apple", "river", "stone", "cloud", "table", "green", "light", "sound"]

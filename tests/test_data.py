@@ -11,7 +11,7 @@ from gptlite import data
 
 @pytest.fixture(scope="module")
 def tok(gpt2_dir):
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     return Tokenizer.from_files(gpt2_dir)
 
@@ -46,7 +46,7 @@ def test_prepare_round_trip_jsonl(tmp_path, tok, corpora_dir):
         recovered += [tok.decode(d) for d in _docs_of(np.asarray(td.tokens), tok.eot_token)]
     assert sorted(recovered) == sorted(texts)
     # the saved tokenizer is the one used
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     again = Tokenizer.from_files(tmp_path / "out" / "tokenizer")
     assert again.encode_ordinary(texts[0]) == tok.encode_ordinary(texts[0])

@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gptlite import evaluate as ev  # noqa: E402
-from gptlite.tasks import DatasetError  # noqa: E402
+from gptlite.tasks import evaluate as ev  # noqa: E402
+from gptlite.tasks.datasets import DatasetError  # noqa: E402
 
 N_POS = 96  # small, so some LAMBADA passages are truncated
 N_LAMBADA = 32
@@ -52,7 +52,7 @@ def hf_tok(gpt2_dir):
 
 @pytest.fixture(scope="module")
 def tok(gpt2_dir):
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     return Tokenizer.from_files(gpt2_dir)
 
@@ -104,7 +104,7 @@ def hf_model(hf_tok, lambada_lines, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(hf_model):
-    from gptlite.checkpoint import load_model
+    from gptlite.engine.checkpoint import load_model
 
     return load_model(hf_model[1], device="cpu")
 
@@ -339,7 +339,7 @@ def test_cli_eval_choice(hf_model, gpt2_dir, tmp_path, capsys):
     normalisations and a custom separator; --predictions writes them."""
     import shutil
 
-    from gptlite.checkpoint import load_model, load_tokenizer
+    from gptlite.engine.checkpoint import load_model, load_tokenizer
     from gptlite.cli import main
 
     d = tmp_path / "m"

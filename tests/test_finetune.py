@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gptlite import finetune as ft  # noqa: E402
-from gptlite.tasks import DatasetError, read_records, FINETUNE_SCHEMAS  # noqa: E402
+from gptlite.tasks import finetune as ft  # noqa: E402
+from gptlite.tasks.datasets import DatasetError, read_records, FINETUNE_SCHEMAS  # noqa: E402
 
 V0 = 61  # base vocabulary of the gradient-check model; specials are 61, 62, 63
 IDS = {"start": V0, "delim": V0 + 1, "extract": V0 + 2}
@@ -28,7 +28,7 @@ def _ints(s: str) -> list[int]:
 @pytest.fixture(scope="module", params=["gpt2", "gpt1"])
 def pair(request, tmp_path_factory):
     """(gptlite float64 model, HF float64 model) with the same weights, V0 + 3 tokens."""
-    from gptlite.checkpoint import load_model
+    from gptlite.engine.checkpoint import load_model
 
     torch.manual_seed(1)
     kw = dict(vocab_size=V0 + 3, n_positions=32, n_embd=16, n_layer=2, n_head=2,
@@ -161,7 +161,7 @@ def test_truncation_rule():
 
 
 def test_add_special_tokens():
-    from gptlite.model import GPT, GPTConfig
+    from gptlite.engine.model import GPT, GPTConfig
 
     m = GPT(GPTConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2), seed=0)
     m2, ids = ft.add_special_tokens(m, seed=0)
@@ -237,8 +237,8 @@ def test_metrics():
 # end to end: a tiny GPT-2-vocabulary model, real tokenizer, CLI, checkpoint round trip
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, gpt2_dir):
-    from gptlite.checkpoint import save_model
-    from gptlite.model import GPT, GPTConfig
+    from gptlite.engine.checkpoint import save_model
+    from gptlite.engine.model import GPT, GPTConfig
 
     d = tmp_path_factory.mktemp("tiny")
     m = GPT(GPTConfig(vocab_size=50257, n_positions=48, n_embd=32, n_layer=1, n_head=2), seed=0)
@@ -303,7 +303,7 @@ def test_finetune_cli_bad_label(tiny_dir, corpus_sets, tmp_path, capsys):
 
 def test_finetune_choice_and_similarity_api(tiny_dir, tmp_path):
     """The multi-sequence tasks through finetune()/predict(): K choices, two orders."""
-    from gptlite.checkpoint import load_model, load_tokenizer
+    from gptlite.engine.checkpoint import load_model, load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
     words = ["apple", "river", "stone", "cloud", "table", "green"]
@@ -325,9 +325,9 @@ def test_finetune_choice_and_similarity_api(tiny_dir, tmp_path):
 def test_finetune_cli_random_init(tiny_dir, corpus_sets, tmp_path, capsys):
     """--random-init: the pre-trained model's shape with fresh GPT-2-init weights
     (seeded), the baseline of the docs' table; refused for a fine-tuned checkpoint."""
-    from gptlite.checkpoint import load_model
+    from gptlite.engine.checkpoint import load_model
     from gptlite.cli import main
-    from gptlite.model import GPT
+    from gptlite.engine.model import GPT
 
     train, _ = corpus_sets
     out = tmp_path / "rand"
@@ -353,7 +353,7 @@ def test_ctrl_c_saves_and_resume_is_exact(tiny_dir, corpus_sets, tmp_path, monke
     resuming gives the same losses and weights as a run never interrupted."""
     import signal
 
-    from gptlite.checkpoint import load_model, load_tokenizer
+    from gptlite.engine.checkpoint import load_model, load_tokenizer
 
     train, valid = corpus_sets
     tok = load_tokenizer(tiny_dir)

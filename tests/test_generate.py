@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from gptlite import checkpoint as ckpt
+from gptlite.engine import checkpoint as ckpt
 from gptlite import cli
 from gptlite.generate import SamplingConfig, generate, sample_next
-from gptlite.model import GPT, GPTConfig, init_params
+from gptlite.engine.model import GPT, GPTConfig, init_params
 
 CFG = GPTConfig(vocab_size=50257, n_positions=48, n_embd=32, n_layer=2, n_head=4)
 PROMPT = [464, 2068, 7586, 21831, 18045]
@@ -174,7 +174,7 @@ def test_bad_arguments(model, kwargs, exc, match):
 # --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, model, gpt2_dir):
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     d = tmp_path_factory.mktemp("cli") / "model"
     ckpt.save_model(model, d, tokenizer=Tokenizer.from_files(gpt2_dir))
@@ -255,7 +255,7 @@ def test_cli_streams_whole_characters_only(model_dir, monkeypatch):
 
 def test_cli_default_model_missing(tmp_path, capsys, monkeypatch):
     # as if gptlite were installed without assets/default
-    from gptlite import checkpoint
+    from gptlite.engine import checkpoint
 
     monkeypatch.setattr(checkpoint, "DEFAULT_MODEL_DIR", tmp_path / "gptlite" / "assets" / "default")
     rc, _, err = _run(["generate", "hello"], capsys)
@@ -277,7 +277,7 @@ def test_check_reference_cli(model_dir, capsys):
 
 def test_check_reference_detects_a_difference(model_dir):
     torch = pytest.importorskip("torch")
-    from gptlite.reference import build_hf_model, check_reference
+    from gptlite.engine.reference import build_hf_model, check_reference
 
     m = ckpt.load_model(model_dir, device="cpu")
     hf = build_hf_model(m)
@@ -312,7 +312,7 @@ def test_cli_empty_prompt_is_an_error(model_dir, capsys, monkeypatch):
 def test_shipped_default_model(capsys):
     """The model inside the package: small, loads offline with its own tokenizer,
     and `gptlite generate` with no --model writes play-like text from it."""
-    from gptlite import checkpoint
+    from gptlite.engine import checkpoint
 
     d = checkpoint.resolve_model_dir(None)
     assert d == checkpoint.DEFAULT_MODEL_DIR and d.is_dir()

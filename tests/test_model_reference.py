@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 from hf_reference import hf_loss_and_grads, hf_model, load_into_hf, params_from_hf, rel_err  # noqa: E402
 
-from gptlite.model import GPT, GPTConfig, init_params, param_shapes  # noqa: E402
+from gptlite.engine.model import GPT, GPTConfig, init_params, param_shapes  # noqa: E402
 
 SMALL = dict(n_layer=2, n_embd=64, n_head=4, n_positions=32)
 CONFIGS = {
@@ -104,7 +104,7 @@ def test_backward_from_dlogits_and_dhidden(name):
 
 
 def test_forward_backward_equals_loss_and_grads():
-    from gptlite import ops
+    from gptlite.engine import ops
 
     cfg = CONFIGS["gpt2"]
     model = GPT(cfg, dtype="float64", seed=3)
@@ -319,7 +319,7 @@ def test_full_124m_float32_matches_hf():
 @pytest.mark.parametrize("name", ["gpt2", "gpt1"])
 def test_cupy_model_matches_numpy(name):
     cp = pytest.importorskip("cupy")
-    from gptlite import backend
+    from gptlite.engine import backend
 
     if not backend.cuda_available():
         pytest.skip("no CUDA device")

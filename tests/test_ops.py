@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from gptlite import ops
+from gptlite.engine import ops
 
 RNG = np.random.default_rng(1234)
 
@@ -252,7 +252,7 @@ def _cupy():
             pytest.skip("no CUDA device")
     except Exception:
         pytest.skip("no usable CUDA runtime")
-    from gptlite import backend
+    from gptlite.engine import backend
 
     if not backend.cuda_available():
         pytest.skip("CuPy sees no GPU")
@@ -323,7 +323,7 @@ def test_keep_freed_memory_applies_once_and_can_be_turned_off():
     import subprocess
     import sys
 
-    code = "from gptlite.backend import keep_freed_memory as k; print(k(), k())"
+    code = "from gptlite.engine.backend import keep_freed_memory as k; print(k(), k())"
     env = dict(__import__("os").environ)
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
     env["GPTLITE_KEEP_FREED_MEMORY"] = "0"

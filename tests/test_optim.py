@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from gptlite import optim
+from gptlite.training import optim
 
 torch = pytest.importorskip("torch")
 

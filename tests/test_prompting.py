@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from gptlite import prompting as pr
+from gptlite.tasks import prompting as pr
 from gptlite.cli import main
 from gptlite.generate import generate
-from gptlite.model import GPT, GPTConfig, init_params
-from gptlite.tokenizer import Tokenizer
+from gptlite.engine.model import GPT, GPTConfig, init_params
+from gptlite.tokenizer.encoding import Tokenizer
 
 NEWLINE, THE, EOT = 198, 262, 50256  # GPT-2 ids of "\n", " the", <|endoftext|>
 

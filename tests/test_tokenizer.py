@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-import gptlite.tokenizer as _tokmod
+import gptlite.tokenizer.encoding as _tokmod
 from gptlite import _core
-from gptlite.tokenizer import Tokenizer
+from gptlite.tokenizer.encoding import Tokenizer
 
 ORIG_DOWNLOAD = _tokmod._download
 
@@ -301,10 +301,10 @@ def test_gpt2_constructor(tmp_path, monkeypatch, gpt2_dir):
     monkeypatch.delenv("GPTLITE_GPT2_DIR")
     # a cache dir holding the right files is used without any download
     cache = _copy_pair(gpt2_dir, tmp_path / "cache")
-    monkeypatch.setattr("gptlite.tokenizer._download", lambda url: pytest.fail(f"downloaded {url}"))
+    monkeypatch.setattr("gptlite.tokenizer.encoding._download", lambda url: pytest.fail(f"downloaded {url}"))
     assert Tokenizer.gpt2(cache_dir=cache).n_vocab == 50257
     # XDG_CACHE_HOME is honoured; files are downloaded, checked, and written
-    import gptlite.tokenizer as mod
+    import gptlite.tokenizer.encoding as mod
 
     fetched = []
 

@@ -121,7 +121,7 @@ def test_stdin_stdout_subprocess(gpt2_dir):
 
 
 def test_offline_message(tmp_path, monkeypatch, capsysbinary):
-    import gptlite.tokenizer as mod
+    import gptlite.tokenizer.encoding as mod
 
     monkeypatch.delenv("GPTLITE_GPT2_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -140,7 +140,7 @@ def test_stream_cuts_keep_ids_for_both_patterns(gpt2_dir, pattern):
     # punctuation and whitespace; CR/LF before letters; U+001C which Python
     # counts as whitespace and the patterns do not; contractions; a special)
     """Every re-cut stream of tricky text encodes to the whole text's ids."""
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     tok = Tokenizer.from_files(gpt2_dir, pattern=pattern)
     rng = np.random.default_rng(0)

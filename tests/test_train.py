@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from gptlite import train as T
+from gptlite.training import pretrain as T
 from gptlite.data import Batches, TokenData
 
 VOCAB = 96
@@ -51,7 +51,7 @@ def _cfg(tmp_path, **kw) -> T.TrainConfig:
 
 
 def _params_np(trainer):
-    from gptlite.backend import to_numpy
+    from gptlite.engine.backend import to_numpy
 
     return {k: to_numpy(v).copy() for k, v in trainer.model.params.items()}
 
@@ -127,7 +127,7 @@ def test_resume_is_bit_identical(tmp_path):
     mb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in ma] == [(r["step"], r.get("loss"), r.get("val_loss")) for r in mb]
     # the checkpoint is a model directory the loader reads, with the tokenizer-free data we used
-    from gptlite.checkpoint import load_model
+    from gptlite.engine.checkpoint import load_model
 
     m = load_model(tmp_path / "a" / "ckpt")
     assert np.array_equal(m.params["wte.weight"], pa["wte.weight"])
@@ -156,7 +156,8 @@ def test_ctrl_c_saves_and_resumes_exactly(tmp_path):
 # --- checkpoint atomicity ------------------------------------------------------------------
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, json
-    from gptlite import train as T, checkpoint
+    from gptlite.training import pretrain as T
+    from gptlite.engine import checkpoint
     cfg = T.TrainConfig(**json.loads(sys.argv[1]))
     tr = T.Trainer(cfg, resume=True, log=lambda m: None)
     tr.run(steps=1)                      # one more step, not yet saved
@@ -209,7 +210,7 @@ def test_full_disk_keeps_previous(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, eval_batches=0)
     tr = T.Trainer(cfg, log=lambda m: None)
     tr.run(steps=2)
-    from gptlite import checkpoint
+    from gptlite.engine import checkpoint
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -301,7 +302,7 @@ def test_resume_errors(tmp_path):
 # --- CLI end to end ------------------------------------------------------------------------
 def test_cli_prepare_train_resume_plot(tmp_path, corpora_dir, gpt2_dir, capsys):
     from gptlite.cli import main
-    from gptlite.plot import decode_png_size
+    from gptlite.training.plot import decode_png_size
 
     src = tmp_path / "shakes.txt"
     src.write_text((corpora_dir / "tinyshakespeare.txt").read_text()[:30000])
@@ -344,7 +345,7 @@ def test_cli_prepare_train_resume_plot(tmp_path, corpora_dir, gpt2_dir, capsys):
     assert decode_png_size(png) == (800, 500)
     assert main(["train", "--config", str(conf), "--set", "model.n_positions=8", "--resume"]) == 2
     assert "block_size=16 is longer" in capsys.readouterr().err
-    from gptlite.checkpoint import load_model
+    from gptlite.engine.checkpoint import load_model
 
     load_model(tmp_path / "run" / "ckpt")
     assert (tmp_path / "run" / "ckpt" / "encoder.json").exists()
@@ -378,7 +379,7 @@ def test_evaluate_split_unigram_baseline(tmp_path):
 
 def test_metrics_flops_and_mfu(tmp_path):
     """metrics.jsonl: FLOP/s = tokens/s x (6N + 12 L C T), MFU = FLOP/s / peak_flops."""
-    from gptlite.model import GPT
+    from gptlite.engine.model import GPT
 
     cfg = _cfg(tmp_path, peak_flops=1e9, max_steps=4, log_interval=2)
     tr = T.Trainer(cfg, log=lambda m: None)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gptlite import trainer
+from gptlite.tokenizer import bpe_train as trainer
 from gptlite.cli import main as cli_main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -148,7 +148,7 @@ def test_large_file_chunked_parallel_and_deterministic(tmp_path):
 
 def test_deterministic_across_rayon_num_threads(tmp_path):
     script = (
-        "import sys, json; from gptlite import trainer\n"
+        "import sys, json; from gptlite.tokenizer import bpe_train as trainer\n"
         f"r = trainer.train_bpe(files=[{str(BIG)!r}], vocab_size=256 + 300)\n"
         "print(json.dumps(r.merges))\n"
     )
@@ -192,7 +192,7 @@ def test_round_trip_tiktoken_and_hf(trained):
     tiktoken = pytest.importorskip("tiktoken")
     import tiktoken.load
     pytest.importorskip("tokenizers")
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     r, tok, text, d = trained
     tok.save(d, format="gpt2")
@@ -344,7 +344,7 @@ def test_cli_train(tmp_path, capsys):
     summary = capsys.readouterr().out
     assert "bytes/token on the training text" in summary and "unique" in summary
     assert sorted(f.name for f in out.iterdir()) == ["encoder.json", "tok.tiktoken", "vocab.bpe"]
-    from gptlite.tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     tok = Tokenizer.from_files(out)
     assert tok.n_vocab == 700 and tok.special_tokens == {"<|endoftext|>": 698, "<|pad|>": 699}
@@ -396,7 +396,7 @@ def test_cli_interrupt_leaves_no_output(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
     # interrupted while saving: the target directory is not created half-written
-    from gptlite import tokenizer as tokmod
+    from gptlite.tokenizer import encoding as tokmod
 
     monkeypatch.setattr(trainer.ProgressBar, "__call__", lambda self, *a: None)
     real_save = tokmod.Tokenizer.save

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_open, atomic_write_text, read_utf8
+from gptlite.fileio import atomic_open, atomic_write_text, read_utf8
 
 META = "meta.json"
 FORMAT = "gptlite-tokens"
@@ -77,14 +77,14 @@ def read_documents(paths, text_field: str | None = None) -> list[tuple[str, str]
 
 def load_tokenizer(spec):
     """A Tokenizer from "gpt2", "default" (the shipped model's) or a directory/file."""
-    from .tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     if not isinstance(spec, str):
         return spec  # already a Tokenizer
     if spec == "gpt2":
         return Tokenizer.gpt2()
     if spec == "default":
-        from .checkpoint import DEFAULT_MODEL_DIR
+        from gptlite.engine.checkpoint import DEFAULT_MODEL_DIR
 
         return Tokenizer.from_files(DEFAULT_MODEL_DIR)
     p = Path(spec)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import to_numpy
+from gptlite.engine.backend import to_numpy
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_open, atomic_write_text, publish_modes, swap_dir
+from gptlite.fileio import atomic_open, atomic_write_text, publish_modes, swap_dir
 
 # --------------------------------------------------------------------------------
 # safetensors
@@ -174,7 +174,7 @@ def read_safetensors(path, names=None) -> dict:
 
 def _as_storable(name, arr, dtype):
     """(safetensors dtype name, contiguous little-endian numpy array) for one tensor."""
-    from .backend import to_numpy
+    from gptlite.engine.backend import to_numpy
 
     a = to_numpy(arr) if not isinstance(arr, np.ndarray) else arr
     a = np.asarray(a)
@@ -237,7 +237,7 @@ _GPT2_TO_GPT1 = {v: k for k, v in _GPT1_TO_GPT2.items()}
 
 def expected_shapes(config) -> dict:
     """Our parameter names -> shapes for ``config`` (the contract in docs/design.md)."""
-    from .model import param_shapes
+    from gptlite.engine.model import param_shapes
 
     return {k: tuple(v) for k, v in param_shapes(config).items()}
 
@@ -328,7 +328,7 @@ def _weights_path(path: Path) -> Path:
 
 def load_params(path, dtype="float32"):
     """(GPTConfig, params: name -> numpy array of ``dtype``) from a model directory, validated."""
-    from .model import GPTConfig
+    from gptlite.engine.model import GPTConfig
 
     path = Path(path)
     if not path.is_dir():
@@ -370,7 +370,7 @@ def load_params(path, dtype="float32"):
 
 def load_model(path, device=None, dtype="float32"):
     """A GPT from an HF-layout directory (config.json + model.safetensors)."""
-    from .model import GPT
+    from gptlite.engine.model import GPT
 
     config, params = load_params(path, dtype=dtype)
     return GPT(config, params=params, device=device, dtype=dtype)
@@ -380,7 +380,7 @@ def load_tokenizer(path):
     """The tokenizer saved in a model directory, or None when it holds none."""
     path = Path(path)
     if (path / "encoder.json").is_file() or (path / "vocab.json").is_file():
-        from .tokenizer import Tokenizer
+        from gptlite.tokenizer.encoding import Tokenizer
 
         return Tokenizer.from_files(path)
     return None
@@ -435,7 +435,7 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
 # --------------------------------------------------------------------------------
 # from_pretrained: a local directory or a hub name, with a cache
 # --------------------------------------------------------------------------------
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"  # the model shipped in the wheel
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"  # the model shipped in the wheel
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt")
 HUB_URL = "https://huggingface.co/{name}/resolve/main/{file}"
 _HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME)

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import device_of
-from .tasks import FINETUNE_SCHEMAS, Dataset, DatasetError, read_records
+from gptlite.engine.backend import device_of
+from gptlite.tasks.datasets import FINETUNE_SCHEMAS, Dataset, DatasetError, read_records
 
 TASKS = tuple(FINETUNE_SCHEMAS)
 SPECIALS = ("start", "delim", "extract")
@@ -83,8 +83,8 @@ def add_special_tokens(model, seed: int = 0):
     Returns (model, {"start": id, "delim": id, "extract": id}). The new wte rows
     are N(0, 0.02); every other parameter is shared with the input model.
     """
-    from .model import GPT
-    from .backend import device_of
+    from gptlite.engine.model import GPT
+    from gptlite.engine.backend import device_of
 
     xp = model.xp
     V = model.config.vocab_size
@@ -264,7 +264,7 @@ def head_backward(dz, cache):
 
 
 def model_xp(a):
-    from .backend import xp_of
+    from gptlite.engine.backend import xp_of
 
     return xp_of(a)
 
@@ -284,7 +284,7 @@ def loss_and_grads(model, head: dict, batch, task: str, lm_coef: float, mask=Non
     Returns (total, task_loss, lm_loss, grads) with grads holding the model's
     parameter names plus head.weight / head.bias.
     """
-    from . import ops
+    from gptlite.engine import ops
 
     idx, pos, tgt, labels = batch
     logits, cache = model.forward(idx)
@@ -353,9 +353,9 @@ class Finetuned:
         """Model + head + metadata into ``path``, replacing it atomically; with
         ``resume`` (the loop's position) and ``optimizer`` (AdamW's state_dict)
         also what ``finetune(..., resume=True)`` needs to continue exactly."""
-        from .backend import to_numpy
-        from .checkpoint import save_model, write_safetensors
-        from .fileio import atomic_write_text, swap_dir
+        from gptlite.engine.backend import to_numpy
+        from gptlite.engine.checkpoint import save_model, write_safetensors
+        from gptlite.fileio import atomic_write_text, swap_dir
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +378,7 @@ class Finetuned:
 
 
 def load_finetuned(path, device=None, dtype="float32") -> Finetuned:
-    from .checkpoint import load_model, load_tokenizer, read_safetensors
+    from gptlite.engine.checkpoint import load_model, load_tokenizer, read_safetensors
 
     path = Path(path)
     if not (path / META_FILE).is_file() or not (path / HEAD_FILE).is_file():
@@ -430,7 +430,7 @@ def _config_dict(cfg: FinetuneConfig) -> dict:
 def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
     """The saved loop position and optimizer state of a fine-tuning checkpoint,
     checked against this run's configuration."""
-    from .checkpoint import read_safetensors
+    from gptlite.engine.checkpoint import read_safetensors
 
     meta = json.loads((Path(out_dir) / META_FILE).read_text(encoding="utf-8"))
     st = meta.get("resume")
@@ -460,7 +460,7 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     stopped (``model`` is then ignored; ``config`` must equal the saved one):
     the same updates, losses and weights as a run that was never interrupted.
     """
-    from .optim import AdamW, AdamWConfig, Schedule, clip_grads
+    from gptlite.training.optim import AdamW, AdamWConfig, Schedule, clip_grads
 
     cfg = config or FinetuneConfig()
     cfg.validate()
@@ -539,7 +539,7 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
 
     stop = []  # set by Ctrl-C: save at the next step boundary, then stop
     prev_handler = None
-    from .train import _in_main_thread
+    from gptlite.training.pretrain import _in_main_thread
 
     if _in_main_thread():
         prev_handler = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
@@ -586,7 +586,7 @@ def run_from_args(args) -> int:
     """`gptlite finetune` (arguments defined in cli._add_eval_commands)."""
     import sys
 
-    from . import checkpoint
+    from gptlite.engine import checkpoint
 
     cfg = FinetuneConfig(task=args.task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                          warmup=args.warmup, lm_coef=args.lm_coef, dropout=args.dropout,
@@ -610,11 +610,11 @@ def run_from_args(args) -> int:
         model = checkpoint.load_model(d, device=args.device)
         tok = checkpoint.load_tokenizer(d)
         if args.random_init:
-            from .model import GPT
+            from gptlite.engine.model import GPT
 
             model = GPT(model.config, device=args.device, seed=args.seed)
     if tok is None:
-        from .tokenizer import Tokenizer
+        from gptlite.tokenizer.encoding import Tokenizer
 
         tok = Tokenizer.gpt2()
     res = finetune(model, tok, args.train, args.valid, cfg, labels=labels, out_dir=args.out,

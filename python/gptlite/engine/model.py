@@ -1,7 +1,7 @@
 """GPT-1 / GPT-2: a decoder-only transformer, forward and backward by hand.
 
 The model is a params dict (GPT-2's tensor names, without "transformer.")
-plus functions that run the ops of ``gptlite.ops`` in order. Activations are
+plus functions that run the ops of ``gptlite.engine.ops`` in order. Activations are
 kept 2-D, (N, C) with N = B*T, so each projection is one GEMM; attention
 reshapes to (B, H, T, hs) views.
 
@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import ops
-from .backend import get_xp, keep_freed_memory, to_numpy
+from gptlite.engine import ops
+from gptlite.engine.backend import get_xp, keep_freed_memory, to_numpy
 
 _HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fileio import read_utf8
+from gptlite.fileio import read_utf8
 
 
 class DatasetError(ValueError):

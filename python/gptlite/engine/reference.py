@@ -49,7 +49,7 @@ def _hf_name(name: str, layout: str) -> str:
 def build_hf_model(model, dtype="float32"):
     """A transformers LM-head model holding a copy of ``model``'s weights (eager attention)."""
     torch, transformers = _import_torch()
-    from .backend import to_numpy
+    from gptlite.engine.backend import to_numpy
 
     cfg = model.config.to_hf_dict()
     tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
@@ -87,11 +87,11 @@ def _hf_from_dir(path: Path, layout: str, dtype: str):
 
 
 def _sample_ids(path: Path, model, text: str, max_tokens: int) -> list[int]:
-    from .checkpoint import load_tokenizer
+    from gptlite.engine.checkpoint import load_tokenizer
 
     tok = load_tokenizer(path)
     if tok is None and model.config.vocab_size == 50257:
-        from .tokenizer import Tokenizer
+        from gptlite.tokenizer.encoding import Tokenizer
 
         try:
             tok = Tokenizer.gpt2()
@@ -121,7 +121,7 @@ def check_reference(path, text=None, dtype="float32", max_tokens=128, tol_logits
     "tolerances", "passed", "n_tokens", "hf_source"}.
     """
     torch, _ = _import_torch()
-    from .checkpoint import load_model
+    from gptlite.engine.checkpoint import load_model
 
     if dtype not in DEFAULT_TOLERANCES:
         raise ValueError(f"dtype must be one of {list(DEFAULT_TOLERANCES)}, got {dtype!r}")

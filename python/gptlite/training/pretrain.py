@@ -3,7 +3,7 @@
 A run lives in ``out_dir``::
 
     out_dir/ckpt/                   the latest checkpoint, itself a model directory:
-        config.json model.safetensors    (HF layout, via gptlite.checkpoint)
+        config.json model.safetensors    (HF layout, via gptlite.engine.checkpoint)
         encoder.json vocab.bpe           (the data's tokenizer, so `generate --model` works)
         optimizer.safetensors            AdamW m and v
         trainer_state.json               step, AdamW t, data position, config, metrics line count
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim
-from .data import Batches, TokenData, read_meta
-from .fileio import atomic_write_text
+from gptlite.training import optim
+from gptlite.data import Batches, TokenData, read_meta
+from gptlite.fileio import atomic_write_text
 
 
 class TrainingError(RuntimeError):
@@ -259,7 +259,7 @@ def find_checkpoint(out_dir) -> Path | None:
 
 def save_checkpoint(out_dir, model, opt: optim.AdamW, state: dict, tokenizer_dir=None) -> Path:
     """Write a complete checkpoint next to the current one, then swap it in."""
-    from .checkpoint import save_model, write_safetensors
+    from gptlite.engine.checkpoint import save_model, write_safetensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,7 +302,7 @@ def save_checkpoint(out_dir, model, opt: optim.AdamW, state: dict, tokenizer_dir
 
 def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
     """(trainer_state, optimizer_state) of a checkpoint directory."""
-    from .checkpoint import read_safetensors
+    from gptlite.engine.checkpoint import read_safetensors
 
     ckpt = Path(ckpt_dir)
     try:
@@ -360,8 +360,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
-        from .backend import get_xp
-        from .model import GPT, GPTConfig
+        from gptlite.engine.backend import get_xp
+        from gptlite.engine.model import GPT, GPTConfig
 
         cfg.validate()
         self.cfg = cfg
@@ -388,12 +388,12 @@ class Trainer:
         mcfg = GPTConfig(vocab_size=vocab, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                          n_head=cfg.n_head, n_inner=cfg.n_inner or None, layout=cfg.layout)
         if resume:
-            from .checkpoint import load_model
+            from gptlite.engine.checkpoint import load_model
 
             self._check_shape(existing, mcfg)
             self.model = load_model(existing, device=self.device, dtype=cfg.dtype)
         elif cfg.init_from != "scratch":
-            from .checkpoint import load_model
+            from gptlite.engine.checkpoint import load_model
 
             self.model = load_model(cfg.init_from, device=self.device, dtype=cfg.dtype)
             self._check_shape(Path(cfg.init_from), mcfg, what="init_from model")
@@ -480,7 +480,7 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------
     def val_loss(self) -> float | None:
         """Mean loss over ``eval_batches`` fixed validation batches (the same every time)."""
-        from .ops import cross_entropy_forward
+        from gptlite.engine.ops import cross_entropy_forward
 
         if self.val_data is None or self.cfg.eval_batches == 0:
             return None
@@ -618,9 +618,9 @@ def evaluate_split(model, data_dir, split: str = "val", block_size: int | None =
     that ignores context can reach. Bits per byte divide the total by the UTF-8
     bytes of the predicted text, so models with different tokenizers compare.
     """
-    from .backend import to_numpy
-    from .checkpoint import load_tokenizer
-    from .ops import cross_entropy_forward
+    from gptlite.engine.backend import to_numpy
+    from gptlite.engine.checkpoint import load_tokenizer
+    from gptlite.engine.ops import cross_entropy_forward
 
     meta = read_meta(data_dir)
     T = block_size or model.config.n_positions

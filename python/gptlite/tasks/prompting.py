@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .generate import generate, kept_prompt_len
+from gptlite.generate import generate, kept_prompt_len
 
 TLDR_CUE = "\nTL;DR:"
 TRANSLATION_SEP = " = "
@@ -115,7 +115,7 @@ def translate(model, tokenizer, source: str, examples=None, sep: str = TRANSLATI
 def read_examples(path, sep: str = "\t") -> list[tuple[str, str]]:
     """Example pairs from a UTF-8 file: one ``source<TAB>target`` per line
     (blank lines skipped); errors name the file and line."""
-    from .fileio import read_utf8
+    from gptlite.fileio import read_utf8
 
     pairs = []
     for i, line in enumerate(read_utf8(path).splitlines(), 1):

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from .backend import xp_of
+from gptlite.engine.backend import xp_of
 
 GELU_TANH_K = math.sqrt(2.0 / math.pi)
 GELU_TANH_A = 0.044715

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-from . import _core
+from gptlite import _core
 
 PathLike = Union[str, os.PathLike]
 Progress = Union[bool, Callable[[str, int, Optional[int]], None], None]
@@ -56,7 +56,7 @@ class BPETrainResult:
         return {t: i for i, t in enumerate(self.tokens)}
 
     def to_tokenizer(self, name: str = "gptlite-bpe"):
-        from .tokenizer import Tokenizer
+        from gptlite.tokenizer.encoding import Tokenizer
 
         return Tokenizer.from_ranks(self.mergeable_ranks(), dict(self.special_tokens), pattern=self.pattern, name=name)
 
@@ -277,7 +277,7 @@ def train_tokenizer(
     progress: Progress = False,
     num_threads: Optional[int] = None,
 ):
-    """Train a byte-level BPE tokenizer; returns a ``gptlite.tokenizer.Tokenizer``.
+    """Train a byte-level BPE tokenizer; returns a ``gptlite.tokenizer.encoding.Tokenizer``.
 
     See ``train_bpe`` for the options; ranks are ids, so the result saves as
     GPT-2 files (``encoder.json`` + ``vocab.bpe``), HF or tiktoken files with

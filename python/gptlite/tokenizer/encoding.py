@@ -21,8 +21,8 @@ from typing import AbstractSet, Collection, Iterable, Literal, Sequence
 
 import numpy as np
 
-from . import _core
-from .fileio import atomic_write_bytes, atomic_write_text
+from gptlite import _core
+from gptlite.fileio import atomic_write_bytes, atomic_write_text
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 CL100K_PATTERN = (

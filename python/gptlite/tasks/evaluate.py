@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import to_numpy
-from .tasks import Dataset, read_choice, read_lambada
+from gptlite.engine.backend import to_numpy
+from gptlite.tasks.datasets import Dataset, read_choice, read_lambada
 
 LN2 = math.log(2.0)
 
@@ -79,7 +79,7 @@ def token_logprobs(logits, targets):
 
 
 def _xp(a):
-    from .backend import xp_of
+    from gptlite.engine.backend import xp_of
 
     return xp_of(a)
 

@@ -52,7 +52,7 @@ def _add_tokenizer_commands(sub) -> None:
 
 
 def _load_tokenizer(spec: str):
-    from .tokenizer import Tokenizer
+    from gptlite.tokenizer.encoding import Tokenizer
 
     if spec == "gpt2":
         try:
@@ -200,7 +200,7 @@ def _open_out(path):
     """(context manager yielding a binary file): atomic file, or stdout."""
     import contextlib
 
-    from .fileio import atomic_open
+    from gptlite.fileio import atomic_open
 
     if path and path != "-":
         return atomic_open(path, "wb")
@@ -402,8 +402,8 @@ def _cmd_tokenizer_train(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from . import trainer
-    from .fileio import publish_modes, swap_dir
+    from gptlite.tokenizer import bpe_train as trainer
+    from gptlite.fileio import publish_modes, swap_dir
 
     specials = () if args.no_special else tuple(args.special or trainer.DEFAULT_SPECIAL_TOKENS)
     formats = list(dict.fromkeys(args.format or ["gpt2", "tiktoken"]))
@@ -479,7 +479,7 @@ def _add_model_commands(sub) -> None:
 
 
 def _model_and_tokenizer(model_arg, device, dtype):
-    from . import checkpoint
+    from gptlite.engine import checkpoint
 
     d = checkpoint.resolve_model_dir(model_arg)
     model = checkpoint.load_model(d, device=device, dtype=dtype)
@@ -488,7 +488,7 @@ def _model_and_tokenizer(model_arg, device, dtype):
         if model.config.vocab_size != 50257:
             raise UserError(f"{d} holds no tokenizer (encoder.json + vocab.bpe) and its vocab_size "
                             f"{model.config.vocab_size} is not GPT-2's 50257")
-        from .tokenizer import Tokenizer
+        from gptlite.tokenizer.encoding import Tokenizer
 
         tok = Tokenizer.gpt2()
     if tok.n_vocab > model.config.vocab_size:
@@ -499,7 +499,7 @@ def _model_and_tokenizer(model_arg, device, dtype):
 def _cmd_generate(args) -> int:
     import numpy as np
 
-    from .generate import generate
+    from gptlite.generate import generate
 
     if args.max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
@@ -538,8 +538,8 @@ def _cmd_generate(args) -> int:
 def _cmd_check_reference(args) -> int:
     import json
 
-    from . import checkpoint
-    from .reference import check_reference, format_report
+    from gptlite.engine import checkpoint
+    from gptlite.engine.reference import check_reference, format_report
 
     d = checkpoint.resolve_model_dir(args.model)
     try:
@@ -595,8 +595,8 @@ def _add_training_commands(sub) -> None:
 def _cmd_val_loss(args) -> int:
     import json
 
-    from .checkpoint import load_model
-    from .train import evaluate_split
+    from gptlite.engine.checkpoint import load_model
+    from gptlite.training.pretrain import evaluate_split
 
     model = load_model(args.model)
     print(json.dumps(evaluate_split(model, args.data, args.split, args.block_size), indent=2))
@@ -604,7 +604,7 @@ def _cmd_val_loss(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .checkpoint import load_model, load_tokenizer, save_model
+    from gptlite.engine.checkpoint import load_model, load_tokenizer, save_model
 
     model = load_model(args.checkpoint)
     tok = load_tokenizer(args.checkpoint)
@@ -616,7 +616,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from .data import prepare
+    from gptlite.data import prepare
 
     meta = prepare(args.files, args.tokenizer, args.out, val_fraction=args.val_fraction,
                    text_field=args.text_field, seed=args.seed)
@@ -627,7 +627,7 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import Trainer, TrainingError, load_config
+    from gptlite.training.pretrain import Trainer, TrainingError, load_config
 
     cfg = load_config(args.config, args.overrides)
     if args.steps is not None and args.steps < 1:
@@ -642,7 +642,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from .plot import plot_run
+    from gptlite.training.plot import plot_run
 
     print(plot_run(args.run_dir, args.out))
     return 0
@@ -754,8 +754,8 @@ def _print_result(args, d: dict, title: str) -> None:
 
 
 def _cmd_eval_perplexity(args) -> int:
-    from . import evaluate
-    from .fileio import read_utf8
+    from gptlite.tasks import evaluate
+    from gptlite.fileio import read_utf8
 
     text = read_utf8(args.file)
     if not text:
@@ -768,7 +768,7 @@ def _cmd_eval_perplexity(args) -> int:
 
 
 def _cmd_eval_lambada(args) -> int:
-    from . import evaluate
+    from gptlite.tasks import evaluate
 
     model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
     r = evaluate.lambada(model, tok, args.file, batch_size=args.batch_size, bos=args.bos, skip_bad=args.skip_bad,
@@ -780,8 +780,8 @@ def _cmd_eval_lambada(args) -> int:
 
 
 def _cmd_eval_choice(args) -> int:
-    from . import evaluate
-    from .fileio import atomic_write_text
+    from gptlite.tasks import evaluate
+    from gptlite.fileio import atomic_write_text
 
     model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
     r = evaluate.choice(model, tok, args.file, normalize=args.normalize, sep=args.sep, batch_size=args.batch_size,
@@ -795,7 +795,7 @@ def _cmd_eval_choice(args) -> int:
 
 
 def _read_arg_text(name: str) -> str:
-    from .fileio import read_utf8
+    from gptlite.fileio import read_utf8
 
     return sys.stdin.read() if name == "-" else read_utf8(name)
 
@@ -816,7 +816,7 @@ def _print_prompt_result(args, r) -> None:
 
 
 def _cmd_prompt_tldr(args) -> int:
-    from . import prompting
+    from gptlite.tasks import prompting
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -833,7 +833,7 @@ def _cmd_prompt_tldr(args) -> int:
 
 
 def _cmd_prompt_translate(args) -> int:
-    from . import prompting
+    from gptlite.tasks import prompting
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -848,14 +848,14 @@ def _cmd_prompt_translate(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from .finetune import run_from_args
+    from gptlite.tasks.finetune import run_from_args
 
     return run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptlite", description="GPT-1/GPT-2 from first principles")
-    from . import __version__
+    from gptlite import __version__
 
     parser.add_argument("--version", action="version", version=f"gptlite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_bytes
+from gptlite.fileio import atomic_write_bytes
 
 # 5x7 glyphs: 7 rows of 5 columns, '#' = ink.
 _FONT_SRC = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import to_numpy, xp_of
+from gptlite.engine.backend import to_numpy, xp_of
 
 
 @dataclass
@@ -147,7 +147,7 @@ def _adamw_chunked(p, g, m, v, coefs) -> None:
 
     Why: done whole, each of the ~12 elementwise passes streams the 124M model's
     parameter-sized arrays through main memory; piecewise they stream once."""
-    from . import ops
+    from gptlite.engine import ops
 
     n = p.shape[0]
 
