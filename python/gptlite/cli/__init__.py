@@ -410,11 +410,19 @@ def _cmd_tokenizer_train(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
+    from gptlite.training import distributed
+
+    world = distributed.world()
     try:
-        result = trainer.train_bpe(
-            args.files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency,
-            pattern=args.pattern, errors=args.errors, num_threads=args.threads, progress=not args.quiet,
-        )
+        if world.size > 1:
+            result = _tokenizer_train_sharded(world, trainer, args, specials)
+            if result is None:  # not rank 0: its counts went to rank 0
+                return 0
+        else:
+            result = trainer.train_bpe(
+                args.files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency,
+                pattern=args.pattern, errors=args.errors, num_threads=args.threads, progress=not args.quiet,
+            )
     except ValueError as exc:  # the core's hint names the Python argument; here it is a flag
         raise UserError(str(exc).replace('errors="replace"', "--errors replace")) from None
     tok = result.to_tokenizer(name=out.name or "gptlite-bpe")
@@ -445,6 +453,33 @@ def _cmd_tokenizer_train(args) -> int:
               f"({st['training_tokens']:,} tokens)")
     print(f"  saved:        {out}/ ({', '.join(formats)}): {', '.join(sorted(f.name for f in out.iterdir()))}")
     return 0
+
+
+def _tokenizer_train_sharded(world, trainer, args, specials):
+    """Under mpiexec: each rank counts the pre-tokens of its share of the files, rank 0
+    sums the counts (a gather) and learns the merges. Counts add up, so the merges are
+    those of one process counting every file."""
+    import os
+    import time
+
+    from gptlite.engine import ops
+    from gptlite.training.distributed import shard
+
+    t0 = time.perf_counter()
+    mine = [args.files[i] for i in shard(len(args.files), world)]
+    counts = (trainer.count_pretokens(mine, pattern=args.pattern, errors=args.errors,
+                                      num_threads=args.threads or ops._workers()) if mine else {})
+    gathered = world.gather(counts)
+    if not world.is_main:
+        return None
+    counted = time.perf_counter() - t0
+    result = trainer.train_bpe(word_counts=trainer.merge_counts(gathered), vocab_size=args.vocab_size,
+                               special_tokens=specials, min_frequency=args.min_frequency, pattern=args.pattern,
+                               errors=args.errors, num_threads=args.threads, progress=not args.quiet)
+    result.stats["corpus_bytes"] = sum(os.path.getsize(f) for f in args.files)
+    result.stats["count_seconds"] += counted  # the ranks' counting and the gather
+    result.stats["seconds"] += counted
+    return result
 
 
 # --- model: generate / check-reference ---------------------------------------------
@@ -871,8 +906,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from gptlite.training.distributed import fail_fast
+
     try:
-        return int(args.func(args) or 0)
+        with fail_fast():  # under mpiexec: a failing rank prints its error and ends the whole job
+            return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError, KeyError, OSError) as exc:  # user-caused
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"gptlite: error: {msg}", file=sys.stderr)

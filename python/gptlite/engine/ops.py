@@ -60,13 +60,33 @@ class _BlasThreads:
 
 _blas_threads = None
 _pool = None
+_max_workers = None  # set_max_workers: a rank's share of the node's cores
 
 
 def _workers() -> int:
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    return n if _max_workers is None else min(n, _max_workers)
+
+
+def set_max_workers(n: int | None) -> None:
+    """Cap the CPU threads (the engine's pool and OpenBLAS) at ``n``; None: every core.
+
+    Why: N processes on one node (data-parallel ranks) each taking every core
+    in the affinity mask would run N x cores threads on the node's cores."""
+    global _max_workers, _pool, _blas_threads
+    if n is not None and n < 1:
+        raise ValueError(f"set_max_workers: need n >= 1 or None, got {n}")
+    _max_workers = n
+    if _pool is not None:  # sized at creation: the next use makes one of the new size
+        _pool.shutdown(wait=True)
+        _pool = None
+    if _blas_threads is None:
+        _blas_threads = _BlasThreads()
+    if _blas_threads.set is not None:
+        _blas_threads.set(_workers())
 
 
 def _parallel_slices(fn, n):

@@ -277,12 +277,18 @@ def dropout_mask(shape, p: float, rng: np.random.Generator, xp, dtype):
     return xp.asarray(keep / (1.0 - p), dtype=dtype)
 
 
-def loss_and_grads(model, head: dict, batch, task: str, lm_coef: float, mask=None, n_seq: int = 1):
+def loss_and_grads(model, head: dict, batch, task: str, lm_coef: float, mask=None, n_seq: int = 1,
+                   task_weight: float = 1.0, lm_weight: float = 1.0):
     """One fine-tuning step's loss and every gradient.
 
     batch: collate(...) output. head: {"head.weight": (C,K), "head.bias": (K,)}.
     Returns (total, task_loss, lm_loss, grads) with grads holding the model's
     parameter names plus head.weight / head.bias.
+
+    ``task_weight``/``lm_weight`` scale the two mean losses (and their
+    gradients): a data-parallel rank holding part of a batch weighs its means
+    by its share of the batch's labels / LM targets, so the ranks' sums are
+    the whole batch's means.
     """
     from gptlite.engine import ops
 
@@ -290,11 +296,13 @@ def loss_and_grads(model, head: dict, batch, task: str, lm_coef: float, mask=Non
     logits, cache = model.forward(idx)
     z, hcache = head_forward(cache.hidden, pos, head["head.weight"], head["head.bias"], mask, n_seq, task)
     task_loss, ccache = ops.cross_entropy_forward(z, labels, ignore_index=-1)
-    dz = ops.cross_entropy_backward(ccache)
+    dz = ops.cross_entropy_backward(ccache, dloss=task_weight)
+    task_loss = task_loss * task_weight
     dH, dW, db = head_backward(dz, hcache)
     if lm_coef > 0:
         lm_loss, lcache = ops.cross_entropy_forward(logits, tgt, ignore_index=-1, inplace=True)
-        dlogits = ops.cross_entropy_backward(lcache, dloss=lm_coef)
+        dlogits = ops.cross_entropy_backward(lcache, dloss=lm_coef * lm_weight)
+        lm_loss = lm_loss * lm_weight
     else:
         lm_loss, dlogits = float("nan"), None
     del logits
@@ -460,10 +468,14 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     stopped (``model`` is then ignored; ``config`` must equal the saved one):
     the same updates, losses and weights as a run that was never interrupted.
     """
+    from gptlite.training import distributed
     from gptlite.training.optim import AdamW, AdamWConfig, Schedule, clip_grads
 
     cfg = config or FinetuneConfig()
     cfg.validate()
+    world = distributed.world()
+    if not world.is_main:  # rank 0 speaks for the job
+        log = lambda s: None  # noqa: E731
     schema = FINETUNE_SCHEMAS[cfg.task]
     tr = train if isinstance(train, Dataset) else read_records(train, schema, skip_bad=skip_bad)
     va = None
@@ -535,7 +547,11 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
         state = {"config": _config_dict(cfg), "step": step, "epoch": epoch, "pos": pos,
                  "order": None if order is None else order.tolist(), "sums": sums.tolist(),
                  "rng": rng.bit_generator.state}
-        ft.save(out_dir, tokenizer, resume=state, optimizer=opt.state_dict())
+        if world.is_main:  # every rank holds the same weights
+            ft.save(out_dir, tokenizer, resume=state, optimizer=opt.state_dict())
+        world.barrier()
+
+    flat = distributed.FlatGrads(params) if world.size > 1 else None
 
     stop = []  # set by Ctrl-C: save at the next step boundary, then stop
     prev_handler = None
@@ -553,12 +569,17 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
                 batch = collate(exs, xp)
                 K_rows = len(exs) * n_seq if cfg.task == "choice" else len(exs)
                 mask = dropout_mask((K_rows, model.config.n_embd), cfg.dropout, rng, xp, model.dtype)
-                tot, tl, ll, grads = loss_and_grads(model, ft.head, batch, cfg.task, cfg.lm_coef, mask, n_seq)
+                if flat is None:
+                    tot, tl, ll, grads = loss_and_grads(model, ft.head, batch, cfg.task, cfg.lm_coef, mask, n_seq)
+                    stopping = bool(stop)
+                else:  # several ranks stop at the step all of them agreed on, so they all save
+                    tot, tl, ll, grads, stopping = _rank_share(world, flat, model, ft.head, exs, batch, mask, cfg,
+                                                               n_seq, xp, bool(stop))
                 clip_grads(grads, cfg.max_grad_norm)
                 opt.step(grads, lr=sched(step))
                 step += 1
                 sums += (tot, tl, ll if cfg.lm_coef > 0 else 0.0)
-                if stop:
+                if stopping:
                     if out_dir is not None:
                         checkpoint(epoch, s + cfg.batch_size, order, sums)
                         log(f"interrupted: saved at epoch {epoch + 1}, step {step} in {out_dir}; continue with --resume")
@@ -567,7 +588,7 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
             rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
                    "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
             if va_ex:
-                _, m = evaluate_examples(ft, va_ex, cfg.batch_size)
+                m = _evaluate_sharded(ft, va_ex, cfg.batch_size, world)
                 rec.update({f"valid_{k}": v for k, v in m.items()})
             rec["seconds"] = time.time() - t0
             history.append(rec)
@@ -582,12 +603,59 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
 
 
+def _rank_share(world, flat, model, head, exs, batch, mask, cfg, n_seq, xp, stop):
+    """This rank's part of a data-parallel step: its contiguous share of the batch's
+    examples, its means weighted by its share of the labels / LM targets, then the
+    flat gradient buffer and the losses summed over ranks (one collective each).
+    Every rank draws the whole batch's dropout mask, so the rng stays in step."""
+    from gptlite.training import distributed
+
+    r = distributed.shard(len(exs), world)
+    rows = n_seq if cfg.task == "choice" else 1  # mask rows per example
+    labels, tgt = batch[3], batch[2]
+    n_labels = int((labels != -1).sum())
+    n_tokens = int((tgt != -1).sum())
+    grads = flat.zero()
+    tot = tl = ll = 0.0
+    if len(r):
+        mine = collate(exs[r.start:r.stop], xp)
+        m = None if mask is None else mask[r.start * rows:r.stop * rows]
+        task_w = int((mine[3] != -1).sum()) / max(1, n_labels)
+        lm_w = int((mine[2] != -1).sum()) / max(1, n_tokens)
+        tot, tl, ll, g = loss_and_grads(model, head, mine, cfg.task, cfg.lm_coef, m, n_seq, task_w, lm_w)
+        flat.add(g, 1.0)
+        tot, tl, ll = float(tot), float(tl), float(ll) if cfg.lm_coef > 0 else 0.0
+    flat.reduce(world)
+    tot, tl, ll, stop = world.allreduce_scalars([tot, tl, ll, float(stop)])
+    return tot, tl, ll if cfg.lm_coef > 0 else float("nan"), grads, stop > 0
+
+
+def _evaluate_sharded(ft, exs, batch_size, world) -> dict:
+    """Validation metrics with the examples split across ranks (predictions gathered)."""
+    if world.size == 1:
+        return evaluate_examples(ft, exs, batch_size)[1]
+    from gptlite.training import distributed
+
+    r = distributed.shard(len(exs), world)
+    mine = exs[r.start:r.stop]
+    pred = evaluate_examples(ft, mine, batch_size)[0] if mine else np.zeros(0, np.int64)
+    pred = np.concatenate([np.asarray(p, np.int64) for p in world.allgather(pred)])
+    gold = np.array([ex.label for ex in exs])
+    n_classes = len(ft.labels) if ft.labels is not None else len(exs[0].seqs)
+    return metrics(pred, gold, n_classes)
+
+
 def run_from_args(args) -> int:
     """`gptlite finetune` (arguments defined in cli._add_eval_commands)."""
     import sys
 
     from gptlite.engine import checkpoint
+    from gptlite.engine.backend import cuda_available
+    from gptlite.training import distributed
 
+    w = distributed.world()
+    if w.size > 1 and args.device != "cpu" and cuda_available():
+        w.use_gpu()  # before any model is loaded: one GPU per rank
     cfg = FinetuneConfig(task=args.task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                          warmup=args.warmup, lm_coef=args.lm_coef, dropout=args.dropout,
                          weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptlite.training import optim
+from gptlite.training import distributed, optim
 from gptlite.data import Batches, TokenData, read_meta
 from gptlite.fileio import atomic_write_text
 
@@ -364,8 +364,12 @@ class Trainer:
         from gptlite.engine.model import GPT, GPTConfig
 
         cfg.validate()
+        self.world = distributed.world()
+        distributed.check_divides(cfg.grad_accum, self.world.size)
         self.cfg = cfg
         self.log = log if log is not None else (lambda msg: print(msg, file=sys.stderr))
+        if not self.world.is_main:  # rank 0 speaks for the job
+            self.log = lambda msg: None
         self.out = Path(cfg.out_dir)
         meta = read_meta(cfg.data_dir)
         self.meta = meta
@@ -378,6 +382,8 @@ class Trainer:
         device = None if cfg.device == "auto" else cfg.device
         self.xp = get_xp(device)
         self.device = "cuda" if self.xp is not np else "cpu"
+        if self.device == "cuda" and self.world.size > 1:
+            self.world.use_gpu()
 
         existing = find_checkpoint(self.out)
         if existing is not None and not resume:
@@ -418,14 +424,17 @@ class Trainer:
             self.last_val = state.get("val_loss")
             self._truncate_metrics(self.step)
             self.log(f"resumed from {existing} at step {self.step}")
-        elif self.metrics_path.exists():  # left by an earlier run that never saved a checkpoint
+        elif self.metrics_path.exists() and self.world.is_main:  # left by an earlier run that never saved a checkpoint
             self.metrics_path.unlink()
 
         p = self.model.params
         n_no_wpe = sum(int(np.prod(v.shape)) for k, v in p.items() if k != "wpe.weight")
         self.flops_per_token = training_flops_per_token(n_no_wpe, cfg.n_layer, cfg.n_embd, cfg.block_size)
         self._stop_requested = False
+        self._stop_agreed = False  # several ranks: the stop all of them saw in the last step's reduction
         self._in_step = False
+        self.flat_grads = distributed.FlatGrads(self.model.params)
+        self.world.barrier()  # every rank checked the run directory before rank 0 writes to it
 
     def _check_shape(self, ckpt: Path, mcfg, what: str = "checkpoint") -> None:
         try:
@@ -451,7 +460,12 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        return save_checkpoint(self.out, self.model, self.opt, self.state(), self.tokenizer_dir)
+        """Rank 0 writes the checkpoint (all ranks hold the same weights); every rank waits for it."""
+        path = self.out / CKPT
+        if self.world.is_main:
+            path = save_checkpoint(self.out, self.model, self.opt, self.state(), self.tokenizer_dir)
+        self.world.barrier()
+        return path
 
     def request_stop(self) -> None:
         """Ask the loop to save a checkpoint and raise KeyboardInterrupt at the next step boundary."""
@@ -464,7 +478,7 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines logged after the checkpoint we resume from."""
-        if not self.metrics_path.exists():
+        if not self.metrics_path.exists() or not self.world.is_main:
             return
         keep = []
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
@@ -474,6 +488,8 @@ class Trainer:
         atomic_write_text(self.metrics_path, "".join(x + "\n" for x in keep))
 
     def _write_metrics(self, rec: dict) -> None:
+        if not self.world.is_main:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -486,25 +502,39 @@ class Trainer:
             return None
         vb = Batches(self.val_data, self.cfg.batch_size, self.cfg.block_size, seed=self.cfg.seed + 1)
         total = 0.0
-        for k in range(self.cfg.eval_batches):
+        for k in distributed.shard(self.cfg.eval_batches, self.world):  # ranks split the batches
             x, y = vb.batch(k)
             logits = self.model.logits(self.xp.asarray(x))
             loss, _ = cross_entropy_forward(logits, self.xp.asarray(y), -1)
             total += float(loss)
+        if self.world.size > 1:
+            (total,) = self.world.allreduce_scalars([total])
         return total / self.cfg.eval_batches
 
     # -- one step ------------------------------------------------------------------------
     def train_step(self) -> dict:
-        """Forward/backward over ``grad_accum`` micro-batches, clip, update. Returns step stats."""
+        """Forward/backward over ``grad_accum`` micro-batches, clip, update. Returns step stats.
+
+        With several ranks each does its contiguous share of the step's
+        micro-batches (micro-batch k is the same window whatever the world
+        size); the flat gradient buffer and the loss are then summed over ranks."""
         cfg, xp = self.cfg, self.xp
         accum = cfg.grad_accum
         lr = self.schedule(self.step)
-        grads, loss = None, 0.0
-        for _ in range(accum):
-            x, y = self.batches.next()
+        loss = 0.0
+        grads = self.flat_grads.zero()
+        first = self.batches.position
+        for j in distributed.shard(accum, self.world):
+            x, y = self.batches.batch(first + j)
             l, g = self.model.loss_and_grads(xp.asarray(x), xp.asarray(y))
-            grads = optim.accumulate(grads, g, 1.0 / accum)
+            self.flat_grads.add(g, 1.0 / accum)
+            del g
             loss += float(l) / accum
+        self.batches.position = first + accum
+        if self.world.size > 1:
+            self.flat_grads.reduce(self.world)
+            loss, stop = self.world.allreduce_scalars([loss, float(self._stop_requested)])
+            self._stop_agreed = stop > 0
         norm = optim.clip_grads(grads, cfg.grad_clip or None)
         finite = math.isfinite(loss) and math.isfinite(norm)
         if finite:
@@ -517,17 +547,20 @@ class Trainer:
     def run(self, steps: int | None = None) -> dict:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        if self.world.is_main:
+            atomic_write_text(self.out / "train_config.json",
+                              json.dumps({**dataclasses.asdict(cfg), "world_size": self.world.size}, indent=2) + "\n")
         end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
         tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
-        progress = _Progress(cfg.max_steps, cfg.progress, self.step)
-        prev_handler = None
+        progress = _Progress(cfg.max_steps, cfg.progress and self.world.is_main, self.step)
+        prev_handler = prev_term = None
         if _in_main_thread():
             def on_sigint(signum, frame):
                 if self._stop_requested:  # second Ctrl-C: stop now
                     raise KeyboardInterrupt
                 self._stop_requested = True
             prev_handler = signal.signal(signal.SIGINT, on_sigint)
+            prev_term = signal.signal(signal.SIGTERM, on_sigint)  # what mpiexec/srun/schedulers send
         losses = []
         window_t, window_tokens = 0.0, 0
         try:
@@ -535,7 +568,8 @@ class Trainer:
                 self.last_val = self.val_loss()
                 self._write_metrics({"step": 0, "val_loss": self.last_val})
             while self.step < end:
-                if self._stop_requested:
+                # several ranks stop at the step all of them agreed on, so they all save
+                if self._stop_agreed if self.world.size > 1 else self._stop_requested:
                     raise KeyboardInterrupt
                 t0 = time.perf_counter()
                 self._in_step = True
@@ -590,6 +624,7 @@ class Trainer:
         finally:
             if prev_handler is not None:
                 signal.signal(signal.SIGINT, prev_handler)
+                signal.signal(signal.SIGTERM, prev_term)
 
 
 def _json_num(x: float):
@@ -603,7 +638,8 @@ def _in_main_thread() -> bool:
 
 
 def train(cfg: TrainConfig, resume: bool = False, steps: int | None = None) -> dict:
-    return Trainer(cfg, resume=resume).run(steps)
+    with distributed.fail_fast(distributed.world()):
+        return Trainer(cfg, resume=resume).run(steps)
 
 
 # --- held-out evaluation and the unigram baseline ----------------------------------------
