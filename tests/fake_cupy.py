@@ -28,6 +28,10 @@ class DeviceArray(np.ndarray):
     def get(self):
         return np.array(self).view(np.ndarray)
 
+    @property
+    def data(self):  # CuPy's MemoryPointer: .ptr is the device address
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
 
 def _dev(r):
     if isinstance(r, np.ndarray) and not isinstance(r, DeviceArray):
@@ -89,6 +93,9 @@ class _Device:
     def __init__(self, *args):
         pass
 
+    def use(self):
+        pass
+
     def synchronize(self):
         pass
 
@@ -99,6 +106,38 @@ class _Pool:
 
     def free_all_blocks(self):
         pass
+
+
+class _Nccl:
+    """cupy.cuda.nccl for one rank: allReduce of one rank is a copy (in place: nothing)."""
+
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = "float32", "float64", "sum"
+
+    def __init__(self):
+        self.calls = []
+        nccl = self
+
+        class NcclCommunicator:
+            def __init__(self, ndev, uid, rank):
+                if (ndev, rank) != (1, 0) or not isinstance(uid, tuple):
+                    raise RuntimeError(f"fake NCCL is one rank: got ndev={ndev} rank={rank}")
+
+            def allReduce(self, send, recv, count, dtype, op, stream):
+                import ctypes
+
+                nccl.calls.append((count, dtype, op))
+                if send != recv:
+                    ctypes.memmove(recv, send, count * np.dtype(dtype).itemsize)
+
+        self.NcclCommunicator = NcclCommunicator
+
+    @staticmethod
+    def get_unique_id():
+        return tuple(range(128))
+
+
+class _Stream:
+    ptr = 0
 
 
 def _numpy_attr(name):
@@ -124,6 +163,8 @@ def make_modules() -> dict:
     cp.get_default_memory_pool = lambda: _Pool()
     cp.cuda = types.SimpleNamespace(
         Device=_Device,
+        nccl=_Nccl(),
+        get_current_stream=lambda: _Stream(),
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                       getDeviceProperties=lambda i: {"name": b"fake CuPy (NumPy)"}))
     cupyx = types.ModuleType("cupyx")

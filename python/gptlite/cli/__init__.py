@@ -668,9 +668,12 @@ def _cmd_train(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     try:
-        result = Trainer(cfg, resume=args.resume).run(args.steps)
+        trainer = Trainer(cfg, resume=args.resume)
+        result = trainer.run(args.steps)
     except TrainingError as exc:
         raise UserError(str(exc)) from None
+    if not trainer.world.is_main:  # rank 0 reports for the job
+        return 0
     val = f", val loss {result['val_loss']:.4f}" if result["val_loss"] is not None else ""
     print(f"step {result['step']}{val}; checkpoint {result['checkpoint']}")
     return 0

@@ -666,7 +666,7 @@ def run_from_args(args) -> int:
             raise ValueError("--resume continues the saved run; --random-init does not apply")
         res = finetune(None, None, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
                        skip_bad=args.skip_bad, log=log, resume=True)
-        return _report(args, res)
+        return _report(args, res) if w.is_main else 0
     d = checkpoint.resolve_model_dir(args.model)  # None: the shipped default model
     if (d / META_FILE).is_file():
         if args.random_init:
@@ -687,7 +687,7 @@ def run_from_args(args) -> int:
         tok = Tokenizer.gpt2()
     res = finetune(model, tok, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
                    skip_bad=args.skip_bad, log=log)
-    return _report(args, res)
+    return _report(args, res) if w.is_main else 0
 
 
 def _report(args, res) -> int:

@@ -141,8 +141,12 @@ class NcclAllreduce:
     """A NCCL communicator over the world's ranks (one GPU each); the id travels over MPI."""
 
     def __init__(self, world: World):
-        from cupy.cuda import nccl
+        import cupy
 
+        try:
+            from cupy.cuda import nccl
+        except ImportError:  # a CuPy stand-in (tests/fake_cupy.py) has it as an attribute only
+            nccl = cupy.cuda.nccl
         self._nccl = nccl
         uid = nccl.get_unique_id() if world.is_main else None
         uid = world.bcast(uid)
