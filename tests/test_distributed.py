@@ -35,7 +35,7 @@ needs_mpi = pytest.mark.skipif(not (MPIEXEC and HAVE_MPI4PY), reason="needs mpie
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    for var in D._SIZE_VARS + ("PMI_RANK", "PMI_FD", "PMI_PORT"):  # a nested launch must not inherit ours
+    for var in D._SIZE_VARS + D._LAUNCHED_VARS + ("PMI_PORT",):  # a nested launch must not inherit ours
         env.pop(var, None)
     return env
 
@@ -99,13 +99,29 @@ def _ok(r):
 
 # --- in-process pieces ------------------------------------------------------------
 def test_single_process_world_does_not_import_mpi(monkeypatch):
-    for var in D._SIZE_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(D, "_WORLD", None)
     code = ("import sys; from gptlite.training import distributed as D; w = D.world(); "
             "print(w.size, w.rank, 'mpi4py' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["1", "0", "False"], r.stderr
+
+
+def test_launched_size_from_the_environment(monkeypatch):
+    for var in D._SIZE_VARS + D._LAUNCHED_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # a batch script's own process is not a launched rank
+    assert D.launched_size() == 1
+    monkeypatch.setenv("PMIX_RANK", "0")
+    assert D.launched_size() == 0
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "8")
+    assert D.launched_size() == 8
+
+
+def test_launched_without_mpi4py_is_an_error_not_n_separate_runs(monkeypatch):
+    monkeypatch.setattr(D, "_WORLD", None)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails
+    with pytest.raises(RuntimeError, match="MPI launcher with 2 processes, but mpi4py is not installed"):
+        D.world()
 
 
 def test_shard_covers_every_item_once():

@@ -30,17 +30,21 @@ import traceback
 
 import numpy as np
 
-# launcher variables that hold the world size: MPICH/Intel MPI (PMI), Open MPI, Slurm, PMIx
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# launcher variables that announce the world size: MPICH/Intel MPI (PMI), Open MPI, Slurm's
+# srun steps (not SLURM_NTASKS, which a batch script's plain process sees too)
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
+# set by launchers that announce no size (PMIx, PMI-2 over a socket): ask MPI
+_LAUNCHED_VARS = ("PMIX_RANK", "PMI_FD", "PMI_RANK")
 
 
 def launched_size() -> int:
-    """World size the launcher announces in the environment (1 when not launched by one)."""
+    """The world size a launcher announces in the environment: 1 without a launcher,
+    0 when started by one that does not say how many processes there are."""
     for var in _SIZE_VARS:
         v = os.environ.get(var)
         if v and v.isdigit():
             return int(v)
-    return 1
+    return 0 if any(os.environ.get(v) for v in _LAUNCHED_VARS) else 1
 
 
 class World:
@@ -181,15 +185,19 @@ def world(use_mpi: bool | None = None) -> World:
     global _WORLD
     if _WORLD is not None:
         return _WORLD
-    want = launched_size() > 1 if use_mpi is None else use_mpi
+    announced = launched_size()
+    want = announced != 1 if use_mpi is None else use_mpi
     if not want:
         _WORLD = World()
         return _WORLD
     try:
         from mpi4py import MPI
     except ImportError:
+        if announced == 0 and use_mpi is None:  # a launcher of unknown size: most likely one process
+            _WORLD = World()
+            return _WORLD
         raise RuntimeError(
-            f"this process was started by an MPI launcher with {launched_size()} processes, but mpi4py is not "
+            f"this process was started by an MPI launcher with {announced} processes, but mpi4py is not "
             "installed: pip install 'gptlite[mpi]'") from None
     _WORLD = World(MPI.COMM_WORLD)
     if _WORLD.size > 1:
