@@ -46,8 +46,10 @@ def worker(shape: str, steps: int, use_mpi: bool) -> None:
     w = distributed.world(use_mpi=use_mpi)
     mcfg, B, T, accum = SHAPES[shape]
     model = GPT(GPTConfig(**mcfg), seed=0)
-    opt = optim.AdamW(model.params, optim.AdamWConfig(lr=1e-4))
     flat = distributed.FlatGrads(model.params)
+    flat.adopt_params(model.params)  # as the Trainer: flat weights, gradients, m and v
+    opt = optim.AdamW(model.params, optim.AdamWConfig(lr=1e-4))
+    opt.use_flat(flat)
     step_t, red_t, wait_t = [], [], []
     for s in range(steps + 1):
         w.barrier()

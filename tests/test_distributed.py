@@ -348,3 +348,42 @@ def test_finetune_two_ranks_match_one_process(tmp_path, gpt2_dir):
         for k in ("train_loss", "train_task_loss", "train_lm_loss"):
             assert abs(a[k] - b[k]) <= 1e-5 * abs(b[k]), (k, a[k], b[k])
         assert a["valid_accuracy"] == b["valid_accuracy"]
+
+
+def test_flat_adamw_is_bit_identical_to_per_tensor_and_round_trips_state():
+    from gptlite.engine.model import GPT, GPTConfig
+    from gptlite.training import optim
+
+    cfg = GPTConfig(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    a, b = GPT(cfg, seed=1), GPT(cfg, seed=1)
+    flat = D.FlatGrads(b.params)
+    pbuf = flat.adopt_params(b.params)
+    assert all(np.shares_memory(v, pbuf) for v in b.params.values())
+    assert flat.n_decay == sum(v.size for v in b.params.values() if v.ndim == 2)
+    oa = optim.AdamW(a.params, optim.AdamWConfig(lr=1e-2, weight_decay=0.1))
+    ob = optim.AdamW(b.params, optim.AdamWConfig(lr=1e-2, weight_decay=0.1))
+    ob.use_flat(flat)
+    rng = np.random.default_rng(0)
+    for step in range(3):
+        x = rng.integers(0, 64, size=(2, 16))
+        y = rng.integers(0, 64, size=(2, 16))
+        _, ga = a.loss_and_grads(x, y)
+        _, gb = b.loss_and_grads(x, y)
+        flat.zero()
+        flat.add(gb, 1.0)
+        oa.step(ga, 1e-2)
+        ob.step(flat.views, 1e-2)
+        for k in a.params:
+            assert np.array_equal(a.params[k], b.params[k]), (step, k)
+    sd = ob.state_dict()
+    for k in a.params:
+        assert np.array_equal(sd["tensors"][f"m.{k}"], oa.state_dict()["tensors"][f"m.{k}"])
+    c = GPT(cfg, seed=1)
+    fc = D.FlatGrads(c.params)
+    fc.adopt_params(c.params)
+    oc = optim.AdamW(c.params, optim.AdamWConfig(lr=1e-2, weight_decay=0.1))
+    oc.use_flat(fc)
+    oc.load_state_dict(sd)
+    assert np.shares_memory(oc.m["wte.weight"], oc._flat[2]) and np.array_equal(oc._flat[3][: fc.size], ob._flat[3])
+    with pytest.raises(ValueError, match="not views of the layout"):
+        optim.AdamW(a.params).use_flat(flat)

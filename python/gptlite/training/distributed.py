@@ -258,25 +258,54 @@ class FlatGrads:
     ``add(grads, scale)`` accumulates a micro-batch (``view += g * scale``, the
     same arithmetic as optim.accumulate, so one process computes the same
     numbers as before); ``reduce(world)`` sums the buffer across ranks in one
-    collective."""
+    collective. The layout puts the weight-decayed parameters (2-D weights)
+    first, so ``adopt_params`` + ``optim.AdamW.use_flat`` update all of them
+    in two vectorised passes (decayed, then the rest)."""
 
     def __init__(self, params: dict):
         from gptlite.engine.backend import xp_of
+        from gptlite.training.optim import decays
 
         first = next(iter(params.values()))
         xp = xp_of(first)
         dtypes = {np.dtype(p.dtype) for p in params.values()}
         if len(dtypes) != 1:
             raise ValueError(f"FlatGrads: parameters have mixed dtypes {sorted(map(str, dtypes))}")
-        total = sum(int(np.prod(p.shape)) for p in params.values())
-        self.buf = xp.zeros(total, dtype=first.dtype)
-        self.views = {}
+        order = sorted(params, key=lambda k: not decays(k, params[k].shape))  # stable: decayed first
+        self.layout = {}  # name -> (offset, shape)
         off = 0
-        for k, p in params.items():
-            n = int(np.prod(p.shape))
-            self.views[k] = self.buf[off:off + n].reshape(p.shape)
+        self.n_decay = 0
+        for k in order:
+            n = int(np.prod(params[k].shape))
+            self.layout[k] = (off, tuple(params[k].shape))
             off += n
+            if decays(k, params[k].shape):
+                self.n_decay = off
+        self.size = off
+        self.buf = xp.zeros(off, dtype=first.dtype)
+        self.views = {k: self.view(self.buf, k) for k in params}  # the params' order
+        self.params_buf = self.adopted = None
         self.fresh = True  # no micro-batch added since zero()
+
+    def view(self, buf, name: str):
+        off, shape = self.layout[name]
+        return buf[off:off + int(np.prod(shape))].reshape(shape)
+
+    def adopt_params(self, params: dict):
+        """Move ``params`` (a model's dict, changed in place) into one flat buffer of this
+        layout; returns the buffer. The values are copied exactly."""
+        from gptlite.engine.backend import xp_of
+
+        if set(params) != set(self.layout):
+            raise ValueError("FlatGrads.adopt_params: not the parameters this layout was made for")
+        buf = xp_of(self.buf).empty_like(self.buf)
+        for k in list(params):
+            v = self.view(buf, k)
+            v[...] = params[k]
+            params[k] = v
+        self.params_buf = buf
+        self.adopted = dict(params)  # the views handed out, for AdamW.use_flat's check
+        return buf
 
     def zero(self) -> dict:
         self.buf[...] = 0

@@ -58,6 +58,24 @@ class AdamW:
         self.m = {k: xp_of(p).zeros_like(p) for k, p in params.items()}
         self.v = {k: xp_of(p).zeros_like(p) for k, p in params.items()}
         self.decay = {k: decays(k, p.shape) for k, p in params.items()}
+        self._flat = None  # use_flat: (params' flat buffer, FlatGrads, m buffer, v buffer)
+
+    def use_flat(self, flat) -> None:
+        """Keep m and v in the layout of ``flat`` (a distributed.FlatGrads whose
+        ``adopt_params`` holds these parameters), so that a step with ``flat.views``
+        as the gradients is two vectorised updates instead of one per tensor.
+        Elementwise, so the numbers are the same bit for bit."""
+        held = flat.adopted
+        if held is None or set(held) != set(self.params) or any(self.params[k] is not held[k] for k in held):
+            raise ValueError("AdamW.use_flat: the parameters are not views of the layout's parameter buffer")
+        xp = xp_of(flat.buf)
+        mb, vb = xp.zeros_like(flat.buf), xp.zeros_like(flat.buf)
+        for k in self.params:
+            mv, vv = flat.view(mb, k), flat.view(vb, k)
+            mv[...] = self.m[k]
+            vv[...] = self.v[k]
+            self.m[k], self.v[k] = mv, vv
+        self._flat = (flat.params_buf, flat, mb, vb)
 
     def step(self, grads: dict, lr: float | None = None) -> None:
         """One update with learning rate ``lr`` (config lr when None)."""
@@ -69,6 +87,17 @@ class AdamW:
         bc2 = 1.0 - b2 ** self.t
         step_size = lr / bc1
         bc2_sqrt = math.sqrt(bc2)
+        if self._flat is not None and grads is self._flat[1].views:
+            P, flat, M, V = self._flat
+            G, nd = flat.buf, flat.n_decay
+            for a, b, decay in ((0, nd, lr * cfg.weight_decay), (nd, flat.size, 0.0)):
+                if b > a:
+                    coefs = (decay, b1, b2, bc2_sqrt, cfg.eps, step_size)
+                    if xp_of(P) is np:
+                        _adamw_chunked(P[a:b], G[a:b], M[a:b], V[a:b], coefs)
+                    else:
+                        _adamw_update(P[a:b], G[a:b], M[a:b], V[a:b], coefs, xp_of(P).empty(b - a, dtype=P.dtype))
+            return
         missing = set(self.params) - set(grads)
         if missing:
             raise KeyError(f"AdamW.step: no gradient for parameter {sorted(missing)[0]!r}")
@@ -104,7 +133,10 @@ class AdamW:
                     raise ValueError(
                         f"optimizer state tensor {name!r} has shape {tuple(arr.shape)}, model parameter has {tuple(p.shape)}"
                     )
-                store[k] = xp_of(p).asarray(np.asarray(arr), dtype=p.dtype)
+                if self._flat is not None:  # m and v are views of the flat buffers: fill them
+                    store[k][...] = xp_of(p).asarray(np.asarray(arr), dtype=p.dtype)
+                else:
+                    store[k] = xp_of(p).asarray(np.asarray(arr), dtype=p.dtype)
         extra = {n.split(".", 1)[1] for n in tensors} - set(self.params)
         if extra:
             raise ValueError(f"optimizer state has tensor for unknown parameter {sorted(extra)[0]!r}")

@@ -406,8 +406,13 @@ class Trainer:
         else:
             self.model = GPT(mcfg, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
 
+        # one flat buffer each for weights, gradients, AdamW m and v: one allreduce per step,
+        # two vectorised AdamW passes
+        self.flat_grads = distributed.FlatGrads(self.model.params)
+        self.flat_grads.adopt_params(self.model.params)
         self.opt = optim.AdamW(self.model.params, optim.AdamWConfig(
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay))
+        self.opt.use_flat(self.flat_grads)
         self.schedule = optim.Schedule(peak=cfg.lr, total=cfg.max_steps, warmup=cfg.warmup_steps,
                                        min_lr=cfg.min_lr, kind=cfg.schedule)
         self.batches = Batches(self.train_data, cfg.batch_size, cfg.block_size, seed=cfg.seed)
@@ -433,7 +438,6 @@ class Trainer:
         self._stop_requested = False
         self._stop_agreed = False  # several ranks: the stop all of them saw in the last step's reduction
         self._in_step = False
-        self.flat_grads = distributed.FlatGrads(self.model.params)
         self.world.barrier()  # every rank checked the run directory before rank 0 writes to it
 
     def _check_shape(self, ckpt: Path, mcfg, what: str = "checkpoint") -> None:
