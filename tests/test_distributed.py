@@ -211,6 +211,19 @@ def test_two_ranks_match_one_process_and_resume_across_world_sizes(tmp_path):
 
 
 @needs_mpi
+def test_one_micro_batch_per_rank_is_bit_identical(tmp_path):
+    """Two micro-batches on two ranks: each sum is of two numbers, whose float result does not
+    depend on the order, so losses, eval losses and weights equal one process's exactly."""
+    cfg1 = _config(tmp_path, "one", batch_tokens=64, eval_batches=2)
+    cfg2 = _config(tmp_path, "two", batch_tokens=64, eval_batches=2)
+    _ok(_run(0, ["train", "--config", cfg1]))
+    _ok(_run(2, ["train", "--config", cfg2]))
+    assert _losses(tmp_path / "one") == _losses(tmp_path / "two")
+    a = (tmp_path / "one" / "ckpt" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "two" / "ckpt" / "model.safetensors").read_bytes()
+
+
+@needs_mpi
 def test_world_size_not_dividing_accumulation_under_mpiexec(tmp_path):
     cfg = _config(tmp_path, "odd", batch_tokens=96)  # 3 micro-batches of 2 x 16
     t0 = time.monotonic()
