@@ -23,7 +23,8 @@ from gptlite.training import pretrain as T
 from test_train import _data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-MPIEXEC = shutil.which("mpiexec")
+# the mpich wheel puts mpiexec beside the interpreter, which may not be on PATH (an unactivated venv)
+MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
 try:
     import mpi4py  # noqa: F401
     HAVE_MPI4PY = True
