@@ -401,3 +401,14 @@ def test_flat_adamw_is_bit_identical_to_per_tensor_and_round_trips_state():
     assert np.shares_memory(oc.m["wte.weight"], oc._flat[2]) and np.array_equal(oc._flat[3][: fc.size], ob._flat[3])
     with pytest.raises(ValueError, match="not views of the layout"):
         optim.AdamW(a.params).use_flat(flat)
+
+
+def test_nccl_missing_library_is_a_clear_error(monkeypatch):
+    import types
+
+    import fake_cupy
+
+    cp = fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(cp.cuda, "nccl", types.SimpleNamespace(available=False))
+    with pytest.raises(RuntimeError, match="cannot load NCCL.*nvidia-nccl-cu12"):
+        D.World().nccl()

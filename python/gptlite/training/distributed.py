@@ -147,10 +147,12 @@ class NcclAllreduce:
     def __init__(self, world: World):
         import cupy
 
-        try:
+        nccl = getattr(cupy.cuda, "nccl", None)  # a CuPy stand-in (tests/fake_cupy.py) has it as an attribute only
+        if nccl is None:
             from cupy.cuda import nccl
-        except ImportError:  # a CuPy stand-in (tests/fake_cupy.py) has it as an attribute only
-            nccl = cupy.cuda.nccl
+        if not getattr(nccl, "available", True) or not hasattr(nccl, "NcclCommunicator"):
+            raise RuntimeError(f"rank {world.rank}: CuPy cannot load NCCL (libnccl.so.2), needed to sum gradients "
+                               "across GPUs: pip install nvidia-nccl-cu12 (or -cu13, matching the CuPy build)")
         self._nccl = nccl
         uid = nccl.get_unique_id() if world.is_main else None
         uid = world.bcast(uid)
