@@ -294,7 +294,7 @@ def test_killed_rank_ends_the_job(tmp_path):
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=60)  # a hang fails here
         assert proc.returncode != 0
-        assert "KILLED BY SIGNAL: 9" in out + err or "killed" in (out + err).lower()
+        assert "BAD TERMINATION" in out + err and "signal 9" in out + err  # MPICH's report of the dead rank
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -302,13 +302,14 @@ def test_killed_rank_ends_the_job(tmp_path):
 
 
 @needs_mpi
-def test_sigterm_to_launcher_stops_all_ranks_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_launcher_stops_all_ranks_with_a_checkpoint(tmp_path, sig):
     cfg = _config(tmp_path, "term", max_steps=100000, ckpt_interval=100000)
     proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "gptlite", "train", "--config", str(cfg)],
                             env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_steps(tmp_path / "term" / "metrics.jsonl", 3, proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)  # mpiexec forwards it to every rank
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
