@@ -359,10 +359,40 @@ def test_finetune_two_ranks_match_one_process(tmp_path, gpt2_dir):
         lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
         assert len(lines) == 1  # rank 0 reports
         res[name] = json.loads(lines[0])["history"]
-    for a, b in zip(res["two"], res["one"]):
-        for k in ("train_loss", "train_task_loss", "train_lm_loss"):
-            assert abs(a[k] - b[k]) <= 1e-5 * abs(b[k]), (k, a[k], b[k])
-        assert a["valid_accuracy"] == b["valid_accuracy"]
+    def same(got, want):
+        assert len(got) == len(want) == 2
+        for a, b in zip(got, want):
+            for k in ("train_loss", "train_task_loss", "train_lm_loss"):
+                assert abs(a[k] - b[k]) <= 1e-5 * abs(b[k]), (k, a[k], b[k])
+            assert a["valid_accuracy"] == b["valid_accuracy"]
+
+    same(res["two"], res["one"])
+    # Ctrl-C reaching rank 1 only, inside step 3: the ranks agree in step 4's reduction, stop
+    # together, rank 0 saves mid-epoch; one process then resumes the 2-rank run
+    script = tmp_path / "interrupt.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, sys
+        from gptlite.tasks import finetune
+        from gptlite.training import distributed
+        from gptlite.cli import main
+
+        calls = [0]
+        orig = finetune.loss_and_grads
+        def interrupting(*a, **k):
+            calls[0] += 1
+            if distributed.world().rank == 1 and calls[0] == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return orig(*a, **k)
+        finetune.loss_and_grads = interrupting
+        sys.exit(main(sys.argv[1:]))
+        """))
+    args[args.index("--out") + 1] = tmp_path / "cut"
+    r = _run(2, args, script=str(script))
+    assert r.returncode == 130 and r.stderr.count("gptlite: interrupted") == 2, r.stderr  # both ranks stopped
+    saved = json.loads((tmp_path / "cut" / "finetune.json").read_text())["resume"]
+    assert (saved["epoch"], saved["step"], saved["pos"]) == (0, 4, 16)
+    r = _ok(_run(0, args + ["--resume"]))
+    same(json.loads([x for x in r.stdout.splitlines() if x.startswith("{")][0])["history"], res["one"])
 
 
 def test_flat_adamw_is_bit_identical_to_per_tensor_and_round_trips_state():
