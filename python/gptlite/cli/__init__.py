@@ -209,28 +209,23 @@ def _open_out(path):
 
 def _text_chunks(args):
     """The input text in pieces of about `chunk_chars` characters."""
-    import io
+    import contextlib
 
     if args.text is not None:
         if args.input:
             raise UserError("give either TEXT or --input, not both")
         yield args.text
         return
+    from gptlite.fileio import iter_utf8
+
     if args.input and args.input != "-":
-        f = open(args.input, "r", encoding="utf-8", newline="")
+        f = open(args.input, "rb")
         name = args.input
     else:
-        f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+        f = contextlib.nullcontext(sys.stdin.buffer)
         name = "<stdin>"
-    with f:
-        try:
-            while True:
-                data = f.read(args.chunk_chars)
-                if not data:
-                    return
-                yield data
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{name}: not valid UTF-8 ({exc.reason} at byte {exc.start} of a read block)") from None
+    with f as raw:
+        yield from iter_utf8(raw, args.chunk_chars, name)  # a bad byte is reported at its offset in the input
 
 
 def _cmd_encode(args) -> int:
