@@ -131,6 +131,10 @@ pub struct Bpe {
     tokens: Vec<(Vec<u8>, u32)>,
 }
 
+/// How far ids may run past the number of tokens (gaps between ranks and
+/// special ids, as in o200k_base) before a vocabulary is refused.
+pub const MAX_ID_GAP: usize = 1 << 20;
+
 impl Bpe {
     /// Build from regular tokens, merges in priority order (left id, right id)
     /// and special tokens. Every single byte must be a token; each merge's
@@ -217,6 +221,16 @@ impl Bpe {
             .chain(specials.iter().map(|s| s.1))
             .max()
             .unwrap_or(0) as usize;
+        // The decode tables are dense, sized by the largest id: an id from a
+        // file must not choose the allocation (a rank of 4e9 would ask for
+        // 4 GB and abort). Real vocabularies leave at most small gaps.
+        let n_ids = tokens.len() + specials.len();
+        if max_id >= n_ids + MAX_ID_GAP {
+            let what = if specials.last().map_or(false, |s| s.1 as usize == max_id) { "special token id" } else { "token id" };
+            return Err(format!(
+                "{what} {max_id} is out of range for a vocabulary of {n_ids} tokens (ids may exceed the token count by at most {MAX_ID_GAP})"
+            ));
+        }
         let mut dec_known = vec![false; max_id + 1];
         let mut per_id: Vec<&[u8]> = vec![&[]; max_id + 1];
         for (b, id) in &tokens {
@@ -633,6 +647,19 @@ mod tests {
         toks.push((b"aa".to_vec(), 259));
         let merges = vec![(97, 98), (256, 99), (98, 99), (97, 97)];
         Bpe::new(toks, merges, vec![("<|end|>".into(), 260)], Pattern::Gpt2).unwrap()
+    }
+
+    #[test]
+    fn ids_far_past_the_token_count_are_refused_before_allocating() {
+        let toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+        let e = Bpe::new(toks.clone(), vec![], vec![("<|x|>".into(), u32::MAX - 1)], Pattern::Gpt2).err().unwrap();
+        assert!(e.contains("special token id 4294967294 is out of range"), "{e}");
+        let mut far = toks.clone();
+        far[7].1 = 300_000_000;
+        let e = Bpe::new(far, vec![], vec![], Pattern::Gpt2).err().unwrap();
+        assert!(e.contains("token id 300000000 is out of range for a vocabulary of 256 tokens"), "{e}");
+        // o200k-style gaps between the ranks and the special ids stay allowed
+        assert!(Bpe::new(toks, vec![], vec![("<|x|>".into(), 1000)], Pattern::Gpt2).is_ok());
     }
 
     #[test]

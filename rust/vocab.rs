@@ -308,6 +308,20 @@ pub fn parse_gpt2(enc: &[u8], enc_name: &str, bpe: &[u8], bpe_name: &str) -> Res
     }
     let mut tokens: Vec<(Vec<u8>, u32)> = regular.into_iter().map(|(id, b)| (b, id)).collect();
     tokens.sort_by_key(|t| t.1);
+    // encoder.json entries that no merge makes and that are not bytes are
+    // special tokens only when shaped like one: otherwise vocab.bpe is
+    // truncated (or belongs to another encoder.json) and ordinary tokens
+    // would silently become unencodable specials.
+    for (k, v, line) in &entries {
+        let id: u32 = v.parse().unwrap_or(u32::MAX);
+        if !regular_has(&tokens, id) && !(k.starts_with("<|") && k.ends_with("|>") && k.len() > 4) {
+            return Err(invalid(
+                enc_name,
+                Some(*line),
+                format!("token {k:?} (id {id}) is neither a byte, the result of a merge in {bpe_name}, nor a <|...|> special token (is {bpe_name} truncated?)"),
+            ));
+        }
+    }
     let mut specials: Vec<(String, u32)> = by_str
         .iter()
         .filter(|(_, id)| !tokens.binary_search_by_key(*id, |t| t.1).is_ok())
@@ -315,6 +329,10 @@ pub fn parse_gpt2(enc: &[u8], enc_name: &str, bpe: &[u8], bpe_name: &str) -> Res
         .collect();
     specials.sort_by_key(|s| s.1);
     Ok(VocabParts { tokens, merges, specials })
+}
+
+fn regular_has(tokens: &[(Vec<u8>, u32)], id: u32) -> bool {
+    tokens.binary_search_by_key(&id, |t| t.1).is_ok()
 }
 
 fn trunc(s: &str) -> String {
@@ -521,6 +539,9 @@ mod tests {
         assert!(err(&dup_id, &bpe).contains("share id 255"));
         let neg = enc.replacen("\"ab\": 256", "\"ab\": -3", 1);
         assert!(err(&neg, &bpe).contains("not a non-negative integer"));
+        let truncated = err(&enc, "#version: 0.2\na b\n");
+        assert!(truncated.contains("token \"\u{120}a\" (id 257) is neither a byte"), "{truncated}");
+        assert!(truncated.contains("encoder.json, line 1"), "{truncated}");
         let e = parse_gpt2(b"{\"a\xff\": 1}", "encoder.json", bpe.as_bytes(), "vocab.bpe").unwrap_err();
         assert!(e.to_string().contains("not valid UTF-8"));
     }

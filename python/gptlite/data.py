@@ -123,6 +123,7 @@ def prepare(paths, tokenizer, out_dir, val_fraction: float = 0.1, text_field: st
         is_val[rng.choice(n, size=k, replace=False)] = True
 
     counts = {"train": [0, 0], "val": [0, 0]}  # tokens, documents
+    max_id = {"train": -1, "val": -1}  # recorded so `train` can check a shard against its vocabulary at start
     with atomic_open(out / "train.bin", "wb") as ftrain, atomic_open(out / "val.bin", "wb") as fval:
         files = {"train": ftrain, "val": fval}
         for start in range(0, n, batch_docs):
@@ -142,6 +143,8 @@ def prepare(paths, tokenizer, out_dir, val_fraction: float = 0.1, text_field: st
                 for split, a in parts.items():
                     files[split].write(a.tobytes())
                     counts[split][0] += len(a)
+                    if len(a):
+                        max_id[split] = max(max_id[split], int(a.max()))
                     counts[split][1] += 1
     if counts["train"][0] == 0:
         raise ValueError("no training tokens were produced")
@@ -158,7 +161,7 @@ def prepare(paths, tokenizer, out_dir, val_fraction: float = 0.1, text_field: st
         "seed": seed,
         "split_method": "tail" if tail_split else "documents",
         "sources": [str(p) for p in paths],
-        "splits": {s: {"file": f"{s}.bin", "tokens": c[0], "documents": c[1]} for s, c in counts.items()},
+        "splits": {s: {"file": f"{s}.bin", "tokens": c[0], "documents": c[1], "max_id": max_id[s]} for s, c in counts.items()},
         "bytes": int(sum(len(t.encode("utf-8")) for _, t in docs)),
     }
     atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")

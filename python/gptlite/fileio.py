@@ -78,6 +78,31 @@ def read_utf8(path) -> str:
         raise ValueError(f"{path}: not valid UTF-8 text (byte {exc.start}, line {line})") from None
 
 
+def iter_utf8(raw, block: int, name: str):
+    """The text of the binary stream ``raw`` in pieces of at most ``block``
+    characters; invalid UTF-8 is a ValueError with the byte's offset in the
+    stream (not inside some read buffer) and its line."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")()
+    pos = 0  # bytes handed to the decoder so far
+    lines = 1
+    while True:
+        data = raw.read(block)
+        pending = len(dec.getstate()[0])  # an incomplete character carried over from the last block
+        try:
+            text = dec.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            at = pos - pending + exc.start
+            raise ValueError(f"{name}: not valid UTF-8 ({exc.reason} at byte {at}, line {lines + exc.object[:exc.start].count(10)})") from None
+        pos += len(data)
+        if text:
+            lines += text.count("\n")
+            yield text
+        if not data:
+            return
+
+
 def swap_dir(new, path, replaced=None) -> None:
     """Make the fully written directory ``new`` become ``path``.
 

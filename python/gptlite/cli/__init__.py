@@ -209,28 +209,23 @@ def _open_out(path):
 
 def _text_chunks(args):
     """The input text in pieces of about `chunk_chars` characters."""
-    import io
+    import contextlib
 
     if args.text is not None:
         if args.input:
             raise UserError("give either TEXT or --input, not both")
         yield args.text
         return
+    from gptlite.fileio import iter_utf8
+
     if args.input and args.input != "-":
-        f = open(args.input, "r", encoding="utf-8", newline="")
+        f = open(args.input, "rb")
         name = args.input
     else:
-        f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+        f = contextlib.nullcontext(sys.stdin.buffer)
         name = "<stdin>"
-    with f:
-        try:
-            while True:
-                data = f.read(args.chunk_chars)
-                if not data:
-                    return
-                yield data
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{name}: not valid UTF-8 ({exc.reason} at byte {exc.start} of a read block)") from None
+    with f as raw:
+        yield from iter_utf8(raw, args.chunk_chars, name)  # a bad byte is reported at its offset in the input
 
 
 def _cmd_encode(args) -> int:
@@ -398,6 +393,13 @@ def _add_tokenizer_train_commands(sub) -> None:
 
 
 def _cmd_tokenizer_train(args) -> int:
+    from gptlite.runlock import RunLock
+
+    with RunLock(args.out, "tokenizer training"):  # two trainings into one --out: the second is refused
+        return _tokenizer_train(args)
+
+
+def _tokenizer_train(args) -> int:
     import shutil
     import tempfile
     from pathlib import Path
@@ -764,6 +766,8 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (the no-pre-training baseline)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run saved in --out exactly (give the same options again; --model is not used)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the fine-tuned model already in --out (never a directory that is not one)")
     p.add_argument("--labels", default=None, help="comma-separated label set (default: the labels seen in --train)")
     p.add_argument("--lr", type=float, default=6.25e-5)
     p.add_argument("--batch-size", type=int, default=32)
@@ -906,6 +910,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input or environment causes (ValueError subclasses carry the
+# file/field/id; OSError the path). KeyError, TypeError and the rest are bugs.
+USER_ERRORS = (UserError, ValueError, OSError)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -914,13 +923,13 @@ def main(argv=None) -> int:
     try:
         with fail_fast():  # under mpiexec: a failing rank prints its error and ends the whole job
             return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, ValueError, KeyError, OSError) as exc:  # user-caused
+    except USER_ERRORS as exc:  # one line; anything else is a bug and keeps its traceback
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"gptlite: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or runlock.Stopped by SIGTERM/SIGUSR1: exit 128 + the signal
         print("gptlite: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)
     except BrokenPipeError:
         return 0
 

@@ -12,6 +12,11 @@ _cupy = None
 _cupy_checked = False
 
 
+class DeviceUnavailable(RuntimeError, ValueError):
+    """The requested device is missing: a user error (one line in the CLI), and
+    still the RuntimeError it always was."""
+
+
 def _try_cupy():
     global _cupy, _cupy_checked
     if not _cupy_checked:
@@ -42,7 +47,7 @@ def get_xp(device: str | None = None):
     if device == "cuda":
         cp = _try_cupy()
         if cp is None:
-            raise RuntimeError("device='cuda' requested but CuPy with a visible CUDA GPU is not available (pip install gptlite[cuda])")
+            raise DeviceUnavailable("device='cuda' requested but CuPy with a visible CUDA GPU is not available (pip install gptlite[cuda])")
         return cp
     raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
 

@@ -18,7 +18,9 @@ never opened: unpickling runs arbitrary code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import mmap
 import os
 import shutil
@@ -91,6 +93,8 @@ def _parse_header(path: Path, buf) -> tuple[dict, dict, int]:
         raise ValueError(f"{path}: corrupt or truncated safetensors file: header length {n} but the file has only {size - 8} bytes after it")
     try:
         header = json.loads(bytes(buf[8 : 8 + n]).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: corrupt safetensors header: JSON nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: corrupt safetensors header: not valid UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -118,7 +122,7 @@ def _parse_header(path: Path, buf) -> tuple[dict, dict, int]:
         begin, end = offs
         if not 0 <= begin <= end <= buf_len:
             raise ValueError(f"{where}: data_offsets [{begin}, {end}] out of range: the data buffer holds {buf_len} bytes (truncated file?)")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dt].itemsize
+        nbytes = math.prod(shape) * _DTYPES[dt].itemsize  # Python ints: a forged shape cannot overflow int64
         if nbytes != end - begin:
             raise ValueError(f"{where}: shape {shape} x {dt} needs {nbytes} bytes but data_offsets [{begin}, {end}] span {end - begin}")
         entries[name] = (dt, tuple(shape), begin, end)
@@ -304,6 +308,8 @@ def _read_config(path: Path) -> dict:
         raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (a model directory holds config.json + {WEIGHTS_NAME})")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"{cfg_path}: not valid JSON (nested too deeply)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(cfg, dict):
@@ -328,6 +334,23 @@ def _weights_path(path: Path) -> Path:
 
 def load_params(path, dtype="float32"):
     """(GPTConfig, params: name -> numpy array of ``dtype``) from a model directory, validated."""
+    config, params, wp = _checked_tensors(path)
+    expected = expected_shapes(config)
+    np_dtype = np.dtype(dtype)
+    out = {}
+    for name in expected:
+        a = params[name]
+        # One copy out of the memory map, upcasting f16/bf16 storage: params are owned and writable.
+        out[name] = np.array(a, dtype=np_dtype, copy=True)
+        if not np.isfinite(out[name]).all():
+            raise ValueError(f"{wp}: tensor {name!r} holds NaN or infinite values")
+    return config, out
+
+
+def _checked_tensors(path):
+    """(GPTConfig, memory-mapped tensors, weights path): config.json and the
+    safetensors header validated against each other, nothing copied -- cheap
+    enough to vet a download before it enters the cache."""
     from gptlite.engine.model import GPTConfig
 
     path = Path(path)
@@ -355,17 +378,10 @@ def load_params(path, dtype="float32"):
     if extra:
         raise ValueError(f"{wp}: unexpected tensor {extra[0]!r}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
                          + f" for the model described by {CONFIG_NAME} (n_layer={config.n_layer}, layout={config.layout})")
-    np_dtype = np.dtype(dtype)
-    out = {}
     for name in expected:
-        a = params[name]
-        if a.dtype.kind != "f":
-            raise ValueError(f"{wp}: tensor {name!r} has dtype {a.dtype}, expected a floating dtype (F32/F16/BF16/F64)")
-        # One copy out of the memory map, upcasting f16/bf16 storage: params are owned and writable.
-        out[name] = np.array(a, dtype=np_dtype, copy=True)
-        if not np.isfinite(out[name]).all():
-            raise ValueError(f"{wp}: tensor {name!r} holds NaN or infinite values")
-    return config, out
+        if params[name].dtype.kind != "f":
+            raise ValueError(f"{wp}: tensor {name!r} has dtype {params[name].dtype}, expected a floating dtype (F32/F16/BF16/F64)")
+    return config, params, wp
 
 
 def load_model(path, device=None, dtype="float32"):
@@ -461,7 +477,12 @@ def _download(url: str, dest: Path, quiet: bool) -> None:
         reason = getattr(exc, "reason", exc)
         raise OSError(f"could not download {url} ({reason}): are you offline? "
                       f"Download the model directory elsewhere and pass its path instead") from None
-    total = int(resp.headers.get("Content-Length") or 0) if getattr(resp, "headers", None) else 0
+    headers = getattr(resp, "headers", None) or {}
+    total = int(headers.get("Content-Length") or 0) if headers else 0
+    # The hub names an LFS file's sha256 in X-Linked-Etag: check it when given.
+    want = str(headers.get("X-Linked-Etag") or headers.get("ETag") or "").strip('W/"').lower() if headers else ""
+    want = want if len(want) == 64 and all(c in "0123456789abcdef" for c in want) else None
+    digest = hashlib.sha256()
     done = 0
     with resp, atomic_open(dest, "wb") as f:
         while True:
@@ -469,11 +490,14 @@ def _download(url: str, dest: Path, quiet: bool) -> None:
             if not chunk:
                 break
             f.write(chunk)
+            digest.update(chunk)
             done += len(chunk)
             if not quiet and total > (8 << 20):
                 print(f"\rdownloading {dest.name}: {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr, flush=True)
         if total and done != total:
             raise OSError(f"download of {url} stopped after {done} of {total} bytes")
+        if want is not None and digest.hexdigest() != want:
+            raise OSError(f"download of {url} is corrupt: sha256 {digest.hexdigest()}, the hub says {want}")
     if not quiet and total > (8 << 20):
         print(file=sys.stderr)
 
@@ -495,6 +519,10 @@ def download_model(name: str, quiet: bool = False) -> Path:
                 _download(HUB_URL.format(name=name, file=file), tmp / file, quiet=True)
             except OSError:
                 pass
+        try:  # a proxy's error page or a cut-off file must never enter the cache
+            _checked_tensors(tmp)
+        except (ValueError, OSError) as exc:
+            raise OSError(f"download of {name} from the hub is not a valid model ({exc}); nothing was cached") from None
         publish_modes(tmp)
         swap_dir(tmp, dest)
     except BaseException:

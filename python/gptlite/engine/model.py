@@ -41,9 +41,15 @@ class GPTConfig:
             raise ValueError(f"layout must be 'gpt2' or 'gpt1', got {self.layout!r}")
         if self.activation_function not in ops.ACTIVATIONS:
             raise ValueError(f"activation_function must be one of {ops.ACTIVATIONS}, got {self.activation_function!r}")
+        from gptlite.validate import integer, positive_number
+
+        # type and range first: 192.0 or "x" must not become a shape, NaN or a
+        # negative epsilon must not turn every logit into NaN
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            integer(getattr(self, name), "config", name, lo=1)
+        if self.n_inner is not None:
+            integer(self.n_inner, "config", "n_inner", lo=1)
+        positive_number(self.layer_norm_epsilon, "config", "layer_norm_epsilon")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 

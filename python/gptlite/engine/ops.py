@@ -183,10 +183,7 @@ def _scatter_add_rows(n_rows, index, values, out=None):
     if out is None:
         out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype)
     if _is_cupy(xp):
-        import cupyx
-
-        cupyx.scatter_add(out, index, values)
-        return out
+        return _segment_sum_rows(xp, index, values, out)
     # Sort-and-reduce: one pass of contiguous row sums instead of np.add.at's
     # per-element updates; deterministic (fixed summation order) too. The
     # reduced rows have unique ids, so a fancy-index += is exact.
@@ -194,6 +191,33 @@ def _scatter_add_rows(n_rows, index, values, out=None):
     sidx = index[order]
     starts = np.flatnonzero(np.r_[True, sidx[1:] != sidx[:-1]])
     out[sidx[starts]] += np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
+def _segment_sum_rows(xp, index, values, out):
+    """The GPU form of the sort-and-reduce above, without atomics
+    (cupyx.scatter_add's order of additions varies run to run, so resumed
+    runs would drift). Rows are sorted by (id, position) -- unique keys, so
+    any sort gives one order -- then a segmented Hillis-Steele scan adds each
+    row to the one 1, 2, 4, ... places before it within the same id: a fixed
+    summation tree, elementwise kernels only, log2(M) passes. Each id's total
+    ends on its segment's last row; the ids written are unique, so the final
+    += has no races."""
+    M = int(index.shape[0])
+    if M == 0:
+        return out
+    key = index.astype(xp.int64) * M + xp.arange(M, dtype=xp.int64)
+    order = xp.argsort(key)
+    sidx = index[order]
+    acc = values[order]
+    d = 1
+    while d < M:
+        # a new array first: CuPy does not guard in-place ops on overlapping views
+        shifted = xp.where((sidx[d:] == sidx[:-d])[:, None], acc[:-d], 0)
+        acc[d:] += shifted
+        d *= 2
+    last = xp.concatenate([sidx[1:] != sidx[:-1], xp.ones(1, dtype=bool)])
+    out[sidx[last]] += acc[last]
     return out
 
 

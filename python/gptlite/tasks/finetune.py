@@ -457,7 +457,22 @@ def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
 
 
 def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None = None, labels=None,
-             out_dir=None, skip_bad: bool = False, log=print, resume: bool = False) -> FinetuneResult:
+             out_dir=None, skip_bad: bool = False, log=print, resume: bool = False,
+             overwrite: bool = False) -> FinetuneResult:
+    """Fine-tune ``model`` into ``out_dir`` (see :func:`_finetune`), holding the
+    directory's lock. ``out_dir`` must be new, empty, or a fine-tuning checkpoint
+    given with ``resume`` or ``overwrite``: anything else is never replaced."""
+    if out_dir is None:
+        return _finetune(model, tokenizer, train, valid, config, labels, out_dir, skip_bad, log, resume)
+    from gptlite.runlock import RunLock, check_out_dir
+
+    with RunLock(out_dir, "fine-tuning"):
+        check_out_dir(out_dir, (Path(out_dir) / META_FILE).is_file(), resume, overwrite, "fine-tuned model")
+        return _finetune(model, tokenizer, train, valid, config, labels, out_dir, skip_bad, log, resume)
+
+
+def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None = None, labels=None,
+              out_dir=None, skip_bad: bool = False, log=print, resume: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` (a GPT, or a Finetuned to continue) on ``train``.
 
     train / valid: paths (.jsonl / .csv) or tasks.Dataset. Validation metrics are
@@ -553,12 +568,11 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
 
     flat = distributed.FlatGrads(params) if world.size > 1 else None
 
-    stop = []  # set by Ctrl-C: save at the next step boundary, then stop
-    prev_handler = None
-    from gptlite.training.pretrain import _in_main_thread
+    from gptlite.runlock import Stopped, stop_signals
 
-    if _in_main_thread():
-        prev_handler = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    stop = []  # the number of a stop signal (SIGINT/SIGTERM/SIGUSR1): save at the next step boundary, then stop
+    stopping = stop_signals(stop.append)
+    stopping.__enter__()
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.time()
@@ -582,8 +596,9 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
                 if stopping:
                     if out_dir is not None:
                         checkpoint(epoch, s + cfg.batch_size, order, sums)
-                        log(f"interrupted: saved at epoch {epoch + 1}, step {step} in {out_dir}; continue with --resume")
-                    raise KeyboardInterrupt
+                        log(f"interrupted ({signal.Signals(stop[0]).name}): saved at epoch {epoch + 1}, step {step} "
+                            f"in {out_dir}; continue with --resume")
+                    raise Stopped(stop[0])
             n = steps_per_epoch
             rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
                    "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
@@ -598,8 +613,7 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
             if out_dir is not None:
                 checkpoint(epoch + 1, 0, None, np.zeros(3))
     finally:
-        if prev_handler is not None:
-            signal.signal(signal.SIGINT, prev_handler)
+        stopping.__exit__(None, None, None)
     return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
 
 
@@ -686,7 +700,7 @@ def run_from_args(args) -> int:
 
         tok = Tokenizer.gpt2()
     res = finetune(model, tok, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
-                   skip_bad=args.skip_bad, log=log)
+                   skip_bad=args.skip_bad, log=log, overwrite=getattr(args, "overwrite", False))
     return _report(args, res) if w.is_main else 0
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from gptlite import _core
 from gptlite.fileio import atomic_write_bytes, atomic_write_text
+from gptlite.validate import token_id
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 CL100K_PATTERN = (
@@ -131,8 +132,10 @@ class Tokenizer:
             )
         if p.suffix == ".tiktoken":
             if special_tokens is None:
-                special_tokens = {ENDOFTEXT: _max_rank(p) + 1}
-            core = _core.CoreBPE.from_tiktoken_file(str(p), sorted(special_tokens.items()), pattern)
+                # capped so an out-of-range rank is reported by the file's parser, with its line
+                special_tokens = {ENDOFTEXT: min(_max_rank(p) + 1, 2**32 - 2)}
+            specials = _checked_specials(special_tokens, f"{p}: special_tokens")
+            core = _core.CoreBPE.from_tiktoken_file(str(p), specials, pattern)
             return cls(core, name or p.stem)
         partner = {"encoder.json": "vocab.bpe", "vocab.bpe": "encoder.json",
                    "vocab.json": "merges.txt", "merges.txt": "vocab.json"}.get(p.name)
@@ -149,8 +152,8 @@ class Tokenizer:
                    name: str = "custom") -> "Tokenizer":
         """From tiktoken-style ``{token bytes: rank}`` (rank == id) and ``{special: id}``."""
         _check_pattern(pattern)
-        ranks = [(bytes(b), int(r)) for b, r in mergeable_ranks.items()]
-        specials = sorted((str(s), int(i)) for s, i in (special_tokens or {}).items())
+        ranks = [(bytes(b), token_id(r, "from_ranks", f"rank of {bytes(b)!r}")) for b, r in mergeable_ranks.items()]
+        specials = _checked_specials(special_tokens or {}, "from_ranks: special_tokens")
         return cls(_core.CoreBPE.from_ranks(ranks, specials, pattern), name)
 
     # --- properties ---------------------------------------------------------------
@@ -353,6 +356,11 @@ class Tokenizer:
 def _check_pattern(pattern: str) -> None:
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pre-tokenization pattern {pattern!r} (use 'gpt2' or 'cl100k')")
+
+
+def _checked_specials(special_tokens: dict, where: str) -> list:
+    # PyO3 would raise OverflowError (or TypeError) for an id that is not a u32
+    return sorted((str(s), token_id(i, where, f"id of {s!r}")) for s, i in special_tokens.items())
 
 
 def _max_rank(path: Path) -> int:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptlite import validate
 from gptlite.training import distributed, optim
 from gptlite.data import Batches, TokenData, read_meta
 from gptlite.fileio import atomic_write_text
@@ -72,6 +73,7 @@ class TrainConfig:
     eval_batches: int = 20
     log_interval: int = 10
     ckpt_interval: int = 500
+    ckpt_minutes: float = 0.0  # also checkpoint when this much wall time passed since the last one; 0: off
     max_bad_steps: int = 5  # consecutive non-finite steps before stopping
     peak_flops: float = 0.0  # FLOP/s of the device, for MFU; 0: MFU not reported
     progress: bool = True
@@ -118,6 +120,7 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
         need(self.peak_flops >= 0, f"peak_flops must be >= 0, got {self.peak_flops}")
+        need(math.isfinite(self.ckpt_minutes) and self.ckpt_minutes >= 0, f"ckpt_minutes must be >= 0, got {self.ckpt_minutes}")
         need(bool(self.data_dir), "data.data_dir is not set: point it at a `gptlite prepare` output directory")
 
     def model_keys(self) -> dict:
@@ -130,7 +133,7 @@ SECTIONS = {
     "data": ("data_dir",),
     "model": ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "layout"),
     "train": ("batch_size", "block_size", "batch_tokens", "max_steps", "eval_interval", "eval_batches",
-              "log_interval", "ckpt_interval", "max_bad_steps", "peak_flops", "progress"),
+              "log_interval", "ckpt_interval", "ckpt_minutes", "max_bad_steps", "peak_flops", "progress"),
     "optim": ("lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "beta1", "beta2", "eps", "grad_clip"),
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -310,7 +313,9 @@ def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
     except (OSError, json.JSONDecodeError) as exc:
         raise TrainingError(f"checkpoint {ckpt} is unreadable ({exc})") from None
     tensors = read_safetensors(ckpt / OPTIM)
-    return state, {"t": state["adamw_t"], "tensors": {k: np.array(v) for k, v in tensors.items()}}
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {ckpt}: {STATE} is not a JSON object")
+    return state, {"t": state.get("adamw_t"), "tensors": {k: np.array(v) for k, v in tensors.items()}}
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -404,7 +409,11 @@ class Trainer:
             self.model = load_model(cfg.init_from, device=self.device, dtype=cfg.dtype)
             self._check_shape(Path(cfg.init_from), mcfg, what="init_from model")
         else:
-            self.model = GPT(mcfg, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
+            try:
+                self.model = GPT(mcfg, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
+            except MemoryError:
+                raise TrainingError(f"config: not enough memory for a model with vocab_size={vocab}, n_embd={cfg.n_embd}, "
+                                    f"n_layer={cfg.n_layer}, n_positions={cfg.n_positions}") from None
 
         # one flat buffer each for weights, gradients, AdamW m and v: one allreduce per step,
         # two vectorised AdamW passes
@@ -422,9 +431,13 @@ class Trainer:
         self.last_val = None
         if resume:
             state, ostate = load_checkpoint_state(existing)
+            validate.train_state(state, ostate, existing, cfg.max_steps)
             self.opt.load_state_dict(ostate)
             self.step = int(state["step"])
-            self.batches.load_state(state["data"])
+            try:
+                self.batches.load_state(state["data"])
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
+                raise TrainingError(f"checkpoint {existing}: trainer_state.json field 'data' is corrupt ({exc})") from None
             self.tokens_seen = int(state.get("tokens_seen", 0))
             self.last_val = state.get("val_loss")
             self._truncate_metrics(self.step)
@@ -437,7 +450,10 @@ class Trainer:
         self.flops_per_token = training_flops_per_token(n_no_wpe, cfg.n_layer, cfg.n_embd, cfg.block_size)
         self._stop_requested = False
         self._stop_agreed = False  # several ranks: the stop all of them saw in the last step's reduction
+        self._stop_signum = signal.SIGINT
         self._in_step = False
+        self._have_ckpt = existing is not None  # a checkpoint in out_dir is ours to replace
+        validate.shard_ids(self.train_data, self.val_data, vocab, cfg.data_dir)
         self.world.barrier()  # every rank checked the run directory before rank 0 writes to it
 
     def _check_shape(self, ckpt: Path, mcfg, what: str = "checkpoint") -> None:
@@ -468,6 +484,8 @@ class Trainer:
         path = self.out / CKPT
         if self.world.is_main:
             path = save_checkpoint(self.out, self.model, self.opt, self.state(), self.tokenizer_dir)
+        self._have_ckpt = True
+        self._last_save = time.monotonic()
         self.world.barrier()
         return path
 
@@ -549,22 +567,34 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, steps: int | None = None) -> dict:
+        from gptlite.runlock import RunLock
+
+        with RunLock(self.out, "training"):
+            if not self._have_ckpt and find_checkpoint(self.out) is not None:  # written by another run since __init__
+                raise ValueError(f"{self.out} now holds a checkpoint written by another run: pass --resume to continue it, or choose another out_dir")
+            return self._run(steps)
+
+    def _run(self, steps: int | None) -> dict:
+        from gptlite.runlock import Stopped, stop_signals
+
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        self._last_save = time.monotonic()
         if self.world.is_main:
             atomic_write_text(self.out / "train_config.json",
                               json.dumps({**dataclasses.asdict(cfg), "world_size": self.world.size}, indent=2) + "\n")
         end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
         tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
         progress = _Progress(cfg.max_steps, cfg.progress and self.world.is_main, self.step)
-        prev_handler = prev_term = None
-        if _in_main_thread():
-            def on_sigint(signum, frame):
-                if self._stop_requested:  # second Ctrl-C: stop now
-                    raise KeyboardInterrupt
-                self._stop_requested = True
-            prev_handler = signal.signal(signal.SIGINT, on_sigint)
-            prev_term = signal.signal(signal.SIGTERM, on_sigint)  # what mpiexec/srun/schedulers send
+
+        def on_stop(signum):  # SIGINT, SIGTERM (mpiexec/srun/schedulers), SIGUSR1 (Slurm before preemption)
+            if self._stop_requested:  # a second signal: stop now
+                raise Stopped(signum)
+            self._stop_signum = signum
+            self._stop_requested = True
+
+        stopping = stop_signals(on_stop)
+        stopping.__enter__()
         losses = []
         window_t, window_tokens = 0.0, 0
         try:
@@ -574,7 +604,7 @@ class Trainer:
             while self.step < end:
                 # several ranks stop at the step all of them agreed on, so they all save
                 if self._stop_agreed if self.world.size > 1 else self._stop_requested:
-                    raise KeyboardInterrupt
+                    raise Stopped(self._stop_signum)
                 t0 = time.perf_counter()
                 self._in_step = True
                 st = self.train_step()
@@ -612,7 +642,10 @@ class Trainer:
                     val = f" val {self.last_val:.4f}" if self.last_val is not None else ""
                     progress.update(self.step, f"loss {st['loss']:.4f}{val} lr {st['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s",
                                     force_line=is_eval)
-                if self.step % cfg.ckpt_interval == 0 and self.step < end:
+                due = cfg.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * cfg.ckpt_minutes
+                if cfg.ckpt_minutes > 0 and self.world.size > 1:  # rank 0's clock decides, so every rank joins the save
+                    due = self.world.bcast(due)
+                if (self.step % cfg.ckpt_interval == 0 or due) and self.step < end:
                     self.save()
             path = self.save()
             progress.close()
@@ -623,12 +656,11 @@ class Trainer:
                 self.log(f"interrupted inside step {self.step + 1}: nothing saved; the last checkpoint {find_checkpoint(self.out)} is kept")
                 raise
             path = self.save()
-            self.log(f"interrupted: checkpoint saved at step {self.step} in {path}; continue with --resume")
+            name = signal.Signals(self._stop_signum).name
+            self.log(f"interrupted ({name}): checkpoint saved at step {self.step} in {path}; continue with --resume")
             raise
         finally:
-            if prev_handler is not None:
-                signal.signal(signal.SIGINT, prev_handler)
-                signal.signal(signal.SIGTERM, prev_term)
+            stopping.__exit__(None, None, None)
 
 
 def _json_num(x: float):
