@@ -318,7 +318,7 @@ def test_signal_to_launcher_stops_all_ranks_with_a_checkpoint(tmp_path, sig):
     state = json.loads((tmp_path / "term" / "ckpt" / "trainer_state.json").read_text())
     logged = max(k[0] for k in _losses(tmp_path / "term"))
     assert 3 <= state["step"] == logged, (state["step"], logged, err)
-    assert "interrupted: checkpoint saved" in err
+    assert f"interrupted ({signal.Signals(sig).name}): checkpoint saved" in err
 
 
 @needs_mpi

@@ -56,6 +56,10 @@ class RunLock:
     def acquire(self) -> "RunLock":
         import fcntl
 
+        from gptlite.training import distributed
+
+        if not distributed.world().is_main:  # under mpiexec rank 0 holds the job's lock
+            return self
         path = lock_path(self.directory)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -571,8 +571,8 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
     from gptlite.runlock import Stopped, stop_signals
 
     stop = []  # the number of a stop signal (SIGINT/SIGTERM/SIGUSR1): save at the next step boundary, then stop
-    stopping = stop_signals(stop.append)
-    stopping.__enter__()
+    signals = stop_signals(stop.append)
+    signals.__enter__()
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.time()
@@ -594,11 +594,12 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
                 step += 1
                 sums += (tot, tl, ll if cfg.lm_coef > 0 else 0.0)
                 if stopping:
+                    signum = stop[0] if stop else signal.SIGINT  # another rank may have been the one signalled
                     if out_dir is not None:
                         checkpoint(epoch, s + cfg.batch_size, order, sums)
-                        log(f"interrupted ({signal.Signals(stop[0]).name}): saved at epoch {epoch + 1}, step {step} "
+                        log(f"interrupted ({signal.Signals(signum).name}): saved at epoch {epoch + 1}, step {step} "
                             f"in {out_dir}; continue with --resume")
-                    raise Stopped(stop[0])
+                    raise Stopped(signum)
             n = steps_per_epoch
             rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
                    "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
@@ -613,7 +614,7 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
             if out_dir is not None:
                 checkpoint(epoch + 1, 0, None, np.zeros(3))
     finally:
-        stopping.__exit__(None, None, None)
+        signals.__exit__(None, None, None)
     return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
 
 
