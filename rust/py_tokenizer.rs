@@ -24,8 +24,11 @@ fn vocab_err(e: VocabError) -> PyErr {
 }
 
 fn pattern_of(name: &str) -> PyResult<Pattern> {
-    Pattern::from_name(name)
-        .ok_or_else(|| PyValueError::new_err(format!("unknown pre-tokenization pattern {name:?} (use 'gpt2' or 'cl100k')")))
+    Pattern::from_name(name).or_else(|| Pattern::from_regex(name)).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown pre-tokenization pattern {name:?} (use 'gpt2', 'cl100k' or 'o200k', or one of their regexes)"
+        ))
+    })
 }
 
 fn name_of(path: &str) -> String {
@@ -421,7 +424,7 @@ impl CoreBPE {
     }
 }
 
-/// `split(text, pattern) -> list[str]` (pattern "gpt2" or "cl100k"): pre-tokenization alone.
+/// `split(text, pattern) -> list[str]` (pattern "gpt2", "cl100k" or "o200k", or its regex): pre-tokenization alone.
 #[pyfunction]
 #[pyo3(name = "split")]
 fn py_split(text: &str, pattern: &str) -> PyResult<Vec<String>> {
@@ -429,8 +432,16 @@ fn py_split(text: &str, pattern: &str) -> PyResult<Vec<String>> {
     Ok(split(text, p).map(|s| s.to_string()).collect())
 }
 
+/// `patterns() -> list[(name, tiktoken_regex, regex)]`: every pattern with a
+/// scanner; the single source of these strings for the Python side.
+#[pyfunction]
+fn patterns() -> Vec<(&'static str, &'static str, &'static str)> {
+    Pattern::ALL.iter().map(|p| (p.name(), p.tiktoken_regex(), p.regex())).collect()
+}
+
 pub fn register(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_class::<CoreBPE>()?;
+    m.add_function(wrap_pyfunction!(patterns, m)?)?;
     m.add_function(wrap_pyfunction!(py_split, m)?)?;
     Ok(())
 }
