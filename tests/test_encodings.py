@@ -184,3 +184,33 @@ def test_tiktoken_code_runs_unchanged_on_gptlite():
     assert ours.keys() == theirs.keys()
     for k in theirs:
         assert ours[k] == theirs[k], k
+
+
+CUSTOM_PATS = [
+    r"""\w+|[^\w\s]+|\s+""",  # no scanner: the general regex path
+    r"""(?i:'s|'t)|\p{L}+(?=\s|$)|\p{L}+|\p{N}|\s+(?!\S)|\s+|.""",  # look-ahead, as fancy-regex allows
+]
+
+
+@pytest.mark.parametrize("pat", CUSTOM_PATS)
+def test_custom_pattern_uses_general_regex_like_tiktoken(pat, docs):
+    import gptlite
+
+    base = tiktoken.get_encoding("cl100k_base")
+    kw = dict(pat_str=pat, mergeable_ranks=base._mergeable_ranks, special_tokens=base._special_tokens)
+    ours, theirs = gptlite.Encoding("custom", **kw), tiktoken.Encoding("custom", **kw)
+    assert ours._regex is not None  # really the general-regex path
+    texts = docs["lipsum/Latin.txt"][:20] + docs["tinyshakespeare.txt"][:50] + ["a <|endoftext|> b\U0001F600 it's"]
+    for t in texts:
+        assert ours.encode(t, allowed_special="all") == theirs.encode(t, allowed_special="all"), t[:100]
+    assert ours.encode_ordinary_batch(texts) == theirs.encode_ordinary_batch(texts)
+    with pytest.raises(ValueError, match="disallowed special token"):
+        ours.encode("<|endoftext|>")
+    assert pickle.loads(pickle.dumps(ours)).encode_ordinary(texts[0]) == theirs.encode_ordinary(texts[0])
+
+
+def test_custom_pattern_invalid_regex_is_a_clear_error():
+    import gptlite
+
+    with pytest.raises(ValueError, match="not a valid regex"):
+        gptlite.Encoding("bad", pat_str="(unclosed", mergeable_ranks={b"a": 0}, special_tokens={})

@@ -357,15 +357,12 @@ def _check_pattern(pattern: str) -> None:
         raise ValueError(f"unknown pre-tokenization pattern {pattern!r} (use one of {sorted(PATTERNS)})")
 
 
-def _pattern_name(pat_str: str) -> str:
-    """The scanner that reproduces regex ``pat_str`` exactly."""
+def _pattern_name(pat_str: str) -> str | None:
+    """The scanner that reproduces regex ``pat_str`` exactly, or None (general regex)."""
     for name in PATTERNS:
         if pat_str in (PATTERNS[name], TIKTOKEN_PATTERNS[name]):
             return name
-    raise ValueError(
-        f"pat_str {pat_str!r} is not one of the patterns gptlite has an exact scanner for "
-        f"(gpt2/r50k, cl100k_base, o200k_base, in tiktoken's or the documented spelling)"
-    )
+    return None
 
 
 class Encoding(Tokenizer):
@@ -380,6 +377,8 @@ class Encoding(Tokenizer):
     def __init__(self, name: str, *, pat_str: str, mergeable_ranks: dict, special_tokens: dict,
                  explicit_n_vocab: int | None = None):
         pattern = _pattern_name(pat_str)
+        # No scanner for this pattern: a general regex engine splits, the core merges.
+        regex = _core.Regex(pat_str) if pattern is None else None
         max_token_value = max(max(mergeable_ranks.values()), max(special_tokens.values(), default=0))
         if explicit_n_vocab:
             if len(mergeable_ranks) + len(special_tokens) != explicit_n_vocab or max_token_value != explicit_n_vocab - 1:
@@ -388,10 +387,11 @@ class Encoding(Tokenizer):
                     f"{len(special_tokens)} special tokens and the largest id is {max_token_value}")
         ranks = [(bytes(b), int(r)) for b, r in mergeable_ranks.items()]
         specials = sorted((str(k), int(v)) for k, v in special_tokens.items())
-        core = _core.CoreBPE.from_ranks(ranks, specials, pattern)
+        core = _core.CoreBPE.from_ranks(ranks, specials, pattern or "gpt2")
         Tokenizer.__init__(self, core, name)
         self._special_tokens = dict(special_tokens)
         self._pat_str = pat_str
+        self._regex = regex
         self._ranks_dict = mergeable_ranks
 
     @classmethod
@@ -401,6 +401,7 @@ class Encoding(Tokenizer):
         self._special_tokens = dict(special_tokens)  # tiktoken's order
         self._pat_str = TIKTOKEN_PATTERNS[core.pattern]
         self._ranks_dict = None
+        self._regex = None
         return self
 
     def __repr__(self) -> str:
@@ -423,12 +424,46 @@ class Encoding(Tokenizer):
     def is_special_token(self, token: int) -> bool:
         return token in self._special_tokens.values()
 
+    # --- a custom pattern without a scanner: the general regex path -------------
+    def _regex_encode(self, text: str, allowed: list[str]) -> list[int]:
+        return self._core.encode_regex(_utf8_safe(text), self._regex, allowed)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        if self._regex is None:
+            return Tokenizer.encode_ordinary(self, text)
+        return self._regex_encode(_check_text(text), [])
+
+    def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+               disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
+        if self._regex is None:
+            return Tokenizer.encode(self, text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        _check_text(text)
+        return self._regex_encode(text, self._allowed(text, allowed_special, disallowed_special))
+
+    def encode_to_numpy(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+                        disallowed_special: Literal["all"] | Collection[str] = "all") -> np.ndarray:
+        if self._regex is None:
+            return Tokenizer.encode_to_numpy(self, text, allowed_special=allowed_special,
+                                             disallowed_special=disallowed_special)
+        ids = self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        return np.asarray(ids, dtype=np.uint16 if self.n_vocab <= 65536 else np.uint32)
+
+    def split(self, text: str) -> list[str]:
+        if self._regex is None:
+            return Tokenizer.split(self, text)
+        return self._regex.split(_utf8_safe(_check_text(text)))
+
     def encode_ordinary_batch(self, text: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        if self._regex is not None:
+            return [self.encode_ordinary(t) for t in self._check_batch(text)]
         return Tokenizer.encode_ordinary_batch(self, text, num_threads)
 
     def encode_batch(self, text: Sequence[str], *, num_threads: int = 8,
                      allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                      disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
+        if self._regex is not None:
+            return [self.encode(t, allowed_special=allowed_special, disallowed_special=disallowed_special)
+                    for t in self._check_batch(text)]
         return Tokenizer.encode_batch(self, text, num_threads, allowed_special=allowed_special,
                                       disallowed_special=disallowed_special)
 
