@@ -118,6 +118,10 @@ pub struct Bpe {
     merges: FxMap<u64, (u32, u32)>,
     /// Tokens whose own bytes encode to themselves (the whole-piece fast path).
     whole: FxMap<Box<[u8]>, u32>,
+    /// The same for tokens of at most SHORT_MAX bytes, keyed by the bytes packed
+    /// into a u128: a lookup without a pointer chase to a boxed key and memcmp,
+    /// which was the encoder's largest cost on real text.
+    whole_short: FxMap<u128, u32>,
     /// Decoding table: bytes of id i are dec_bytes[dec_off[i]..dec_off[i+1]];
     /// `dec_known[i]` is false for ids that name no token (gaps).
     dec_bytes: Vec<u8>,
@@ -242,6 +246,7 @@ impl Bpe {
             byte_ids,
             merges: merge_map,
             whole: FxMap::default(),
+            whole_short: FxMap::default(),
             dec_bytes,
             dec_off,
             dec_known,
@@ -258,7 +263,14 @@ impl Bpe {
             scratch.clear();
             bpe.merge_piece(b, &mut scratch);
             if scratch.len() == 1 && scratch[0] == *id {
-                whole.insert(b.clone().into_boxed_slice(), *id);
+                match pack_short(b) {
+                    Some(k) => {
+                        bpe.whole_short.insert(k, *id);
+                    }
+                    None => {
+                        whole.insert(b.clone().into_boxed_slice(), *id);
+                    }
+                }
             }
         }
         bpe.whole = whole;
@@ -435,7 +447,11 @@ impl Bpe {
             let b = text.as_bytes();
             for_each_piece(text, self.pattern, |s, e| {
                 let piece = &b[s..e];
-                if let Some(&id) = self.whole.get(piece) {
+                let hit = match pack_short(piece) {
+                    Some(k) => self.whole_short.get(&k),
+                    None => self.whole.get(piece),
+                };
+                if let Some(&id) = hit {
                     out.push(id);
                     return;
                 }
@@ -551,6 +567,22 @@ pub(crate) fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> 
     );
     pools.insert(threads, p.clone());
     Some(p)
+}
+
+/// Longest token or piece packed by `pack_short`.
+const SHORT_MAX: usize = 15;
+
+/// `b` (at most SHORT_MAX bytes) as one integer: the bytes, zero-padded, and the
+/// length in the top byte, so that different byte strings never collide.
+#[inline(always)]
+fn pack_short(b: &[u8]) -> Option<u128> {
+    if b.len() > SHORT_MAX {
+        return None;
+    }
+    let mut buf = [0u8; 16];
+    buf[..b.len()].copy_from_slice(b);
+    buf[15] = b.len() as u8;
+    Some(u128::from_le_bytes(buf))
 }
 
 struct Cache {
