@@ -443,11 +443,13 @@ impl Bpe {
             if cache.uid != self.uid {
                 cache.uid = self.uid;
                 cache.map.clear();
+                cache.short.clear();
             }
             let b = text.as_bytes();
             for_each_piece(text, self.pattern, |s, e| {
                 let piece = &b[s..e];
-                let hit = match pack_short(piece) {
+                let key = pack_short(piece);
+                let hit = match key {
                     Some(k) => self.whole_short.get(&k),
                     None => self.whole.get(piece),
                 };
@@ -459,16 +461,32 @@ impl Bpe {
                     self.merge_piece(piece, out);
                     return;
                 }
-                if let Some(ids) = cache.map.get(piece) {
+                if let Some(k) = key {
+                    if let Some((n, ids)) = cache.short.get(&k) {
+                        out.extend_from_slice(&ids[..*n as usize]);
+                        return;
+                    }
+                } else if let Some(ids) = cache.map.get(piece) {
                     out.extend_from_slice(ids);
                     return;
                 }
                 let start = out.len();
                 self.merge_small(piece, out);
-                if cache.map.len() >= CACHE_MAX_ENTRIES {
+                if cache.map.len() + cache.short.len() >= CACHE_MAX_ENTRIES {
                     cache.map.clear();
+                    cache.short.clear();
                 }
-                cache.map.insert(piece.into(), out[start..].into());
+                let ids = &out[start..];
+                match key {
+                    Some(k) if ids.len() <= SHORT_IDS => {
+                        let mut inline = [0u32; SHORT_IDS];
+                        inline[..ids.len()].copy_from_slice(ids);
+                        cache.short.insert(k, (ids.len() as u8, inline));
+                    }
+                    _ => {
+                        cache.map.insert(piece.into(), ids.into());
+                    }
+                }
             });
         })
     }
@@ -585,13 +603,20 @@ fn pack_short(b: &[u8]) -> Option<u128> {
     Some(u128::from_le_bytes(buf))
 }
 
+/// Most ids a short piece's cache entry holds inline.
+const SHORT_IDS: usize = 7;
+
 struct Cache {
     uid: u64,
     map: FxMap<Box<[u8]>, Box<[u32]>>,
+    /// Pieces of at most SHORT_MAX bytes merging to at most SHORT_IDS ids, key
+    /// and ids inline (no pointer chase on a hit).
+    short: FxMap<u128, (u8, [u32; SHORT_IDS])>,
 }
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache { uid: 0, map: FxMap::default() });
+    static CACHE: RefCell<Cache> =
+        RefCell::new(Cache { uid: 0, map: FxMap::default(), short: FxMap::default() });
 }
 
 #[inline(always)]
