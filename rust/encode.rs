@@ -118,6 +118,10 @@ pub struct Bpe {
     merges: FxMap<u64, (u32, u32)>,
     /// Tokens whose own bytes encode to themselves (the whole-piece fast path).
     whole: FxMap<Box<[u8]>, u32>,
+    /// The same for tokens of at most SHORT_MAX bytes, keyed by the bytes packed
+    /// into a u128: a lookup without a pointer chase to a boxed key and memcmp,
+    /// which was the encoder's largest cost on real text.
+    whole_short: FxMap<u128, u32>,
     /// Decoding table: bytes of id i are dec_bytes[dec_off[i]..dec_off[i+1]];
     /// `dec_known[i]` is false for ids that name no token (gaps).
     dec_bytes: Vec<u8>,
@@ -256,6 +260,7 @@ impl Bpe {
             byte_ids,
             merges: merge_map,
             whole: FxMap::default(),
+            whole_short: FxMap::default(),
             dec_bytes,
             dec_off,
             dec_known,
@@ -272,7 +277,14 @@ impl Bpe {
             scratch.clear();
             bpe.merge_piece(b, &mut scratch);
             if scratch.len() == 1 && scratch[0] == *id {
-                whole.insert(b.clone().into_boxed_slice(), *id);
+                match pack_short(b) {
+                    Some(k) => {
+                        bpe.whole_short.insert(k, *id);
+                    }
+                    None => {
+                        whole.insert(b.clone().into_boxed_slice(), *id);
+                    }
+                }
             }
         }
         bpe.whole = whole;
@@ -445,11 +457,17 @@ impl Bpe {
             if cache.uid != self.uid {
                 cache.uid = self.uid;
                 cache.map.clear();
+                cache.short.clear();
             }
             let b = text.as_bytes();
             for_each_piece(text, self.pattern, |s, e| {
                 let piece = &b[s..e];
-                if let Some(&id) = self.whole.get(piece) {
+                let key = pack_short(piece);
+                let hit = match key {
+                    Some(k) => self.whole_short.get(&k),
+                    None => self.whole.get(piece),
+                };
+                if let Some(&id) = hit {
                     out.push(id);
                     return;
                 }
@@ -457,16 +475,32 @@ impl Bpe {
                     self.merge_piece(piece, out);
                     return;
                 }
-                if let Some(ids) = cache.map.get(piece) {
+                if let Some(k) = key {
+                    if let Some((n, ids)) = cache.short.get(&k) {
+                        out.extend_from_slice(&ids[..*n as usize]);
+                        return;
+                    }
+                } else if let Some(ids) = cache.map.get(piece) {
                     out.extend_from_slice(ids);
                     return;
                 }
                 let start = out.len();
                 self.merge_small(piece, out);
-                if cache.map.len() >= CACHE_MAX_ENTRIES {
+                if cache.map.len() + cache.short.len() >= CACHE_MAX_ENTRIES {
                     cache.map.clear();
+                    cache.short.clear();
                 }
-                cache.map.insert(piece.into(), out[start..].into());
+                let ids = &out[start..];
+                match key {
+                    Some(k) if ids.len() <= SHORT_IDS => {
+                        let mut inline = [0u32; SHORT_IDS];
+                        inline[..ids.len()].copy_from_slice(ids);
+                        cache.short.insert(k, (ids.len() as u8, inline));
+                    }
+                    _ => {
+                        cache.map.insert(piece.into(), ids.into());
+                    }
+                }
             });
         })
     }
@@ -567,13 +601,36 @@ pub(crate) fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> 
     Some(p)
 }
 
+/// Longest token or piece packed by `pack_short`.
+const SHORT_MAX: usize = 15;
+
+/// `b` (at most SHORT_MAX bytes) as one integer: the bytes, zero-padded, and the
+/// length in the top byte, so that different byte strings never collide.
+#[inline(always)]
+fn pack_short(b: &[u8]) -> Option<u128> {
+    if b.len() > SHORT_MAX {
+        return None;
+    }
+    let mut buf = [0u8; 16];
+    buf[..b.len()].copy_from_slice(b);
+    buf[15] = b.len() as u8;
+    Some(u128::from_le_bytes(buf))
+}
+
+/// Most ids a short piece's cache entry holds inline.
+const SHORT_IDS: usize = 7;
+
 struct Cache {
     uid: u64,
     map: FxMap<Box<[u8]>, Box<[u32]>>,
+    /// Pieces of at most SHORT_MAX bytes merging to at most SHORT_IDS ids, key
+    /// and ids inline (no pointer chase on a hit).
+    short: FxMap<u128, (u8, [u32; SHORT_IDS])>,
 }
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache { uid: 0, map: FxMap::default() });
+    static CACHE: RefCell<Cache> =
+        RefCell::new(Cache { uid: 0, map: FxMap::default(), short: FxMap::default() });
 }
 
 #[inline(always)]

@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 pub enum Pattern {
     Gpt2,
     Cl100k,
+    O200k,
 }
 
 impl Pattern {
@@ -32,7 +33,27 @@ impl Pattern {
         match s {
             "gpt2" | "r50k" | "p50k" => Some(Pattern::Gpt2),
             "cl100k" => Some(Pattern::Cl100k),
+            "o200k" => Some(Pattern::O200k),
             _ => None,
+        }
+    }
+
+    /// Every pattern with a scanner, for the Python side's registry.
+    pub const ALL: [Pattern; 3] = [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k];
+
+    /// The scanner for a regex given as text: either the form documented here or
+    /// tiktoken's (possessive, faster in a backtracking engine, same matches).
+    pub fn from_regex(s: &str) -> Option<Pattern> {
+        Pattern::ALL.into_iter().find(|p| s == p.regex() || s == p.tiktoken_regex())
+    }
+
+    /// The pattern string exactly as tiktoken's `openai_public.py` spells it, so
+    /// that `Encoding._pat_str` compares equal to tiktoken's.
+    pub fn tiktoken_regex(&self) -> &'static str {
+        match self {
+            Pattern::Gpt2 => GPT2_TIKTOKEN_REGEX,
+            Pattern::Cl100k => CL100K_TIKTOKEN_REGEX,
+            Pattern::O200k => O200K_REGEX,
         }
     }
 
@@ -40,6 +61,7 @@ impl Pattern {
         match self {
             Pattern::Gpt2 => "gpt2",
             Pattern::Cl100k => "cl100k",
+            Pattern::O200k => "o200k",
         }
     }
 
@@ -48,6 +70,7 @@ impl Pattern {
         match self {
             Pattern::Gpt2 => GPT2_REGEX,
             Pattern::Cl100k => CL100K_REGEX,
+            Pattern::O200k => O200K_REGEX,
         }
     }
 }
@@ -55,6 +78,27 @@ impl Pattern {
 pub const GPT2_REGEX: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 pub const CL100K_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// o200k_base's pattern, character for character as in tiktoken.
+pub const O200K_REGEX: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    "|",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    "|",
+    r"\p{N}{1,3}",
+    "|",
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    "|",
+    r"\s*[\r\n]+",
+    "|",
+    r"\s+(?!\S)",
+    "|",
+    r"\s+",
+);
+/// tiktoken's spellings of the gpt2 and cl100k patterns (possessive quantifiers
+/// and `\s++$`): the same matches as the forms above.
+pub const GPT2_TIKTOKEN_REGEX: &str =
+    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
+pub const CL100K_TIKTOKEN_REGEX: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
 
 // ---------------------------------------------------------------------------
 // Character classes
@@ -369,6 +413,232 @@ pub fn cl100k_next(b: &[u8], i: usize) -> usize {
     }
 }
 
+// ---------------------------------------------------------------------------
+// o200k_base
+//
+// Its letter alternatives split letters by case: X = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+// ("upper-ish") and Y = [\p{Ll}\p{Lm}\p{Lo}\p{M}] ("lower-ish") overlap in Lm, Lo
+// and marks, and marks (not \p{L}) may also be the optional prefix and part of a
+// punctuation run. So o200k needs its own finer classes.
+
+/// o200k classes: UP = Lu|Lt (X only), LOW = Ll (Y only), LMO = Lm|Lo (X and Y),
+/// MARK = M (X and Y, and also not-a-letter for the prefix and punctuation runs).
+pub const O_OTHER: u8 = 0;
+pub const O_UP: u8 = 1;
+pub const O_LOW: u8 = 2;
+pub const O_LMO: u8 = 3;
+pub const O_MARK: u8 = 4;
+pub const O_NUM: u8 = 5;
+pub const O_SPACE: u8 = 6;
+
+#[inline(always)]
+fn o_in_x(c: u8) -> bool {
+    matches!(c, O_UP | O_LMO | O_MARK)
+}
+#[inline(always)]
+fn o_in_y(c: u8) -> bool {
+    matches!(c, O_LOW | O_LMO | O_MARK)
+}
+
+fn o200k_tables() -> &'static Tables {
+    static TABLES: OnceLock<Tables> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut bmp = vec![O_OTHER; 0x10000];
+        let mut astral = Vec::new();
+        for (pat, class) in [
+            (r"[\p{Lu}\p{Lt}]", O_UP),
+            (r"\p{Ll}", O_LOW),
+            (r"[\p{Lm}\p{Lo}]", O_LMO),
+            (r"\p{M}", O_MARK),
+            (r"\p{N}", O_NUM),
+            (r"\s", O_SPACE),
+        ] {
+            for (lo, hi) in class_ranges(pat) {
+                for cp in lo..=hi.min(0xFFFF) {
+                    bmp[cp as usize] = class;
+                }
+                if hi >= 0x10000 {
+                    astral.push((lo.max(0x10000), hi, class));
+                }
+            }
+        }
+        astral.sort_unstable();
+        Tables { bmp, astral }
+    })
+}
+
+const fn o200k_ascii_table() -> [u8; 128] {
+    let mut t = [O_OTHER; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_uppercase() {
+            O_UP
+        } else if c.is_ascii_lowercase() {
+            O_LOW
+        } else if c.is_ascii_digit() {
+            O_NUM
+        } else if c == b' ' || (c >= 0x09 && c <= 0x0D) {
+            O_SPACE
+        } else {
+            O_OTHER
+        };
+        i += 1;
+    }
+    t
+}
+static O_ASCII: [u8; 128] = o200k_ascii_table();
+
+/// The o200k class of a code point.
+#[inline]
+pub fn o200k_class_of(cp: u32) -> u8 {
+    if cp < 128 {
+        return O_ASCII[cp as usize];
+    }
+    let t = o200k_tables();
+    if cp < 0x10000 {
+        return t.bmp[cp as usize];
+    }
+    match t.astral.binary_search_by(|&(lo, hi, _)| {
+        if hi < cp {
+            std::cmp::Ordering::Less
+        } else if lo > cp {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    }) {
+        Ok(i) => t.astral[i].2,
+        Err(_) => O_OTHER,
+    }
+}
+
+#[inline(always)]
+fn o_peek(b: &[u8], i: usize) -> Option<(u8, u32, usize)> {
+    if i >= b.len() {
+        return None;
+    }
+    let c0 = b[i];
+    if c0 < 0x80 {
+        return Some((O_ASCII[c0 as usize], c0 as u32, 1));
+    }
+    let (cp, n) = decode_at(b, i);
+    Some((o200k_class_of(cp), cp, n))
+}
+
+/// `X*Y+` from `j`, greedy with the regex's backtracking: X* takes the whole
+/// X-run; if a Y-only (lowercase) character follows, Y+ takes the Y-run from
+/// there; otherwise X* gives characters back until Y+ can take one, i.e. the
+/// match ends after the last Y character of the X-run. None if there is none.
+#[inline]
+fn o_lower_end(b: &[u8], j: usize) -> Option<usize> {
+    let mut k = j;
+    let mut after_last_y = None;
+    loop {
+        match o_peek(b, k) {
+            Some((c, _, n)) if o_in_x(c) => {
+                k += n;
+                if o_in_y(c) {
+                    after_last_y = Some(k);
+                }
+            }
+            Some((O_LOW, _, n)) => return Some(o_run_end(b, k + n, o_in_y)),
+            _ => return after_last_y,
+        }
+    }
+}
+
+/// `X+Y*` from `j` (both greedy; X+ then Y* never needs to backtrack).
+#[inline]
+fn o_upper_end(b: &[u8], j: usize) -> Option<usize> {
+    let k = o_run_end(b, j, o_in_x);
+    if k == j {
+        None
+    } else {
+        Some(o_run_end(b, k, o_in_y))
+    }
+}
+
+#[inline(always)]
+fn o_run_end(b: &[u8], mut i: usize, keep: impl Fn(u8) -> bool) -> usize {
+    while let Some((c, _, n)) = o_peek(b, i) {
+        if !keep(c) {
+            break;
+        }
+        i += n;
+    }
+    i
+}
+
+/// End of `[\r\n/]*` from `i`.
+#[inline]
+fn crlf_slash_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b'\r' | b'\n' | b'/') {
+        i += 1;
+    }
+    i
+}
+
+/// End (byte offset) of the o200k pre-token starting at `i` (< len).
+#[inline]
+pub fn o200k_next(b: &[u8], i: usize) -> usize {
+    let (class, cp, n) = match o_peek(b, i) {
+        Some(x) => x,
+        None => return i,
+    };
+    // The two letter alternatives, in the regex's order: each first with the
+    // optional `[^\r\n\p{L}\p{N}]` prefix taken, then without it.
+    let prefix = matches!(class, O_OTHER | O_MARK) || (class == O_SPACE && !is_crlf(cp));
+    let letters = if prefix {
+        o_lower_end(b, i + n)
+            .or_else(|| if class == O_MARK { o_lower_end(b, i) } else { None })
+            .or_else(|| o_upper_end(b, i + n))
+            .or_else(|| if class == O_MARK { o_upper_end(b, i) } else { None })
+    } else if matches!(class, O_UP | O_LOW | O_LMO) {
+        o_lower_end(b, i).or_else(|| o_upper_end(b, i))
+    } else {
+        None
+    };
+    if let Some(e) = letters {
+        // `(?i:'s|'t|'re|'ve|'m|'ll|'d)?`
+        if e < b.len() && b[e] == b'\'' {
+            return e + contraction_len(b, e, true);
+        }
+        return e;
+    }
+    match class {
+        O_NUM => {
+            let mut e = i;
+            for _ in 0..3 {
+                match o_peek(b, e) {
+                    Some((O_NUM, _, n)) => e += n,
+                    _ => break,
+                }
+            }
+            e
+        }
+        O_OTHER | O_MARK => {
+            // ` ?[^\s\p{L}\p{N}]+[\r\n/]*` (a mark always starts letters above,
+            // but the run may contain marks).
+            crlf_slash_end(b, o_run_end(b, i + n, |c| matches!(c, O_OTHER | O_MARK)))
+        }
+        _ => {
+            // Whitespace (letters and digits returned above).
+            if cp == b' ' as u32 {
+                if let Some((O_OTHER | O_MARK, _, n2)) = o_peek(b, i + 1) {
+                    return crlf_slash_end(b, o_run_end(b, i + 1 + n2, |c| matches!(c, O_OTHER | O_MARK)));
+                }
+            }
+            // `\s*[\r\n]+`: the whole whitespace run up to its last CR/LF.
+            let j = run_end(b, i + n, SPACE);
+            if let Some(p) = b[i..j].iter().rposition(|&c| c == b'\r' || c == b'\n') {
+                return i + p + 1;
+            }
+            whitespace_end(b, i, n)
+        }
+    }
+}
+
 /// Iterator over the pre-tokens of a text.
 pub struct Split<'a> {
     text: &'a str,
@@ -388,6 +658,7 @@ impl<'a> Iterator for Split<'a> {
         let end = match self.pattern {
             Pattern::Gpt2 => gpt2_next(b, self.pos),
             Pattern::Cl100k => cl100k_next(b, self.pos),
+            Pattern::O200k => o200k_next(b, self.pos),
         };
         debug_assert!(end > self.pos);
         let s = &self.text[self.pos..end];
@@ -421,6 +692,13 @@ pub fn for_each_piece(text: &str, pattern: Pattern, mut f: impl FnMut(usize, usi
                 i = e;
             }
         }
+        Pattern::O200k => {
+            while i < b.len() {
+                let e = o200k_next(b, i);
+                f(i, e);
+                i = e;
+            }
+        }
     }
 }
 
@@ -435,9 +713,13 @@ mod tests {
 
     fn check(text: &str) {
         thread_local! {
-            static RES: [Regex; 2] = [Regex::new(GPT2_REGEX).unwrap(), Regex::new(CL100K_REGEX).unwrap()];
+            static RES: [Regex; 3] = [
+                Regex::new(GPT2_REGEX).unwrap(),
+                Regex::new(CL100K_REGEX).unwrap(),
+                Regex::new(O200K_REGEX).unwrap(),
+            ];
         }
-        for (k, pattern) in [Pattern::Gpt2, Pattern::Cl100k].into_iter().enumerate() {
+        for (k, pattern) in Pattern::ALL.into_iter().enumerate() {
             let want = RES.with(|r| by_regex(&r[k], text));
             let got: Vec<String> = split(text, pattern).map(|s| s.to_string()).collect();
             assert_eq!(got, want, "pattern {:?} on {:?}", pattern, text);
@@ -491,6 +773,11 @@ mod tests {
             "'\n",
             "abc\r\n",
             "1234567",
+            "HelloWorld camelCase ABCdef DEF's don't WE'LL",
+            "ǅungla ʰa Éé \u{903}x \u{301}\u{301}a !\u{301}! a/b\n//\n",
+            "http://x.y/z?a=1\r\n/\n",
+            " \u{301}",
+            "ABC'S abc'",
         ] {
             check(t);
         }
@@ -500,7 +787,7 @@ mod tests {
     fn matches_fancy_regex_on_pseudo_random_text() {
         // A small deterministic generator over a character set that exercises
         // every branch; the Python tests do the same with hypothesis.
-        let alphabet: Vec<char> = "aZé中 \t\n\r\u{a0}\u{3000}'sStTrReEvVlLmMdD019٣!?.,👍\u{200d}\u{301}\u{1}\u{17f}"
+        let alphabet: Vec<char> = "aZé中 \t\n\r\u{a0}\u{3000}'sStTrReEvVlLmMdD019٣!?.,/👍\u{200d}\u{301}\u{1}\u{17f}ǅʰÉ\u{903}\u{20dd}"
             .chars()
             .collect();
         let mut state: u64 = 0x9E3779B97F4A7C15;
@@ -523,7 +810,7 @@ mod tests {
     #[test]
     fn pieces_concatenate() {
         let t = "Some text, with   spaces\tand\n\nnewlines 123.";
-        for p in [Pattern::Gpt2, Pattern::Cl100k] {
+        for p in Pattern::ALL {
             assert_eq!(split(t, p).collect::<String>(), t);
         }
     }
@@ -532,7 +819,12 @@ mod tests {
     fn names() {
         assert_eq!(Pattern::from_name("gpt2"), Some(Pattern::Gpt2));
         assert_eq!(Pattern::from_name("cl100k"), Some(Pattern::Cl100k));
+        assert_eq!(Pattern::from_name("o200k"), Some(Pattern::O200k));
         assert_eq!(Pattern::from_name("nope"), None);
+        for p in Pattern::ALL {
+            assert_eq!(Pattern::from_regex(p.regex()), Some(p));
+            assert_eq!(Pattern::from_regex(p.tiktoken_regex()), Some(p));
+        }
         assert_eq!(Pattern::Cl100k.name(), "cl100k");
     }
 }

@@ -24,8 +24,11 @@ fn vocab_err(e: VocabError) -> PyErr {
 }
 
 fn pattern_of(name: &str) -> PyResult<Pattern> {
-    Pattern::from_name(name)
-        .ok_or_else(|| PyValueError::new_err(format!("unknown pre-tokenization pattern {name:?} (use 'gpt2' or 'cl100k')")))
+    Pattern::from_name(name).or_else(|| Pattern::from_regex(name)).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown pre-tokenization pattern {name:?} (use 'gpt2', 'cl100k' or 'o200k', or one of their regexes)"
+        ))
+    })
 }
 
 fn name_of(path: &str) -> String {
@@ -189,6 +192,44 @@ impl CoreBPE {
         let tokens: Vec<(Vec<u8>, u32)> = tokens.into_iter().map(|(b, r)| (b.to_vec(), r)).collect();
         let bpe = py.allow_threads(|| guard(|| build(VocabParts { tokens, merges, specials }, pattern, "vocabulary")))??;
         Ok(wrap(py, bpe))
+    }
+
+    /// Encode with a general regex instead of a built-in scanner (a custom
+    /// `pat_str`): specials in `allowed` first (leftmost, longest on a tie), then
+    /// the regex's matches, each merged by BPE. Text no match covers is skipped,
+    /// as a regex `findall` skips it.
+    fn encode_regex(&self, py: Python<'_>, text: &str, re: &PyRegex, allowed: Vec<String>) -> PyResult<PyObject> {
+        let inner = &self.inner;
+        let re = &re.re;
+        let ids = py.allow_threads(|| {
+            guard(|| -> Result<Vec<u32>, String> {
+                let specials: std::collections::HashMap<&str, u32> =
+                    inner.specials().iter().map(|(s, i)| (s.as_str(), *i)).collect();
+                let mut out = Vec::new();
+                let mut pos = 0;
+                while pos <= text.len() {
+                    let next = allowed
+                        .iter()
+                        .filter_map(|s| text[pos..].find(s.as_str()).map(|k| (pos + k, std::cmp::Reverse(s.len()), s)))
+                        .min();
+                    let end = next.as_ref().map_or(text.len(), |n| n.0);
+                    for m in re.find_iter(&text[pos..end]) {
+                        let m = m.map_err(|e| format!("pattern failed on the text: {e}"))?;
+                        inner.merge_piece(m.as_str().as_bytes(), &mut out);
+                    }
+                    match next {
+                        Some((at, _, s)) => {
+                            out.push(specials[s.as_str()]);
+                            pos = at + s.len();
+                        }
+                        None => break,
+                    }
+                }
+                Ok(out)
+            })
+        })?
+        .map_err(PyValueError::new_err)?;
+        self.to_list(py, &ids)
     }
 
     fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<PyObject> {
@@ -421,7 +462,7 @@ impl CoreBPE {
     }
 }
 
-/// `split(text, pattern) -> list[str]` (pattern "gpt2" or "cl100k"): pre-tokenization alone.
+/// `split(text, pattern) -> list[str]` (pattern "gpt2", "cl100k" or "o200k", or its regex): pre-tokenization alone.
 #[pyfunction]
 #[pyo3(name = "split")]
 fn py_split(text: &str, pattern: &str) -> PyResult<Vec<String>> {
@@ -429,8 +470,43 @@ fn py_split(text: &str, pattern: &str) -> PyResult<Vec<String>> {
     Ok(split(text, p).map(|s| s.to_string()).collect())
 }
 
+/// A compiled general regex (fancy-regex: look-around and backreferences, as
+/// tiktoken's engine) for patterns without a hand-written scanner.
+#[pyclass(module = "gptlite._core", name = "Regex")]
+pub struct PyRegex {
+    re: fancy_regex::Regex,
+}
+
+#[pymethods]
+impl PyRegex {
+    #[new]
+    fn new(pattern: &str) -> PyResult<Self> {
+        fancy_regex::Regex::new(pattern)
+            .map(|re| PyRegex { re })
+            .map_err(|e| PyValueError::new_err(format!("pat_str {pattern:?} is not a valid regex: {e}")))
+    }
+
+    /// The matches of the regex in `text`, in order.
+    fn split(&self, text: &str) -> PyResult<Vec<String>> {
+        self.re
+            .find_iter(text)
+            .map(|m| m.map(|m| m.as_str().to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| PyValueError::new_err(format!("pattern failed on the text: {e}")))
+    }
+}
+
+/// `patterns() -> list[(name, tiktoken_regex, regex)]`: every pattern with a
+/// scanner; the single source of these strings for the Python side.
+#[pyfunction]
+fn patterns() -> Vec<(&'static str, &'static str, &'static str)> {
+    Pattern::ALL.iter().map(|p| (p.name(), p.tiktoken_regex(), p.regex())).collect()
+}
+
 pub fn register(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_class::<CoreBPE>()?;
+    m.add_class::<PyRegex>()?;
+    m.add_function(wrap_pyfunction!(patterns, m)?)?;
     m.add_function(wrap_pyfunction!(py_split, m)?)?;
     Ok(())
 }

@@ -251,10 +251,12 @@ fn is_cut(b: &[u8], i: usize, pattern: Pattern) -> bool {
         let class = class_of(cp);
         return match pattern {
             Pattern::Gpt2 => class != SPACE,
-            Pattern::Cl100k => class == LETTER || class == NUMBER || (cur == b' ' && class != SPACE),
+            Pattern::Cl100k | Pattern::O200k => {
+                class == LETTER || class == NUMBER || (cur == b' ' && class != SPACE)
+            }
         };
     }
-    if pattern == Pattern::Cl100k && (prev == b'\n' || prev == b'\r') {
+    if matches!(pattern, Pattern::Cl100k | Pattern::O200k) && (prev == b'\n' || prev == b'\r') {
         let Some(cp) = char_at(b, i) else { return false };
         return matches!(class_of(cp), LETTER | NUMBER);
     }
@@ -828,7 +830,7 @@ mod tests {
     }
 
     #[test]
-    fn every_cut_keeps_the_pieces_for_both_patterns() {
+    fn every_cut_keeps_the_pieces_for_every_pattern() {
         // every kind of neighbour: letters, digits, punctuation, CJK, combining
         // marks, emoji, U+001C, NBSP and ideographic spaces, CR/LF, tabs
         let alphabet = [
@@ -843,7 +845,7 @@ mod tests {
                 text.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
             }
             let b = text.as_bytes();
-            for pattern in [Pattern::Gpt2, Pattern::Cl100k] {
+            for pattern in crate::pretokenize::Pattern::ALL {
                 let whole: Vec<&str> = split(&text, pattern).collect();
                 for i in 1..b.len() {
                     if is_cut(b, i, pattern) {
@@ -860,7 +862,7 @@ mod tests {
     fn text_without_spaces_is_still_chunked() {
         // Chinese lines without any U+0020: cut at the line ends
         let text = "日本語の文章は空白を使わずに書かれる。\n".repeat(200_000);
-        for pattern in [Pattern::Gpt2, Pattern::Cl100k] {
+        for pattern in crate::pretokenize::Pattern::ALL {
             let bounds = chunk_bounds(text.as_bytes(), pattern);
             assert!(bounds.len() > 4, "{pattern:?}: {} chunks", bounds.len());
             let mut whole = FxMap::default();

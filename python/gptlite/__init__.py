@@ -5,3 +5,15 @@ transformer whose forward and backward passes are written by hand on NumPy
 (CPU) or CuPy (GPU).
 """
 __version__ = "0.1.0"
+
+_TIKTOKEN_API = ("Encoding", "get_encoding", "encoding_for_model", "list_encoding_names")
+
+
+def __getattr__(name):
+    # tiktoken's API on the package itself (`import gptlite as tiktoken`), loaded
+    # on first use so that `import gptlite` stays cheap.
+    if name in _TIKTOKEN_API:
+        from gptlite import tokenizer
+
+        return getattr(tokenizer, name)
+    raise AttributeError(f"module 'gptlite' has no attribute {name!r}")

@@ -25,11 +25,12 @@ from gptlite import _core
 from gptlite.fileio import atomic_write_bytes, atomic_write_text
 from gptlite.validate import token_id
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-CL100K_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-PATTERNS = {"gpt2": GPT2_PATTERN, "cl100k": CL100K_PATTERN}
+# The Rust core holds every pattern next to its scanner; these are views of it.
+PATTERNS = {name: regex for name, _tiktoken_regex, regex in _core.patterns()}
+TIKTOKEN_PATTERNS = {name: tk for name, tk, _regex in _core.patterns()}
+GPT2_PATTERN = PATTERNS["gpt2"]
+CL100K_PATTERN = PATTERNS["cl100k"]
+O200K_PATTERN = PATTERNS["o200k"]
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -78,6 +79,7 @@ class Tokenizer:
         self._core = core
         self.name = name
         self._special_tokens = dict(core.special_tokens())
+        self._core_specials = frozenset(self._special_tokens)
 
     # --- construction -------------------------------------------------------------
     @classmethod
@@ -211,7 +213,7 @@ class Tokenizer:
                     f"by passing `disallowed_special=(enc.special_tokens_set - {{{tok!r}}})`.\n"
                     f"To disable this check for all special tokens, pass `disallowed_special=()`.\n"
                 )
-        return sorted(s for s in allowed if s in self._special_tokens)
+        return sorted(s for s in allowed if s in self._core_specials)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text``; special-token text is encoded as ordinary text."""
@@ -355,7 +357,198 @@ class Tokenizer:
 
 def _check_pattern(pattern: str) -> None:
     if pattern not in PATTERNS:
-        raise ValueError(f"unknown pre-tokenization pattern {pattern!r} (use 'gpt2' or 'cl100k')")
+        raise ValueError(f"unknown pre-tokenization pattern {pattern!r} (use one of {sorted(PATTERNS)})")
+
+
+def _pattern_name(pat_str: str) -> str | None:
+    """The scanner that reproduces regex ``pat_str`` exactly, or None (general regex)."""
+    for name in PATTERNS:
+        if pat_str in (PATTERNS[name], TIKTOKEN_PATTERNS[name]):
+            return name
+    return None
+
+
+class Encoding(Tokenizer):
+    """tiktoken's ``Encoding``, name for name: ``import gptlite as tiktoken`` works.
+
+    The same object as ``Tokenizer`` underneath (one Rust core); this class adds
+    tiktoken's constructor, its exceptions (KeyError for unknown single tokens)
+    and its semi-private members (``_pat_str``, ``_mergeable_ranks``,
+    ``_special_tokens``, ``_encode_single_piece``).
+    """
+
+    def __init__(self, name: str, *, pat_str: str, mergeable_ranks: dict, special_tokens: dict,
+                 explicit_n_vocab: int | None = None):
+        pattern = _pattern_name(pat_str)
+        # No scanner for this pattern: a general regex engine splits, the core merges.
+        regex = _core.Regex(pat_str) if pattern is None else None
+        max_token_value = max(max(mergeable_ranks.values()), max(special_tokens.values(), default=0))
+        if explicit_n_vocab:
+            if len(mergeable_ranks) + len(special_tokens) != explicit_n_vocab or max_token_value != explicit_n_vocab - 1:
+                raise ValueError(
+                    f"{name}: explicit_n_vocab={explicit_n_vocab} but there are {len(mergeable_ranks)} ranks + "
+                    f"{len(special_tokens)} special tokens and the largest id is {max_token_value}")
+        ranks = [(bytes(b), int(r)) for b, r in mergeable_ranks.items()]
+        specials = sorted((str(k), int(v)) for k, v in special_tokens.items())
+        core = _core.CoreBPE.from_ranks(ranks, specials, pattern or "gpt2")
+        Tokenizer.__init__(self, core, name)
+        self._special_tokens = dict(special_tokens)
+        self._pat_str = pat_str
+        self._regex = regex
+        self._ranks_dict = mergeable_ranks
+
+    @classmethod
+    def _from_core(cls, name: str, core, special_tokens: dict) -> "Encoding":
+        self = cls.__new__(cls)
+        Tokenizer.__init__(self, core, name)
+        self._special_tokens = dict(special_tokens)  # tiktoken's order
+        self._pat_str = TIKTOKEN_PATTERNS[core.pattern]
+        self._ranks_dict = None
+        self._regex = None
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Encoding {self.name!r}>"
+
+    @property
+    def _mergeable_ranks(self) -> dict[bytes, int]:
+        if self._ranks_dict is None:
+            self._ranks_dict = self.mergeable_ranks
+        return self._ranks_dict
+
+    @property
+    def max_token_value(self) -> int:
+        return self._core.n_vocab - 1
+
+    @property
+    def eot_token(self) -> int:
+        return self._special_tokens["<|endoftext|>"]
+
+    def is_special_token(self, token: int) -> bool:
+        return token in self._special_tokens.values()
+
+    # --- a custom pattern without a scanner: the general regex path -------------
+    def _regex_encode(self, text: str, allowed: list[str]) -> list[int]:
+        return self._core.encode_regex(_utf8_safe(text), self._regex, allowed)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        if self._regex is None:
+            return Tokenizer.encode_ordinary(self, text)
+        return self._regex_encode(_check_text(text), [])
+
+    def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+               disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
+        if self._regex is None:
+            return Tokenizer.encode(self, text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        _check_text(text)
+        return self._regex_encode(text, self._allowed(text, allowed_special, disallowed_special))
+
+    def encode_to_numpy(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+                        disallowed_special: Literal["all"] | Collection[str] = "all") -> np.ndarray:
+        if self._regex is None:
+            return Tokenizer.encode_to_numpy(self, text, allowed_special=allowed_special,
+                                             disallowed_special=disallowed_special)
+        ids = self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        return np.asarray(ids, dtype=np.uint16 if self.n_vocab <= 65536 else np.uint32)
+
+    def split(self, text: str) -> list[str]:
+        if self._regex is None:
+            return Tokenizer.split(self, text)
+        return self._regex.split(_utf8_safe(_check_text(text)))
+
+    def encode_ordinary_batch(self, text: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        if self._regex is not None:
+            return [self.encode_ordinary(t) for t in self._check_batch(text)]
+        return Tokenizer.encode_ordinary_batch(self, text, num_threads)
+
+    def encode_batch(self, text: Sequence[str], *, num_threads: int = 8,
+                     allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+                     disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
+        if self._regex is not None:
+            return [self.encode(t, allowed_special=allowed_special, disallowed_special=disallowed_special)
+                    for t in self._check_batch(text)]
+        return Tokenizer.encode_batch(self, text, num_threads, allowed_special=allowed_special,
+                                      disallowed_special=disallowed_special)
+
+    def _lookup(self) -> dict[bytes, int]:
+        table = self.__dict__.get("_by_bytes")
+        if table is None:
+            table = {b: i for b, i in self._core.tokens()}
+            table.update((s.encode("utf-8"), i) for s, i in self._special_tokens.items())
+            self.__dict__["_by_bytes"] = table
+        return table
+
+    def encode_single_token(self, text_or_bytes: str | bytes) -> int:
+        """The id of the token whose bytes are exactly ``text_or_bytes`` (special tokens too); KeyError if none."""
+        key = text_or_bytes.encode("utf-8") if isinstance(text_or_bytes, str) else bytes(text_or_bytes)
+        try:
+            return self._lookup()[key]
+        except KeyError:
+            raise KeyError(key) from None
+
+    def _encode_single_piece(self, text_or_bytes: str | bytes) -> list[int]:
+        """BPE of one piece without the pattern split (tiktoken's private helper)."""
+        data = text_or_bytes.encode("utf-8") if isinstance(text_or_bytes, str) else bytes(text_or_bytes)
+        key = self._lookup()
+        if data in key and data.decode("utf-8", "replace") not in self._special_tokens:
+            return [key[data]]
+        # Merge by rank over the piece's bytes, as BPE defines it.
+        parts = [bytes([c]) for c in data]
+        while len(parts) > 1:
+            best = None
+            for i in range(len(parts) - 1):
+                r = key.get(parts[i] + parts[i + 1])
+                if r is not None and (best is None or r < best[0]):
+                    best = (r, i)
+            if best is None:
+                break
+            i = best[1]
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        return [key[p] for p in parts]
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        try:
+            return self._core.token_bytes(token)
+        except ValueError:
+            raise KeyError(token) from None
+
+    def decode_tokens_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        return [self.decode_single_token_bytes(t) for t in tokens]
+
+    def decode_with_offsets(self, tokens: Sequence[int]) -> tuple[str, list[int]]:
+        token_bytes = self.decode_tokens_bytes(tokens)
+        text_len = 0
+        offsets = []
+        for token in token_bytes:
+            offsets.append(max(0, text_len - (0x80 <= token[0] < 0xC0)))
+            text_len += sum(1 for c in token if not 0x80 <= c < 0xC0)
+        return b"".join(token_bytes).decode("utf-8", errors="strict"), offsets
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], *, errors: str = "replace", num_threads: int = 8) -> list[str]:
+        return [self.decode(t, errors=errors) for t in batch]
+
+    def decode_bytes_batch(self, batch: Sequence[Sequence[int]], *, num_threads: int = 8) -> list[bytes]:
+        return [self.decode_bytes(t) for t in batch]
+
+    def token_byte_values(self) -> list[bytes]:
+        return [b for b, _ in self._core.tokens()]
+
+    def __getstate__(self):
+        from gptlite.tokenizer import encodings
+
+        # Registered encodings pickle by name, as in tiktoken.
+        if encodings._ENCODINGS.get(self.name) is self:
+            return self.name
+        return {"name": self.name, "pat_str": self._pat_str, "mergeable_ranks": self._mergeable_ranks,
+                "special_tokens": self._special_tokens}
+
+    def __setstate__(self, value):
+        if isinstance(value, str):
+            from gptlite.tokenizer.encodings import get_encoding
+
+            self.__dict__ = get_encoding(value).__dict__
+            return
+        self.__init__(**value)
 
 
 def _checked_specials(special_tokens: dict, where: str) -> list:

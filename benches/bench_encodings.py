@@ -1,0 +1,127 @@
+"""gpt2, cl100k_base and o200k_base: gptlite vs tiktoken vs quicktok-v1 vs riptoken, one run.
+
+Run: ``python benches/bench_encodings.py [--rounds N] [--json out.json]``.
+Workload: every shared corpus split into documents (as the tests split them),
+``encode_ordinary`` one document per call, 1 thread. Rounds alternate between
+the encoders so that drift in the machine's speed hits all alike; the median
+round is reported. Every peer's output is checked equal to tiktoken's first.
+Also: pathological 1 MB inputs (one letter, digits, one CJK character,
+whitespace), timed against 0.25 MB of the same to show linear scaling.
+Targets (issue 14): >= 1.2x the fastest peer and >= 4x tiktoken per encoding.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "python"))
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+
+from conftest import DATA, corpus_documents  # noqa: E402
+
+BLOB = "https://openaipublic.blob.core.windows.net"
+FILES = {
+    f"{BLOB}/gpt-2/encodings/main/encoder.json": DATA / "gpt2" / "encoder.json",
+    f"{BLOB}/gpt-2/encodings/main/vocab.bpe": DATA / "gpt2" / "vocab.bpe",
+    f"{BLOB}/encodings/cl100k_base.tiktoken": DATA / "openai" / "cl100k_base.tiktoken",
+    f"{BLOB}/encodings/o200k_base.tiktoken": DATA / "openai" / "o200k_base.tiktoken",
+}
+ENCODINGS = ("gpt2", "cl100k_base", "o200k_base")
+
+
+def _cache() -> str:
+    if not os.environ.get("TIKTOKEN_CACHE_DIR"):
+        d = tempfile.mkdtemp(prefix="tiktoken_cache")
+        for url, src in FILES.items():
+            shutil.copy(src, os.path.join(d, hashlib.sha1(url.encode()).hexdigest()))
+        os.environ["TIKTOKEN_CACHE_DIR"] = d
+    return os.environ["TIKTOKEN_CACHE_DIR"]
+
+
+def _peers(name: str) -> dict:
+    import gptlite
+    import tiktoken
+
+    out = {"gptlite": gptlite.get_encoding(name), "tiktoken": tiktoken.get_encoding(name)}
+    for mod in ("quicktok", "riptoken"):
+        try:
+            out[mod] = __import__(mod).get_encoding(name)
+        except Exception as exc:  # a peer that cannot load this encoding is reported, not fatal
+            print(f"  {mod}: cannot load {name}: {exc}")
+    return out
+
+
+def bench(name: str, docs: list[str], rounds: int) -> dict:
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    encs = _peers(name)
+    want = [encs["tiktoken"].encode_ordinary(d) for d in docs]
+    for k, e in list(encs.items()):
+        if [e.encode_ordinary(d) for d in docs] != want:
+            print(f"  {k}: output differs from tiktoken on {name}; left out")
+            del encs[k]
+    times: dict[str, list[float]] = {k: [] for k in encs}
+    for _ in range(rounds):
+        for k, e in encs.items():
+            f = e.encode_ordinary
+            t = time.perf_counter()
+            for d in docs:
+                f(d)
+            times[k].append(time.perf_counter() - t)
+    mbs = {k: n_bytes / statistics.median(v) / 1e6 for k, v in times.items()}
+    peers = {k: v for k, v in mbs.items() if k != "gptlite"}
+    best = max(peers, key=peers.get)
+    row = {"encoding": name, "MB": n_bytes / 1e6, "MB/s": mbs,
+           "vs_tiktoken": mbs["gptlite"] / mbs["tiktoken"], "fastest_peer": best,
+           "vs_fastest_peer": mbs["gptlite"] / peers[best]}
+    return row
+
+
+def pathological(name: str) -> dict:
+    import gptlite
+
+    enc = gptlite.get_encoding(name)
+    out = {}
+    for label, unit in (("letter", "a"), ("digits", "7"), ("cjk", "中"), ("whitespace", " ")):
+        secs = []
+        for size in (1 << 18, 1 << 20):
+            text = unit * (size // len(unit.encode()))
+            t = time.perf_counter()
+            enc.encode_ordinary(text)
+            secs.append(time.perf_counter() - t)
+        out[label] = {"1MB_s": secs[1], "ratio_1MB_over_0.25MB": secs[1] / max(secs[0], 1e-9)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    _cache()
+    docs = [d for ds in corpus_documents().values() for d in ds]
+    results = []
+    for name in ENCODINGS:
+        row = bench(name, docs, args.rounds)
+        row["pathological"] = pathological(name)
+        results.append(row)
+        cols = "  ".join(f"{k} {v:6.1f}" for k, v in row["MB/s"].items())
+        print(f"{name:12s} MB/s: {cols} | gptlite/tiktoken {row['vs_tiktoken']:.2f}x, "
+              f"gptlite/{row['fastest_peer']} {row['vs_fastest_peer']:.2f}x")
+        for label, p in row["pathological"].items():
+            print(f"    1 MB of {label}: {p['1MB_s']*1e3:.1f} ms (x{p['ratio_1MB_over_0.25MB']:.1f} of 0.25 MB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
