@@ -389,6 +389,7 @@ def test_killed_at_random_points_resumes_exactly(tmp_path, sig):
     cfg = _cfg(tmp_path, **kw)
     out = Path(cfg.out_dir)
     rng = random.Random(1000 + sig)
+    kills = 0
     for attempt in range(3):
         before = _metric_steps(out)
         child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg.__dict__)], env=ENV,
@@ -402,6 +403,7 @@ def test_killed_at_random_points_resumes_exactly(tmp_path, sig):
         _, err = child.communicate(timeout=60)
         if child.returncode == 0:
             break  # finished before the signal came
+        kills += 1
         if sig == signal.SIGKILL:
             assert child.returncode == -signal.SIGKILL, err
         else:
@@ -413,6 +415,7 @@ def test_killed_at_random_points_resumes_exactly(tmp_path, sig):
 
         load_model(ck)  # loadable
         T.load_checkpoint_state(ck)
+    assert kills >= 1
     again = T.Trainer(cfg, resume=T.find_checkpoint(out) is not None, log=lambda m: None)
     again.run()
     a, b = _params_np(straight), _params_np(again)
