@@ -614,3 +614,43 @@ def test_full_disk_on_a_real_tmpfs(tmp_path):
         T.Trainer(cfg, resume=True, log=lambda m: None).run(steps=1)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+# --- hub downloads ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["proxy page", "sha256 mismatch"])
+def test_garbage_hub_download_never_enters_the_cache(monkeypatch, tmp_path, fault):
+    import hashlib
+    import io
+    import urllib.error
+
+    from gptlite.engine import checkpoint as ckpt
+
+    src = _tiny_model_dir(tmp_path / "src")
+    monkeypatch.setenv("GPTLITE_CACHE", str(tmp_path / "cache"))
+
+    class Resp(io.BytesIO):
+        def __init__(self, data, headers):
+            super().__init__(data)
+            self.headers = headers
+
+    def fake(url, timeout=None):
+        name = url.rsplit("/", 1)[1]
+        if not (src / name).exists():
+            raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+        data = (src / name).read_bytes()
+        headers = {"Content-Length": str(len(data))}
+        if name == ckpt.WEIGHTS_NAME:
+            if fault == "proxy page":
+                data = b"<html><body>Access denied by your proxy</body></html>"
+                headers = {"Content-Length": str(len(data))}
+            else:
+                headers["X-Linked-Etag"] = '"' + hashlib.sha256(data + b"x").hexdigest() + '"'
+        return Resp(data, headers)
+
+    monkeypatch.setattr(ckpt, "_urlopen", fake)
+    with pytest.raises(OSError, match="safetensors|sha256") as e:
+        ckpt.download_model("gpt2")
+    assert "gpt2" in str(e.value)
+    assert not (tmp_path / "cache" / "models" / "gpt2").exists()
+    assert [p for p in (tmp_path / "cache" / "models").iterdir()] == []
