@@ -445,11 +445,15 @@ def test_two_runs_on_one_directory(tmp_path, capsys):
 
     cfg = _cfg(tmp_path, eval_batches=0)
     holder = _hold(Path(cfg.out_dir))
+    theirs = Path(cfg.out_dir) / "metrics.jsonl"  # the running holder's log
+    theirs.parent.mkdir()
+    theirs.write_text('{"step": 1, "loss": 1.0}\n')
     try:
         tr = T.Trainer(cfg, log=lambda m: None)
         with pytest.raises(RunLockedError, match=f"in use by another gptlite process \\(pid {holder.pid}"):
             tr.run()
         assert not (Path(cfg.out_dir) / "ckpt").exists()
+        assert theirs.read_text() == '{"step": 1, "loss": 1.0}\n'  # untouched by the refused run
     finally:
         holder.kill()  # kill -9: the kernel drops the lock with the process
         holder.wait()
