@@ -440,10 +440,10 @@ class Trainer:
                 raise TrainingError(f"checkpoint {existing}: trainer_state.json field 'data' is corrupt ({exc})") from None
             self.tokens_seen = int(state.get("tokens_seen", 0))
             self.last_val = state.get("val_loss")
-            self._truncate_metrics(self.step)
+            self._metrics_fix = ("truncate", self.step)
             self.log(f"resumed from {existing} at step {self.step}")
-        elif self.metrics_path.exists() and self.world.is_main:  # left by an earlier run that never saved a checkpoint
-            self.metrics_path.unlink()
+        else:
+            self._metrics_fix = ("drop", 0)  # lines of an earlier run that never saved a checkpoint
 
         p = self.model.params
         n_no_wpe = sum(int(np.prod(v.shape)) for k, v in p.items() if k != "wpe.weight")
@@ -572,6 +572,14 @@ class Trainer:
         with RunLock(self.out, "training"):
             if not self._have_ckpt and find_checkpoint(self.out) is not None:  # written by another run since __init__
                 raise ValueError(f"{self.out} now holds a checkpoint written by another run: pass --resume to continue it, or choose another out_dir")
+            # metrics.jsonl is edited only under the lock: a second Trainer must not touch a running one's
+            if self._metrics_fix is not None:
+                how, step = self._metrics_fix
+                if how == "truncate":
+                    self._truncate_metrics(step)
+                elif self.metrics_path.exists():
+                    self.metrics_path.unlink()
+                self._metrics_fix = None
             return self._run(steps)
 
     def _run(self, steps: int | None) -> dict:
