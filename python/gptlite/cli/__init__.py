@@ -12,6 +12,8 @@ import argparse
 import re
 import sys
 
+from gptlite.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
+
 
 class UserError(Exception):
     """An error in the user's input: printed without a traceback."""
@@ -455,8 +457,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped default model)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
@@ -483,16 +485,10 @@ def _model_and_tokenizer(model_arg, device, dtype):
 
     d = checkpoint.resolve_model_dir(model_arg)
     model = checkpoint.load_model(d, device=device, dtype=dtype)
-    tok = checkpoint.load_tokenizer(d)
-    if tok is None:
-        if model.config.vocab_size != 50257:
-            raise UserError(f"{d} holds no tokenizer (encoder.json + vocab.bpe) and its vocab_size "
-                            f"{model.config.vocab_size} is not GPT-2's 50257")
-        from gptlite.tokenizer.encoding import Tokenizer
-
-        tok = Tokenizer.gpt2()
-    if tok.n_vocab > model.config.vocab_size:
-        raise UserError(f"{d}: the tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
+    try:
+        tok = checkpoint.model_tokenizer(d, model.config.vocab_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return model, tok
 
 

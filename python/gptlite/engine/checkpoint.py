@@ -311,6 +311,13 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
+def read_vocab_size(path) -> int:
+    """The vocabulary size in a model directory's config.json (no weights read)."""
+    from gptlite.engine.model import GPTConfig
+
+    return GPTConfig.from_hf_dict(_read_config(Path(path))).vocab_size
+
+
 def _weights_path(path: Path) -> Path:
     wp = path / WEIGHTS_NAME
     if wp.is_file():
@@ -377,13 +384,35 @@ def load_model(path, device=None, dtype="float32"):
 
 
 def load_tokenizer(path):
-    """The tokenizer saved in a model directory, or None when it holds none."""
-    path = Path(path)
+    """The tokenizer saved in a model directory ("default" or a hub name are
+    resolved as in from_pretrained), or None when it holds none."""
+    path = Path(path) if Path(path).is_dir() else resolve_model_dir(path)
     if (path / "encoder.json").is_file() or (path / "vocab.json").is_file():
         from gptlite.tokenizer.encoding import Tokenizer
 
         return Tokenizer.from_files(path)
     return None
+
+
+GPT2_VOCAB_SIZE = 50257
+
+
+def model_tokenizer(path, vocab_size: int):
+    """The tokenizer that goes with the model in directory ``path``: its own
+    files, else GPT-2's when the model has GPT-2's vocabulary size.
+
+    ValueError when there is none, or when it has more tokens than the model."""
+    tok = load_tokenizer(path)
+    if tok is None:
+        if vocab_size != GPT2_VOCAB_SIZE:
+            raise ValueError(f"{path} holds no tokenizer (encoder.json + vocab.bpe) and its vocab_size "
+                             f"{vocab_size} is not GPT-2's {GPT2_VOCAB_SIZE}")
+        from gptlite.tokenizer.encoding import Tokenizer
+
+        tok = Tokenizer.gpt2()
+    if tok.n_vocab > vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.n_vocab} tokens but the model only {vocab_size}")
+    return tok
 
 
 def _model_files(model, dtype):
