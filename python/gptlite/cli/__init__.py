@@ -640,7 +640,10 @@ def _cmd_train(args) -> int:
 def _cmd_plot(args) -> int:
     from gptlite.training.plot import plot_run
 
-    print(plot_run(args.run_dir, args.out))
+    try:
+        print(plot_run(args.run_dir, args.out))
+    except ImportError as exc:  # matplotlib is the optional [plot] extra
+        raise UserError(str(exc)) from None
     return 0
 
 
