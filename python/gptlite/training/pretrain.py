@@ -314,43 +314,6 @@ def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
 
 
 # --- the loop ------------------------------------------------------------------------------
-class _Progress:
-    """One-line progress bar with ETA on stderr (a line per logged step when not a TTY)."""
-
-    def __init__(self, total: int, enabled: bool, start: int = 0):
-        self.total, self.enabled = total, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.step0 = start
-
-    def update(self, step: int, text: str, force_line: bool = False) -> None:
-        if not self.enabled:
-            return
-        done = step - self.step0
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / max(done, 1) * (self.total - step)
-        frac = step / self.total
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        line = f"step {step}/{self.total} [{bar}] {text} | ETA {_fmt_time(eta)}"
-        if self.tty:
-            sys.stderr.write("\r" + line[:160].ljust(100))
-            if force_line:
-                sys.stderr.write("\n")
-        else:  # a log file: one line per logged step
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class Trainer:
     """Pre-training loop over a prepared data directory.
 
@@ -520,7 +483,9 @@ class Trainer:
         atomic_write_text(self.out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
         tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
-        progress = _Progress(cfg.max_steps, cfg.progress, self.step)
+        from gptlite.progress import Progress
+
+        progress = Progress(cfg.max_steps, "step", "step", enabled=cfg.progress, initial=self.step, lines=True)
         prev_handler = None
         if _in_main_thread():
             def on_sigint(signum, frame):
@@ -572,8 +537,8 @@ class Trainer:
                 if rec is not None:
                     self._write_metrics(rec)
                     val = f" val {self.last_val:.4f}" if self.last_val is not None else ""
-                    progress.update(self.step, f"loss {st['loss']:.4f}{val} lr {st['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s",
-                                    force_line=is_eval)
+                    progress.update(done=self.step, keep=is_eval,
+                                    text=f"loss {st['loss']:.4f}{val} lr {st['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s")
                 if self.step % cfg.ckpt_interval == 0 and self.step < end:
                     self.save()
             path = self.save()
