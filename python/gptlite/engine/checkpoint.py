@@ -22,10 +22,7 @@ import json
 import mmap
 import os
 import shutil
-import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -466,70 +463,42 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
 # --------------------------------------------------------------------------------
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"  # the model shipped in the wheel
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt")
-HUB_URL = "https://huggingface.co/{name}/resolve/main/{file}"
-_HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+HUB_INSTALL = "pip install 'gptlite[hub]'"
 _HUB_TOKENIZER_FILES = ("vocab.json", "merges.txt")
-_urlopen = urllib.request.urlopen  # replaced in tests (no hub here)
 
 
-def cache_dir() -> Path:
-    """$GPTLITE_CACHE, else $XDG_CACHE_HOME/gptlite, else ~/.cache/gptlite."""
-    env = os.environ.get("GPTLITE_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "gptlite"
-
-
-def _download(url: str, dest: Path, quiet: bool) -> None:
+def _hub():
     try:
-        resp = _urlopen(url, timeout=30)
-    except urllib.error.HTTPError as exc:
-        raise OSError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise OSError(f"could not download {url} ({reason}): are you offline? "
-                      f"Download the model directory elsewhere and pass its path instead") from None
-    total = int(resp.headers.get("Content-Length") or 0) if getattr(resp, "headers", None) else 0
-    done = 0
-    with resp, atomic_open(dest, "wb") as f:
-        while True:
-            chunk = resp.read(1 << 20)
-            if not chunk:
-                break
-            f.write(chunk)
-            done += len(chunk)
-            if not quiet and total > (8 << 20):
-                print(f"\rdownloading {dest.name}: {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr, flush=True)
-        if total and done != total:
-            raise OSError(f"download of {url} stopped after {done} of {total} bytes")
-    if not quiet and total > (8 << 20):
-        print(file=sys.stderr)
+        import huggingface_hub
+    except ImportError:
+        raise ImportError(f"hub model names need huggingface_hub, which is not installed: {HUB_INSTALL} "
+                          "(or pass a local model directory)") from None
+    return huggingface_hub
 
 
 def download_model(name: str, quiet: bool = False) -> Path:
-    """Fetch a hub model into the cache (once) and return its directory."""
+    """The local directory of hub model ``name``, downloaded once through
+    huggingface_hub: its cache is transformers' (HF_HOME), downloads resume,
+    HF_TOKEN reaches private repos and HF_HUB_OFFLINE=1 uses the cache only."""
     if name not in HUB_MODELS:
         raise ValueError(f"unknown model {name!r}: not a directory and not one of {', '.join(HUB_MODELS)}")
-    dest = cache_dir() / "models" / name
-    if (dest / CONFIG_NAME).is_file() and (dest / WEIGHTS_NAME).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
+    hub = _hub()
+    if quiet:
+        hub.utils.disable_progress_bars()
     try:
-        for file in _HUB_FILES:
-            _download(HUB_URL.format(name=name, file=file), tmp / file, quiet)
-        for file in _HUB_TOKENIZER_FILES:  # nice to have; the model loads without them
-            try:
-                _download(HUB_URL.format(name=name, file=file), tmp / file, quiet=True)
-            except OSError:
-                pass
-        publish_modes(tmp)
-        swap_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+        config = Path(hub.hf_hub_download(name, CONFIG_NAME))
+        hub.hf_hub_download(name, WEIGHTS_NAME)
+    except (OSError, ValueError) as exc:  # offline, not cached, HTTP errors: all OSError/ValueError subclasses
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = ("HF_HUB_OFFLINE is set and the model is not in the hub cache" if offline else
+                "are you offline? Download the model directory elsewhere and pass its path instead")
+        raise OSError(f"could not get {name} from the Hugging Face hub ({type(exc).__name__}): {hint}") from None
+    for file in _HUB_TOKENIZER_FILES:  # nice to have; the model loads without them
+        try:
+            hub.hf_hub_download(name, file)
+        except (OSError, ValueError):
+            pass
+    return config.parent  # the snapshot directory: every file of the revision side by side
 
 
 def resolve_model_dir(name_or_path) -> Path:
