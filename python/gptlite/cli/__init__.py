@@ -19,6 +19,42 @@ class UserError(Exception):
     """An error in the user's input: printed without a traceback."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help; None and off switches have nothing worth showing."""
+
+    @staticmethod
+    def _shows_default(action) -> bool:
+        return (bool(action.option_strings) and action.default not in (None, argparse.SUPPRESS)
+                and not isinstance(action, argparse._StoreConstAction) and action.default != [])
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if "%(default)" in help or not self._shows_default(action):
+            return help
+        return super()._get_help_string(action)
+
+    def _format_action(self, action):
+        if not action.help and self._shows_default(action):
+            action.help = "default: %(default)s"  # an option without help text still shows its default
+        return super()._format_action(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = _HelpFormatter
+        super().__init__(*args, **kwargs)
+
+
+def _check_out_dir(path, what: str = "-o") -> None:
+    """An output path's directory must exist: a typo should not silently grow a new tree."""
+    from pathlib import Path
+
+    if path and path != "-":
+        parent = Path(path).expanduser().absolute().parent
+        if not parent.is_dir():
+            raise UserError(f"{what} {path}: the directory {parent} does not exist (create it first)")
+
+
 # --- tokenizer: encode / decode (issue: Rust BPE encoder) -------------------------
 _ID_FORMATS = ("text", "npy", "u16", "u32")
 
@@ -61,6 +97,8 @@ def _load_tokenizer(spec: str):
             return Tokenizer.gpt2()
         except RuntimeError as exc:  # offline / bad download: say how to fix it, no traceback
             raise UserError(str(exc)) from None
+    if spec == "default":  # the shipped model's own tokenizer, as `gptlite prepare --tokenizer default`
+        return Tokenizer.from_pretrained("default")
     return Tokenizer.from_files(spec)
 
 
@@ -205,6 +243,7 @@ def _open_out(path):
     from gptlite.fileio import atomic_open
 
     if path and path != "-":
+        _check_out_dir(path)
         return atomic_open(path, "wb")
     return contextlib.nullcontext(sys.stdout.buffer)
 
@@ -251,7 +290,15 @@ def _cmd_encode(args) -> int:
         def encode(t):
             return tok.encode(t, allowed_special="all")
     else:
-        encode = tok.encode
+        def encode(t):
+            try:
+                return tok.encode(t)
+            except ValueError as exc:  # the library's message names Python arguments, not our flags
+                m = re.search(r"disallowed special token ('[^']*')", str(exc))
+                if m is None:
+                    raise
+                raise UserError(f"the input contains the special token {m.group(1)}: pass --allow-special to encode "
+                                "it as that token, or --ordinary to encode it as plain text") from None
 
     def pieces():
         return _stream_pieces(_text_chunks(args), specials, tok.pattern)
@@ -407,6 +454,7 @@ def _cmd_tokenizer_train(args) -> int:
     from gptlite.tokenizer import bpe_train as trainer
     from gptlite.fileio import publish_modes, swap_dir
 
+    _check_out_dir(args.out, "--out")
     specials = () if args.no_special else tuple(args.special or trainer.DEFAULT_SPECIAL_TOKENS)
     formats = list(dict.fromkeys(args.format or ["gpt2", "tiktoken"]))
     out = Path(args.out)
@@ -523,12 +571,38 @@ def _cmd_generate(args) -> int:
         if args.echo and prompt:
             out.write(prompt)
         out.flush()
-        for text in tok.decode_stream(tokens):  # whole characters only: a token may end inside one
+        counted = _counting(tokens)
+        for text in tok.decode_stream(counted):  # whole characters only: a token may end inside one
             out.write(text)
             out.flush()
         out.write("\n")
         out.flush()
+        _note_context_stop(model, ids, args, counted.n)
     return 0
+
+
+class _counting:
+    """Pass tokens through, counting them."""
+
+    def __init__(self, it):
+        self.it, self.n = iter(it), 0
+
+    def __iter__(self):
+        for t in self.it:
+            self.n += 1
+            yield t
+
+
+def _note_context_stop(model, ids, args, n_new: int) -> None:
+    """Say so when generation ended because the model's context was full, not at
+    --max-new-tokens or <|endoftext|>."""
+    from gptlite.generate import kept_prompt_len
+
+    n_pos = model.config.n_positions
+    kept = min(len(ids), kept_prompt_len(n_pos, args.max_new_tokens)) if args.crop else len(ids)
+    if n_new < args.max_new_tokens and kept + n_new >= n_pos + 1:
+        print(f"gptlite: stopped after {n_new} of --max-new-tokens {args.max_new_tokens} new tokens: "
+              f"the model's context of {n_pos} positions is full ({kept} prompt tokens)", file=sys.stderr)
 
 
 def _cmd_check_reference(args) -> int:
@@ -562,7 +636,8 @@ def _add_training_commands(sub) -> None:
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="pre-train a model from a TOML config")
-    p.add_argument("--config", required=True, help="TOML config file (see configs/)")
+    p.add_argument("--config", required=True,
+                   help="TOML config file, or a shipped preset: tiny, shakespeare (python/gptlite/configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in out_dir")
@@ -602,6 +677,7 @@ def _cmd_val_loss(args) -> int:
 def _cmd_export(args) -> int:
     from gptlite.engine.checkpoint import load_model, load_tokenizer, save_model
 
+    _check_out_dir(args.out, "out")
     model = load_model(args.checkpoint)
     tok = load_tokenizer(args.checkpoint)
     if tok is None:
@@ -614,6 +690,7 @@ def _cmd_export(args) -> int:
 def _cmd_prepare(args) -> int:
     from gptlite.data import prepare
 
+    _check_out_dir(args.out)
     meta = prepare(args.files, args.tokenizer, args.out, val_fraction=args.val_fraction,
                    text_field=args.text_field, seed=args.seed)
     sp = meta["splits"]
@@ -640,6 +717,7 @@ def _cmd_train(args) -> int:
 def _cmd_plot(args) -> int:
     from gptlite.training.plot import plot_run
 
+    _check_out_dir(args.out)
     try:
         print(plot_run(args.run_dir, args.out))
     except ImportError as exc:  # matplotlib is the optional [plot] extra
@@ -716,11 +794,11 @@ def _add_eval_commands(sub) -> None:
     p = sub.add_parser("finetune", help="GPT-1 supervised fine-tuning (classification, entailment, similarity, choice)",
                        description="GPT-1 fine-tuning: special tokens, a linear head at the extract token, "
                                    "loss = task loss + lambda * LM loss. Defaults are the GPT-1 paper's.")
-    p.add_argument("--task", required=True, choices=["classification", "entailment", "similarity", "choice"],
+    p.add_argument("--task", default=None, choices=["classification", "entailment", "similarity", "choice"],
                    help="input transformation; records need text | premise,hypothesis | text_a,text_b | context,choices")
-    p.add_argument("--train", required=True, help="training set (.jsonl or .csv)")
+    p.add_argument("--train", default=None, help="training set (.jsonl or .csv); required")
     p.add_argument("--valid", default=None, help="validation set, evaluated after every epoch")
-    p.add_argument("--out", required=True, help="checkpoint directory (model + head + special tokens)")
+    p.add_argument("--out", default=None, help="checkpoint directory (model + head + special tokens); required")
     p.add_argument("--model", default=None, help="pre-trained model directory or hub name (default: the shipped default model)")
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (the no-pre-training baseline)")
     p.add_argument("--resume", action="store_true",
@@ -739,6 +817,17 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--json", action="store_true", help="print the per-epoch history as JSON")
     p.set_defaults(func=_cmd_finetune)
+    fsub = p.add_subparsers(dest="finetune_command", metavar="predict")
+    fsub.required = False  # plain `gptlite finetune --task ...` trains
+    q = fsub.add_parser("predict", help="run a fine-tuned model on a labelled .jsonl/.csv file: one JSON prediction a line")
+    q.add_argument("model", help="a `gptlite finetune --out` directory")
+    q.add_argument("file", help="records as for training (.jsonl or .csv)")
+    q.add_argument("-o", "--out", default=None, help="predictions file (.jsonl; default stdout)")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    q.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed lines instead of failing")
+    q.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    q.set_defaults(func=_cmd_finetune_predict)
 
 
 def _print_result(args, d: dict, title: str) -> None:
@@ -807,8 +896,8 @@ def _print_prompt_result(args, r) -> None:
                           "prompt_tokens": r.prompt_tokens, "cropped": r.cropped}))
         return
     if r.cropped:
-        print(f"gptlite: the prompt was longer than the model's context: kept its last {r.prompt_tokens} tokens",
-              file=sys.stderr)
+        print(f"gptlite: the prompt plus --max-new-tokens {args.max_new_tokens} does not fit in the model's context: "
+              f"kept the prompt's last {r.prompt_tokens} tokens", file=sys.stderr)
     if args.show_prompt:
         print(r.prompt + "\n" + "-" * 40)
     print(r.output)
@@ -849,11 +938,35 @@ def _cmd_prompt_translate(args) -> int:
 def _cmd_finetune(args) -> int:
     from gptlite.tasks.finetune import run_from_args
 
+    missing = [f for f, v in (("--task", args.task), ("--train", args.train), ("--out", args.out)) if v is None]
+    if missing:
+        raise UserError(f"gptlite finetune needs {', '.join(missing)} (or: gptlite finetune predict MODEL FILE)")
+    _check_out_dir(args.out, "--out")
     return run_from_args(args)
 
 
+def _cmd_finetune_predict(args) -> int:
+    import contextlib
+    import json
+
+    from gptlite.fileio import atomic_open
+    from gptlite.tasks.finetune import load_finetuned
+
+    _check_out_dir(args.out)
+    ft = load_finetuned(args.model, device=args.device)
+    preds, metrics = ft.predict(args.file, batch_size=args.batch_size, skip_bad=args.skip_bad)
+    names = [str(x) for x in ft.labels] if getattr(ft, "labels", None) else None
+    out = atomic_open(args.out, "w", encoding="utf-8") if args.out and args.out != "-" else contextlib.nullcontext(sys.stdout)
+    with out as f:
+        for p in preds:
+            p = int(p)
+            f.write(json.dumps({"prediction": names[p] if names else p}) + "\n")
+    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gptlite", description="GPT-1/GPT-2 from first principles")
+    parser = _Parser(prog="gptlite", description="GPT-1/GPT-2 from first principles")
     from gptlite import __version__
 
     parser.add_argument("--version", action="version", version=f"gptlite {__version__}")
@@ -872,6 +985,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `gptlite ... | head`: the reader left, which is not an error (before OSError)
+        _silence_stdout()
+        return 0
     except (UserError, FileNotFoundError, ValueError, KeyError, OSError) as exc:  # user-caused
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"gptlite: error: {msg}", file=sys.stderr)
@@ -879,8 +995,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("gptlite: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush into the closed pipe stays quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
 
 
 if __name__ == "__main__":

@@ -193,11 +193,22 @@ def config_from_dict(d: dict, where: str = "config", base: TrainConfig | None = 
     return TrainConfig(**values)
 
 
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"  # shipped in the wheel
+
+
+def presets() -> list[str]:
+    """Names of the shipped configs (``gptlite train --config tiny``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
 def load_config(path, overrides=()) -> TrainConfig:
-    """Read a TOML config and apply ``key=value`` overrides (``optim.lr=3e-4`` or ``lr=3e-4``)."""
+    """Read a TOML config (a file, or a shipped preset's name such as "tiny")
+    and apply ``key=value`` overrides (``optim.lr=3e-4`` or ``lr=3e-4``)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (PRESETS_DIR / f"{path}.toml").is_file():
+        path = PRESETS_DIR / f"{path}.toml"
     if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path} (presets: {', '.join(presets())})")
     cfg = config_from_dict(_toml_loads(path.read_text(encoding="utf-8"), str(path)), str(path))
     return apply_overrides(cfg, overrides)
 
