@@ -558,6 +558,9 @@ class GPT:
 
     def flops_per_token(self, T: int) -> int:
         """Training FLOPs per token at sequence length T (forward + backward):
-        6N for the weights plus 12 * n_layer * n_embd * T for attention (PaLM/nanoGPT)."""
+        6N for the matmuls (forward 2N + backward 4N; N without wpe, the tied
+        LM head counted through wte) plus 12 * n_layer * n_embd * T for the
+        attention scores and weighted sums (PaLM appendix B / nanoGPT).
+        The one FLOP count: training's tokens/s -> FLOP/s and MFU use it."""
         cfg = self.config
         return 6 * self.num_parameters(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * int(T)

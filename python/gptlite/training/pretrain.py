@@ -235,13 +235,6 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-# --- FLOPs ---------------------------------------------------------------------------------
-def training_flops_per_token(n_params_no_wpe: int, n_layer: int, n_embd: int, T: int) -> float:
-    """6N for the matmuls (forward 2N + backward 4N; the tied LM head counts via wte)
-    plus 12*L*C*T for attention scores and weighted sums (PaLM appendix B / nanoGPT)."""
-    return 6.0 * n_params_no_wpe + 12.0 * n_layer * n_embd * T
-
-
 # --- checkpoints ---------------------------------------------------------------------------
 CKPT = "ckpt"
 STATE = "trainer_state.json"
@@ -395,9 +388,7 @@ class Trainer:
         elif self.metrics_path.exists():  # left by an earlier run that never saved a checkpoint
             self.metrics_path.unlink()
 
-        p = self.model.params
-        n_no_wpe = sum(int(np.prod(v.shape)) for k, v in p.items() if k != "wpe.weight")
-        self.flops_per_token = training_flops_per_token(n_no_wpe, cfg.n_layer, cfg.n_embd, cfg.block_size)
+        self.flops_per_token = float(self.model.flops_per_token(cfg.block_size))  # the one formula: GPT.flops_per_token
         self._stop_requested = False
         self._in_step = False
 
