@@ -583,7 +583,7 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
 
 
 def run_from_args(args) -> int:
-    """`gptlite finetune` (arguments defined in cli._add_eval_commands)."""
+    """`gptlite finetune` (arguments defined in gptlite/cli/tasks.py)."""
     import sys
 
     from gptlite.engine import checkpoint
