@@ -401,12 +401,10 @@ def _add_tokenizer_train_commands(sub) -> None:
 
 
 def _cmd_tokenizer_train(args) -> int:
-    import shutil
-    import tempfile
     from pathlib import Path
 
     from gptlite.tokenizer import bpe_train as trainer
-    from gptlite.fileio import publish_modes, swap_dir
+    from gptlite.fileio import publish_modes, staged_dir, swap_dir
 
     _check_out_dir(args.out, "--out")
     specials = () if args.no_special else tuple(args.special or trainer.DEFAULT_SPECIAL_TOKENS)
@@ -424,16 +422,12 @@ def _cmd_tokenizer_train(args) -> int:
     tok = result.to_tokenizer(name=out.name or "gptlite-bpe")
     # Save everything into a fresh sibling directory first, then move it into
     # place: an interrupted run leaves no half-written output behind.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         for fmt in formats:
             tok.save(tmp, format=fmt)
         publish_modes(tmp)
         # an existing --out keeps its other files; the directory changes in one rename
         swap_dir(tmp, out, replaced={f.name for f in tmp.iterdir()})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     st = result.stats
     n_merged = len(result.tokens) - 256
     print(f"trained {args.pattern} byte-level BPE in {st['seconds']:.2f}s "

@@ -21,13 +21,11 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from gptlite.fileio import atomic_open, atomic_write_text, publish_modes, swap_dir
+from gptlite.fileio import atomic_open, atomic_write_text, publish_modes, staged_dir, swap_dir
 
 # --------------------------------------------------------------------------------
 # safetensors
@@ -435,14 +433,10 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
     ``dtype`` ("float16" | "bfloat16" | None = as the model) sets the stored dtype.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path}: exists and is not a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors, cfg_text = _model_files(model, dtype)
     meta = {"format": "pt", "producer": "gptlite"}
     meta.update(metadata or {})
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staged_dir(path) as tmp:
         write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta, dtype=dtype)
         atomic_write_text(tmp / CONFIG_NAME, cfg_text)
         written = {WEIGHTS_NAME, CONFIG_NAME}
@@ -452,9 +446,6 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
         publish_modes(tmp, written)
         # keep what we do not write (logs, plots, an older tokenizer when none is given now)
         swap_dir(tmp, path, replaced=written | (set(_TOKENIZER_FILES) if tokenizer is not None else set()))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
