@@ -4,7 +4,7 @@ same run on the same batches.
 
     python -m pytest benches/bench_train.py --benchmark-only -s
 
-Shapes: the shipped default config (configs/shakespeare.toml) and the GPT-2
+Shapes: the shipped default config (the `shakespeare` preset, python/gptlite/configs/shakespeare.toml) and the GPT-2
 124M shape (12 x 768, vocab 50257; batch 1 x 128 to keep a CPU step short).
 Reported in ``extra_info``: tokens/s of both, their ratio, achieved FLOP/s and
 MFU. The peak for MFU is $GPTLITE_PEAK_FLOPS when set, else the float32 GEMM

@@ -180,12 +180,12 @@ def make_modules() -> dict:
 def install(monkeypatch):
     """Make gptlite see the fake as CuPy with one GPU; undone by monkeypatch."""
     from gptlite.engine import backend
-    from gptlite.engine import ops
+    from gptlite.engine import kernels
 
     mods = make_modules()
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(backend, "_cupy", mods["cupy"])
     monkeypatch.setattr(backend, "_cupy_checked", True)
-    monkeypatch.setattr(ops, "_cupy_kernels", {})
+    monkeypatch.setattr(kernels, "_compiled", {})
     return mods["cupy"]

@@ -3,7 +3,7 @@ the HF directory layout both ways with transformers, and every bad-checkpoint ca
 from __future__ import annotations
 
 import json
-import urllib.error
+import sys
 
 import numpy as np
 import pytest
@@ -416,54 +416,64 @@ def test_missing_config_and_dir(tmp_path):
         ckpt.from_pretrained("no-such-model-xyz")
 
 
-# --- from_pretrained: hub download and cache (no hub here: a fake URL opener) ---------
-def test_cache_dir_env(monkeypatch, tmp_path):
-    monkeypatch.delenv("GPTLITE_CACHE", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert ckpt.cache_dir() == tmp_path / "xdg" / "gptlite"
-    monkeypatch.setenv("GPTLITE_CACHE", str(tmp_path / "mine"))
-    assert ckpt.cache_dir() == tmp_path / "mine"
+# --- from_pretrained: hub names through huggingface_hub (no hub here) ---------------------
+def test_hub_offline_with_the_real_library(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 and an empty hub cache: a clear error, nothing fetched."""
+    pytest.importorskip("huggingface_hub")
+    import importlib
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    importlib.reload(huggingface_hub.constants)  # it reads the environment at import
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    try:
+        with pytest.raises(OSError, match="could not get gpt2 from the Hugging Face hub .*HF_HUB_OFFLINE is set"):
+            ckpt.from_pretrained("gpt2")
+    finally:
+        monkeypatch.undo()
+        importlib.reload(huggingface_hub.constants)
 
 
-def test_from_pretrained_offline_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("GPTLITE_CACHE", str(tmp_path))
-
-    def offline(url, timeout=None):
-        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
-
-    monkeypatch.setattr(ckpt, "_urlopen", offline)
-    with pytest.raises(OSError, match=r"could not download https://huggingface\.co/gpt2/resolve/main/.*offline"):
+def test_hub_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'gptlite\[hub\]'"):
         ckpt.from_pretrained("gpt2")
-    assert list((tmp_path / "models").iterdir()) == []  # nothing half-written in the cache
 
 
-def test_from_pretrained_downloads_once(monkeypatch, tmp_path, hf_gpt2_dir):
-    import io
+def test_from_pretrained_through_the_hub_client(monkeypatch, tmp_path, hf_gpt2_dir):
+    """hf_hub_download is asked for the config, the weights and the tokenizer
+    files of the repo; the snapshot directory it fills is loaded."""
+    import shutil
+    import types
 
     d, ref = hf_gpt2_dir
-    monkeypatch.setenv("GPTLITE_CACHE", str(tmp_path / "cache"))
+    snap = tmp_path / "snapshots" / "abc"
     calls = []
 
-    class Resp(io.BytesIO):
-        def __init__(self, data):
-            super().__init__(data)
-            self.headers = {"Content-Length": str(len(data))}
+    def hf_hub_download(repo_id, filename):
+        calls.append((repo_id, filename))
+        if not (d / filename).exists():
+            raise FileNotFoundError(f"{filename} not in {repo_id}")  # as EntryNotFoundError
+        snap.mkdir(parents=True, exist_ok=True)
+        shutil.copy(d / filename, snap / filename)
+        return str(snap / filename)
 
-    def fake(url, timeout=None):
-        calls.append(url)
-        name = url.rsplit("/", 1)[1]
-        if not (d / name).exists():
-            raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
-        return Resp((d / name).read_bytes())
-
-    monkeypatch.setattr(ckpt, "_urlopen", fake)
+    fake = types.SimpleNamespace(hf_hub_download=hf_hub_download,
+                                 utils=types.SimpleNamespace(disable_progress_bars=lambda: None))
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
     m = ckpt.from_pretrained("gpt2-medium", device="cpu")  # served by the fake: the small model
     np.testing.assert_allclose(m.logits(IDS), ref, atol=1e-4, rtol=0)
-    assert calls[0] == "https://huggingface.co/gpt2-medium/resolve/main/config.json"
-    n = len(calls)
-    ckpt.from_pretrained("gpt2-medium", device="cpu")
-    assert len(calls) == n  # the cache is used
-    assert (tmp_path / "cache" / "models" / "gpt2-medium" / "model.safetensors").is_file()
+    assert calls[:2] == [("gpt2-medium", "config.json"), ("gpt2-medium", "model.safetensors")]
+    assert {f for _, f in calls} >= {"vocab.json", "merges.txt"}
+
+    def offline(repo_id, filename):
+        raise OSError("connection refused")
+
+    fake.hf_hub_download = offline
+    with pytest.raises(OSError, match="could not get gpt2 from the Hugging Face hub .*offline"):
+        ckpt.from_pretrained("gpt2")
 
 
 @pytest.mark.slow

@@ -170,3 +170,21 @@ def test_finetune_and_evaluation_on_fake_cupy(monkeypatch, tmp_path, gpt2_dir):
     assert abs(got[3] - want[3]) <= 1e-9 * abs(want[3])
     assert got[4] == want[4]
     np.testing.assert_allclose(got[5], want[5], rtol=1e-9)
+
+
+def test_every_cuda_kernel_source_is_shipped_and_named(monkeypatch):
+    """Each kernel kernels.py knows has its .cu file, non-empty, the wheel includes
+    the folder, and an unknown name is refused by name."""
+    import pathlib
+
+    from gptlite.engine import kernels
+
+    for name in list(kernels._ELEMENTWISE) + list(kernels._RAW):
+        assert kernels.source(name).strip(), name
+    assert "softmax_f32" in kernels.source("softmax_rows")
+    pyproject = (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert "engine/cuda/*.cu" in pyproject
+    fake_cupy.install(monkeypatch)
+    with pytest.raises(KeyError, match="unknown CUDA kernel 'no_such_kernel'"):
+        kernels.kernel("no_such_kernel")
+    assert kernels.kernel("ln_affine") is kernels.kernel("ln_affine")  # compiled once

@@ -80,7 +80,7 @@ def test_streaming_cut_cases(tmp_path, capsysbinary, gpt2_tokenizer):
 
 def test_cli_errors(tmp_path, capsysbinary):
     rc, _, err = run(capsysbinary, "encode", "a <|endoftext|> b")
-    assert rc == 2 and "disallowed special token" in err
+    assert rc == 2 and "special token '<|endoftext|>'" in err and "--allow-special" in err
     rc, _, err = run(capsysbinary, "decode", "1", "99999")
     assert rc == 2 and "99999" in err and "position 1" in err
     rc, _, err = run(capsysbinary, "decode", "1", "x2")

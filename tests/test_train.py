@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import struct
 import os
 import signal
 import subprocess
@@ -302,7 +303,6 @@ def test_resume_errors(tmp_path):
 # --- CLI end to end ------------------------------------------------------------------------
 def test_cli_prepare_train_resume_plot(tmp_path, corpora_dir, gpt2_dir, capsys):
     from gptlite.cli import main
-    from gptlite.training.plot import decode_png_size
 
     src = tmp_path / "shakes.txt"
     src.write_text((corpora_dir / "tinyshakespeare.txt").read_text()[:30000])
@@ -342,7 +342,9 @@ def test_cli_prepare_train_resume_plot(tmp_path, corpora_dir, gpt2_dir, capsys):
     assert all(r["tokens_per_s"] > 0 for r in recs if "loss" in r)
     assert main(["plot", str(tmp_path / "run")]) == 0
     png = (tmp_path / "run" / "loss.png").read_bytes()
-    assert decode_png_size(png) == (800, 500)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", png[16:24])  # the IHDR chunk
+    assert 600 <= w <= 2000 and 300 <= h <= 1200, (w, h)
     assert main(["train", "--config", str(conf), "--set", "model.n_positions=8", "--resume"]) == 2
     assert "block_size=16 is longer" in capsys.readouterr().err
     from gptlite.engine.checkpoint import load_model
@@ -406,4 +408,30 @@ def test_progress_lines_with_eta(tmp_path, capsys):
     lines = [ln for ln in err.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines][:2] == ["2/4", "4/4"]
     assert all("loss " in ln and "lr " in ln and "tok/s" in ln and "| ETA " in ln for ln in lines)
-    assert "[" + "#" * 20 + "]" in lines[-1]  # the last step fills the bar
+    assert lines[-1].endswith("| ETA 0m00s")  # nothing left after the last step (a log gets no bar drawing)
+
+
+def test_plot_draws_loss_against_steps_and_tokens(tmp_path, monkeypatch):
+    from gptlite.training import plot
+
+    recs = [{"step": s, "loss": 5.0 - 0.1 * s, "tokens": 512 * s} for s in range(1, 11)]
+    recs[4]["val_loss"], recs[9]["val_loss"] = 4.7, 4.2
+    recs.append({"event": "resume", "step": 10})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    series = plot.loss_series(plot.read_metrics(tmp_path))
+    fig = plot.loss_figure(series)
+    by_steps, by_tokens = fig.axes
+    assert by_steps.get_xlabel() == "optimizer step" and by_tokens.get_xlabel() == "tokens seen"
+    assert by_steps.get_title() and by_tokens.get_title() and fig.get_suptitle()
+    train_s, val_s = by_steps.lines
+    assert list(train_s.get_xdata()) == list(range(1, 11))
+    assert list(train_s.get_ydata()) == [r["loss"] for r in recs[:10]]
+    assert list(val_s.get_xdata()) == [5, 10] and list(val_s.get_ydata()) == [4.7, 4.2]
+    assert list(by_tokens.lines[0].get_xdata()) == [512 * s for s in range(1, 11)]
+    out = plot.plot_run(tmp_path)
+    assert out == tmp_path / "loss.png" and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        plot.plot_run(tmp_path, tmp_path / "missing" / "x.png")
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'gptlite\[plot\]'"):
+        plot.plot_run(tmp_path)

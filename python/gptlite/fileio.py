@@ -103,6 +103,24 @@ def iter_utf8(raw, block: int, name: str):
             return
 
 
+@contextlib.contextmanager
+def staged_dir(path):
+    """A fresh temporary sibling of directory ``path`` to build its new contents in.
+
+    The caller finishes with ``publish_modes`` and ``swap_dir(tmp, path, ...)``
+    inside the block; whatever is still there when the block ends (an error,
+    Ctrl-C) is removed, so an interrupted write leaves ``path`` as it was."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+
+
 def swap_dir(new, path, replaced=None) -> None:
     """Make the fully written directory ``new`` become ``path``.
 

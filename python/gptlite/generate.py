@@ -18,6 +18,8 @@ import numpy as np
 
 from gptlite.engine.backend import to_numpy
 
+from gptlite.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
+
 
 @dataclass
 class SamplingConfig:
@@ -155,7 +157,7 @@ def _steps(model, rows, max_new_tokens, cfg, rng, eot_token):
         fed += 1
 
 
-def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None,
+def generate(model, prompt_ids, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE, top_k=None, top_p=None,
              seed=None, eot_token=None, crop: bool = False, stream: bool = False):
     """Continue ``prompt_ids`` with up to ``max_new_tokens`` tokens.
 

@@ -23,16 +23,11 @@ import json
 import math
 import mmap
 import os
-import shutil
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from gptlite.fileio import atomic_open, atomic_write_text, publish_modes, swap_dir
+from gptlite.fileio import atomic_open, atomic_write_text, publish_modes, staged_dir, swap_dir
 
 # --------------------------------------------------------------------------------
 # safetensors
@@ -317,6 +312,13 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
+def read_vocab_size(path) -> int:
+    """The vocabulary size in a model directory's config.json (no weights read)."""
+    from gptlite.engine.model import GPTConfig
+
+    return GPTConfig.from_hf_dict(_read_config(Path(path))).vocab_size
+
+
 def _weights_path(path: Path) -> Path:
     wp = path / WEIGHTS_NAME
     if wp.is_file():
@@ -393,13 +395,35 @@ def load_model(path, device=None, dtype="float32"):
 
 
 def load_tokenizer(path):
-    """The tokenizer saved in a model directory, or None when it holds none."""
-    path = Path(path)
+    """The tokenizer saved in a model directory ("default" or a hub name are
+    resolved as in from_pretrained), or None when it holds none."""
+    path = Path(path) if Path(path).is_dir() else resolve_model_dir(path)
     if (path / "encoder.json").is_file() or (path / "vocab.json").is_file():
         from gptlite.tokenizer.encoding import Tokenizer
 
         return Tokenizer.from_files(path)
     return None
+
+
+GPT2_VOCAB_SIZE = 50257
+
+
+def model_tokenizer(path, vocab_size: int):
+    """The tokenizer that goes with the model in directory ``path``: its own
+    files, else GPT-2's when the model has GPT-2's vocabulary size.
+
+    ValueError when there is none, or when it has more tokens than the model."""
+    tok = load_tokenizer(path)
+    if tok is None:
+        if vocab_size != GPT2_VOCAB_SIZE:
+            raise ValueError(f"{path} holds no tokenizer (encoder.json + vocab.bpe) and its vocab_size "
+                             f"{vocab_size} is not GPT-2's {GPT2_VOCAB_SIZE}")
+        from gptlite.tokenizer.encoding import Tokenizer
+
+        tok = Tokenizer.gpt2()
+    if tok.n_vocab > vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.n_vocab} tokens but the model only {vocab_size}")
+    return tok
 
 
 def _model_files(model, dtype):
@@ -425,14 +449,10 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
     ``dtype`` ("float16" | "bfloat16" | None = as the model) sets the stored dtype.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path}: exists and is not a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors, cfg_text = _model_files(model, dtype)
     meta = {"format": "pt", "producer": "gptlite"}
     meta.update(metadata or {})
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staged_dir(path) as tmp:
         write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta, dtype=dtype)
         atomic_write_text(tmp / CONFIG_NAME, cfg_text)
         written = {WEIGHTS_NAME, CONFIG_NAME}
@@ -442,9 +462,6 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
         publish_modes(tmp, written)
         # keep what we do not write (logs, plots, an older tokenizer when none is given now)
         swap_dir(tmp, path, replaced=written | (set(_TOKENIZER_FILES) if tokenizer is not None else set()))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -453,82 +470,47 @@ def save_model(model, path, tokenizer=None, dtype=None, metadata=None) -> Path:
 # --------------------------------------------------------------------------------
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"  # the model shipped in the wheel
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt")
-HUB_URL = "https://huggingface.co/{name}/resolve/main/{file}"
-_HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+HUB_INSTALL = "pip install 'gptlite[hub]'"
 _HUB_TOKENIZER_FILES = ("vocab.json", "merges.txt")
-_urlopen = urllib.request.urlopen  # replaced in tests (no hub here)
 
 
-def cache_dir() -> Path:
-    """$GPTLITE_CACHE, else $XDG_CACHE_HOME/gptlite, else ~/.cache/gptlite."""
-    env = os.environ.get("GPTLITE_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "gptlite"
-
-
-def _download(url: str, dest: Path, quiet: bool) -> None:
+def _hub():
     try:
-        resp = _urlopen(url, timeout=30)
-    except urllib.error.HTTPError as exc:
-        raise OSError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise OSError(f"could not download {url} ({reason}): are you offline? "
-                      f"Download the model directory elsewhere and pass its path instead") from None
-    headers = getattr(resp, "headers", None) or {}
-    total = int(headers.get("Content-Length") or 0) if headers else 0
-    # The hub names an LFS file's sha256 in X-Linked-Etag: check it when given.
-    want = str(headers.get("X-Linked-Etag") or headers.get("ETag") or "").strip('W/"').lower() if headers else ""
-    want = want if len(want) == 64 and all(c in "0123456789abcdef" for c in want) else None
-    digest = hashlib.sha256()
-    done = 0
-    with resp, atomic_open(dest, "wb") as f:
-        while True:
-            chunk = resp.read(1 << 20)
-            if not chunk:
-                break
-            f.write(chunk)
-            digest.update(chunk)
-            done += len(chunk)
-            if not quiet and total > (8 << 20):
-                print(f"\rdownloading {dest.name}: {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr, flush=True)
-        if total and done != total:
-            raise OSError(f"download of {url} stopped after {done} of {total} bytes")
-        if want is not None and digest.hexdigest() != want:
-            raise OSError(f"download of {url} is corrupt: sha256 {digest.hexdigest()}, the hub says {want}")
-    if not quiet and total > (8 << 20):
-        print(file=sys.stderr)
+        import huggingface_hub
+    except ImportError:
+        raise ImportError(f"hub model names need huggingface_hub, which is not installed: {HUB_INSTALL} "
+                          "(or pass a local model directory)") from None
+    return huggingface_hub
 
 
 def download_model(name: str, quiet: bool = False) -> Path:
-    """Fetch a hub model into the cache (once) and return its directory."""
+    """The local directory of hub model ``name``, downloaded once through
+    huggingface_hub: its cache is transformers' (HF_HOME), downloads resume,
+    HF_TOKEN reaches private repos and HF_HUB_OFFLINE=1 uses the cache only."""
     if name not in HUB_MODELS:
         raise ValueError(f"unknown model {name!r}: not a directory and not one of {', '.join(HUB_MODELS)}")
-    dest = cache_dir() / "models" / name
-    if (dest / CONFIG_NAME).is_file() and (dest / WEIGHTS_NAME).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
+    hub = _hub()
+    if quiet:
+        hub.utils.disable_progress_bars()
     try:
-        for file in _HUB_FILES:
-            _download(HUB_URL.format(name=name, file=file), tmp / file, quiet)
-        for file in _HUB_TOKENIZER_FILES:  # nice to have; the model loads without them
-            try:
-                _download(HUB_URL.format(name=name, file=file), tmp / file, quiet=True)
-            except OSError:
-                pass
-        try:  # a proxy's error page or a cut-off file must never enter the cache
-            _checked_tensors(tmp)
-        except (ValueError, OSError) as exc:
-            raise OSError(f"download of {name} from the hub is not a valid model ({exc}); nothing was cached") from None
-        publish_modes(tmp)
-        swap_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+        config = Path(hub.hf_hub_download(name, CONFIG_NAME))
+        hub.hf_hub_download(name, WEIGHTS_NAME)
+    except (OSError, ValueError) as exc:  # offline, not cached, HTTP errors: all OSError/ValueError subclasses
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = ("HF_HUB_OFFLINE is set and the model is not in the hub cache" if offline else
+                "are you offline? Download the model directory elsewhere and pass its path instead")
+        raise OSError(f"could not get {name} from the Hugging Face hub ({type(exc).__name__}): {hint}") from None
+    for file in _HUB_TOKENIZER_FILES:  # nice to have; the model loads without them
+        try:
+            hub.hf_hub_download(name, file)
+        except (OSError, ValueError):
+            pass
+    try:  # a proxy's error page or a cut-off file must not pass for a model
+        _checked_tensors(config.parent)
+    except (ValueError, OSError) as exc:
+        raise OSError(f"download of {name} from the hub is not a valid model ({exc}); delete it from the hub cache "
+                      f"({config.parent}) and try again") from None
+    return config.parent  # the snapshot directory: every file of the revision side by side
 
 
 def resolve_model_dir(name_or_path) -> Path:

@@ -212,6 +212,61 @@ class GPT:
         if params is None:
             params = init_params(config, seed=seed, dtype=self.dtype)
         self.params = self._adopt(params)
+        self.tokenizer = None  # set by from_pretrained when the model directory holds one
+
+    # --- the familiar entry points (HF / nanoGPT style) -------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path="default", device=None, dtype="float32") -> "GPT":
+        """A model directory (HF layout), "default" (the shipped model) or a hub
+        name (gpt2, gpt2-medium, ...), with its tokenizer as ``.tokenizer``
+        (GPT-2's for a 50,257-token model that stores none)."""
+        from gptlite.engine import checkpoint
+
+        d = checkpoint.resolve_model_dir(name_or_path)
+        model = checkpoint.load_model(d, device=device, dtype=dtype)
+        tok = checkpoint.load_tokenizer(d)
+        if tok is None and model.config.vocab_size == checkpoint.GPT2_VOCAB_SIZE:
+            tok = checkpoint.model_tokenizer(d, model.config.vocab_size)
+        model.tokenizer = tok
+        return model
+
+    def save_pretrained(self, directory, dtype=None):
+        """Save in the HF layout (config.json + model.safetensors, and the
+        tokenizer when the model carries one): loadable by transformers'
+        GPT2LMHeadModel / OpenAIGPTLMHeadModel.from_pretrained."""
+        from gptlite.engine import checkpoint
+
+        return checkpoint.save_model(self, directory, tokenizer=self.tokenizer, dtype=dtype)
+
+    def generate(self, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
+                 seed=None, eot_token=None, crop=False):
+        """Continue ``prompt``: token ids (returns the new ids, as
+        gptlite.generate.generate) or text (returns the new text; needs
+        ``.tokenizer``). A batch is a list of either. Defaults as
+        ``gptlite generate``: 100 new tokens, temperature 0.8, and with a
+        tokenizer the row stops at its end-of-text token."""
+        from gptlite.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
+        from gptlite.generate import generate
+
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+        temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
+        tok = self.tokenizer
+        if eot_token is None and tok is not None:
+            eot_token = tok.eot_token
+        is_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and prompt
+                                               and all(isinstance(p, str) for p in prompt))
+        if not is_text:
+            return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed, eot_token=eot_token, crop=crop)
+        if tok is None:
+            raise ValueError("a text prompt needs the model's tokenizer: this model has none "
+                             "(load it with GPT.from_pretrained, set model.tokenizer, or pass token ids)")
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = [tok.encode(t) for t in texts]
+        out = generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       seed=seed, eot_token=eot_token, crop=crop)
+        decoded = [tok.decode(o) for o in out]
+        return decoded[0] if isinstance(prompt, str) else decoded
 
     def _adopt(self, params) -> dict:
         """Check names/shapes against the config; move to this device and dtype."""
@@ -509,6 +564,9 @@ class GPT:
 
     def flops_per_token(self, T: int) -> int:
         """Training FLOPs per token at sequence length T (forward + backward):
-        6N for the weights plus 12 * n_layer * n_embd * T for attention (PaLM/nanoGPT)."""
+        6N for the matmuls (forward 2N + backward 4N; N without wpe, the tied
+        LM head counted through wte) plus 12 * n_layer * n_embd * T for the
+        attention scores and weighted sums (PaLM appendix B / nanoGPT).
+        The one FLOP count: training's tokens/s -> FLOP/s and MFU use it."""
         cfg = self.config
         return 6 * self.num_parameters(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * int(T)

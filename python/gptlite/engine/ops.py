@@ -4,8 +4,10 @@ llm.c style: a forward returns ``(out, cache)``; the matching backward takes
 ``(dout, cache)`` and returns the gradients. Every function takes its array
 module from its inputs (``xp = xp_of(x)``), so the same code runs on NumPy
 (CPU) and CuPy (GPU). A few small fused CuPy kernels (GELU, LayerNorm
-normalisation, softmax) are used only when ``xp`` is CuPy; the NumPy path is
-the reference they are tested against.
+normalisation, softmax; sources in ``engine/cuda/``, compiled by
+``engine/kernels.py``) are used only when ``xp`` is CuPy; the NumPy path is
+the reference they are tested against. How a NumPy op is cut into blocks
+for the cores lives in ``engine/cpu.py``.
 
 Shapes: B batch, T sequence, C channels, H heads, hs = C // H head size,
 V vocabulary, P positions, N = B*T rows. Linear layers work on 2-D (N, C)
@@ -14,14 +16,14 @@ activations so every projection is a single big GEMM.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from gptlite.engine.backend import xp_of
+from gptlite.engine import cpu
+from gptlite.engine.cpu import parallel_heads as _parallel_heads, parallel_rows
+from gptlite.engine.kernels import GELU_TANH_A, GELU_TANH_K, kernel as _cupy_kernel
 
-GELU_TANH_K = math.sqrt(2.0 / math.pi)
-GELU_TANH_A = 0.044715
 ACTIVATIONS = ("gelu_new", "gelu")  # tanh approximation (GPT-2), exact erf (HF's GPT-1 default)
 
 
@@ -29,133 +31,11 @@ def _is_cupy(xp) -> bool:
     return xp is not np
 
 
-# ----------------------------------------------------------------------------
-# CPU parallelism: one thread per core over independent blocks
-
-
-class _BlasThreads:
-    """Get/set NumPy's OpenBLAS thread count (what threadpoolctl does).
-
-    Linux only (finds the loaded library in /proc/self/maps); a no-op where
-    the library or its symbols are not found.
-    """
-
-    def __init__(self):
-        self.get = self.set = None
-        try:
-            import ctypes
-
-            with open("/proc/self/maps") as f:
-                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-            for path in paths:
-                lib = ctypes.CDLL(path)
-                for pre, suf in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
-                    name = f"{pre}openblas_%s_num_threads{suf}"
-                    if hasattr(lib, name % "set") and hasattr(lib, name % "get"):
-                        self.get, self.set = getattr(lib, name % "get"), getattr(lib, name % "set")
-                        return
-        except OSError:
-            pass
-
-
-_blas_threads = None
-_pool = None
-_max_workers = None  # set_max_workers: a rank's share of the node's cores
-
-
-def _workers() -> int:
-    try:
-        n = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        n = max(1, os.cpu_count() or 1)
-    return n if _max_workers is None else min(n, _max_workers)
-
-
-def set_max_workers(n: int | None) -> None:
-    """Cap the CPU threads (the engine's pool and OpenBLAS) at ``n``; None: every core.
-
-    Why: N processes on one node (data-parallel ranks) each taking every core
-    in the affinity mask would run N x cores threads on the node's cores."""
-    global _max_workers, _pool, _blas_threads
-    if n is not None and n < 1:
-        raise ValueError(f"set_max_workers: need n >= 1 or None, got {n}")
-    _max_workers = n
-    if _pool is not None:  # sized at creation: the next use makes one of the new size
-        _pool.shutdown(wait=True)
-        _pool = None
-    if _blas_threads is None:
-        _blas_threads = _BlasThreads()
-    if _blas_threads.set is not None:
-        _blas_threads.set(_workers())
-
-
-def _parallel_slices(fn, n):
-    """Run fn(i) for i in range(n) on a thread pool (NumPy releases the GIL in
-    BLAS calls and ufuncs) with OpenBLAS single-threaded meanwhile.
-
-    Why not OpenBLAS's own threads: they spin-wait, and on an oversubscribed
-    machine (2 cores, other processes) small and medium GEMMs then run
-    orders of magnitude slower; blocking pool threads degrade gracefully, and
-    they also parallelise the elementwise passes NumPy runs on one core."""
-    global _blas_threads, _pool
-    if _blas_threads is None:
-        _blas_threads = _BlasThreads()
-    nw = min(_workers(), n)
-    prev = _blas_threads.get() if _blas_threads.get else None
-    if prev is not None and prev != 1:
-        _blas_threads.set(1)
-    try:
-        if nw <= 1:
-            for i in range(n):
-                fn(i)
-            return
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="gptlite-bmm")
-        # one task per block, handed out as workers free up: if the OS
-        # preempts one worker, the others take over its share
-        list(_pool.map(fn, range(n)))
-    finally:
-        if prev is not None and prev != 1:
-            _blas_threads.set(prev)
-
-
 def matmul(a, b, out=None):
-    """a (M,K) @ b (K,N) -> (M,N); on NumPy split into row (or column) blocks
-    run in parallel, each one single-threaded sgemm on a BLAS-compatible view."""
-    xp = xp_of(a)
-    if _is_cupy(xp):
-        return xp.matmul(a, b, out=out)
-    M, K = a.shape
-    N = b.shape[1]
-    if out is None:
-        out = np.empty((M, N), dtype=np.result_type(a, b))
-    nw = _workers()
-    if M <= 16:
-        # decoding (one or a few rows): a memory-bound GEMV, where the pool's
-        # hand-off would cost more than it saves; OpenBLAS splits it itself
-        return np.matmul(a, b, out=out)
-    if nw == 1 or M * N * K < (1 << 21):
-        _parallel_slices(lambda i: np.matmul(a, b, out=out), 1)
-        return out
-    # one block per core: each block is then as large a sgemm as possible
-    # (measured faster on the 124M shapes than several smaller blocks per core)
-    nb = max(1, min(nw, max(M, N) // 128))
-    if M >= N:
-        bounds = np.linspace(0, M, nb + 1).astype(int)
-        _parallel_slices(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]), nb)
-    else:
-        bounds = np.linspace(0, N, nb + 1).astype(int)
-        _parallel_slices(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]], out=out[:, bounds[i]:bounds[i + 1]]), nb)
-    return out
-
-
-def parallel_rows(fn, n_rows, min_rows=64):
-    """fn(slice) over row blocks of an n_rows-row problem, in parallel on NumPy."""
-    nb = min(4 * _workers(), max(1, n_rows // min_rows))
-    bounds = np.linspace(0, n_rows, nb + 1).astype(int)
-    _parallel_slices(lambda i: fn(slice(bounds[i], bounds[i + 1])), nb)
+    """a (M,K) @ b (K,N) -> (M,N); on NumPy blocked over the cores (engine.cpu)."""
+    if xp_of(a) is np:
+        return cpu.matmul(a, b, out=out)
+    return xp_of(a).matmul(a, b, out=out)
 
 
 # ----------------------------------------------------------------------------
@@ -242,58 +122,6 @@ def embedding_backward(dout, cache, dwte=None):
 
 # ----------------------------------------------------------------------------
 # layernorm over the last axis
-
-
-_cupy_kernels = {}
-
-
-def _cupy_kernel(name):
-    """Compile (once) the small fused CuPy kernels; NumPy code is the reference."""
-    if name in _cupy_kernels:
-        return _cupy_kernels[name]
-    import cupy as cp
-
-    if name == "gelu_tanh_fwd":
-        k = cp.ElementwiseKernel(
-            "T x", "T y, T t",
-            f"t = tanh((T){GELU_TANH_K!r} * (x + (T){GELU_TANH_A!r} * x * x * x)); y = (T)0.5 * x * ((T)1 + t)",
-            "gptlite_gelu_tanh_fwd")
-    elif name == "gelu_tanh_bwd":
-        k = cp.ElementwiseKernel(
-            "T x, T t, T dy", "T dx",
-            f"dx = dy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){GELU_TANH_K!r} * ((T)1 + (T){3 * GELU_TANH_A!r} * x * x))",
-            "gptlite_gelu_tanh_bwd")
-    elif name == "ln_affine":  # normalise + scale + shift, given per-row mean and rstd
-        k = cp.ElementwiseKernel(
-            "T x, T mean, T rstd, T w, T b", "T xhat, T y",
-            "xhat = (x - mean) * rstd; y = xhat * w + b",
-            "gptlite_ln_affine")
-    elif name == "softmax_rows":  # one block per row: max, exp, sum, scale (in place)
-        k = cp.RawModule(code=r"""
-        template<typename T>
-        __device__ void softmax_row(T* x, int n) {
-            extern __shared__ unsigned char smem[];
-            T* red = reinterpret_cast<T*>(smem);
-            int tid = threadIdx.x;
-            T m = x[0];  // any element of the row is a valid start for the max
-            for (int j = tid; j < n; j += blockDim.x) m = x[j] > m ? x[j] : m;
-            red[tid] = m; __syncthreads();
-            for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (tid < s && red[tid + s] > red[tid]) red[tid] = red[tid + s]; __syncthreads(); }
-            m = red[0]; __syncthreads();
-            T sum = 0;
-            for (int j = tid; j < n; j += blockDim.x) { T e = exp(x[j] - m); x[j] = e; sum += e; }
-            red[tid] = sum; __syncthreads();
-            for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (tid < s) red[tid] += red[tid + s]; __syncthreads(); }
-            T inv = (T)1 / red[0];
-            for (int j = tid; j < n; j += blockDim.x) x[j] *= inv;
-        }
-        extern "C" __global__ void softmax_f32(float* x, int n) { softmax_row<float>(x + (long long)blockIdx.x * n, n); }
-        extern "C" __global__ void softmax_f64(double* x, int n) { softmax_row<double>(x + (long long)blockIdx.x * n, n); }
-        """)
-    else:
-        raise KeyError(name)
-    _cupy_kernels[name] = k
-    return k
 
 
 def layernorm_forward(x, w, b, eps=1e-5):
@@ -518,22 +346,14 @@ def causal_bias(xp, Tq, Tk, dtype, offset=0):
 def bmm(a, b, out=None):
     """Batched matmul over the leading axes: a (..., m, k) @ b (..., k, n).
 
-    NumPy's stacked matmul falls off BLAS for strided (transposed, head-split)
-    views, so on NumPy we issue one sgemm per 2-D slice (each slice of our
-    views is BLAS-compatible, no copies), spread over the cores. CuPy's
-    matmul batches natively.
-    """
+    On NumPy one sgemm per 2-D slice spread over the cores (engine.cpu.bmm);
+    CuPy's matmul batches natively."""
     xp = xp_of(a)
-    if _is_cupy(xp):
-        if out is None:
-            return xp.matmul(a, b)
-        out[...] = xp.matmul(a, b)
-        return out
-    lead = a.shape[:-2]
+    if xp is np:
+        return cpu.bmm(a, b, out=out)
     if out is None:
-        out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
-    idx = list(np.ndindex(*lead))
-    _parallel_slices(lambda i: np.matmul(a[idx[i]], b[idx[i]], out=out[idx[i]]), len(idx))
+        return xp.matmul(a, b)
+    out[...] = xp.matmul(a, b)
     return out
 
 
@@ -568,22 +388,6 @@ def _attend(q, k, v, bias, att, yh):
         np.matmul(a, v[b, hsl], out=yh[b, hsl])
 
     _parallel_heads(heads, q.shape[0], n_head, q.shape[2] * k.shape[2])
-
-
-def _parallel_heads(fn, B, H, block):
-    """fn(b, heads) over every batch row b and a run of heads (a slice),
-    runs sized so a task's (heads, t, S) scores, ``block`` = t*S each, stay
-    within ~256 KB (a core's L2), spread in a few groups per core."""
-    hc = max(1, min(H, (1 << 16) // max(1, block)))
-    tasks = [(b, slice(h, min(H, h + hc))) for b in range(B) for h in range(0, H, hc)]
-    ng = min(len(tasks), 4 * _workers())
-    bounds = np.linspace(0, len(tasks), ng + 1).astype(int)
-
-    def group(j):
-        for b, hsl in tasks[bounds[j]:bounds[j + 1]]:
-            fn(b, hsl)
-
-    _parallel_slices(group, ng)
 
 
 def attention_kv_forward(q, k, v, bias):

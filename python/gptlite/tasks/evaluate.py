@@ -31,32 +31,20 @@ LN2 = math.log(2.0)
 
 
 # ----------------------------------------------------------------------------------
-# progress bar (stderr, no dependency)
+# progress: the shared helper (a tqdm bar on a terminal)
 class Progress:
+    """A bar over ``total`` items: ``update(n)`` as batches finish, then ``close()``."""
+
     def __init__(self, total: int, desc: str = "", enabled: bool | None = None, unit: str = "it"):
-        self.total, self.desc, self.unit = max(int(total), 1), desc, unit
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.done, self.t0, self._last = 0, time.time(), 0.0
+        from gptlite.progress import Progress as _P
+
+        self._p = _P(max(int(total), 1), desc, unit, enabled=enabled)
 
     def update(self, n: int = 1) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        now = time.time()
-        if now - self._last < 0.1 and self.done < self.total:
-            return
-        self._last = now
-        frac = min(self.done / self.total, 1.0)
-        el = now - self.t0
-        eta = el / frac - el if frac > 0 else 0.0
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        sys.stderr.write(f"\r{self.desc} [{bar}] {self.done}/{self.total} {self.unit} {el:.0f}s<{eta:.0f}s")
-        sys.stderr.flush()
+        self._p.update(n)
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        self._p.close()
 
 
 # ----------------------------------------------------------------------------------

@@ -28,9 +28,7 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,12 +361,10 @@ class Finetuned:
         also what ``finetune(..., resume=True)`` needs to continue exactly."""
         from gptlite.engine.backend import to_numpy
         from gptlite.engine.checkpoint import save_model, write_safetensors
-        from gptlite.fileio import atomic_write_text, swap_dir
+        from gptlite.fileio import atomic_write_text, staged_dir, swap_dir
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        with staged_dir(path) as tmp:
             save_model(self.model, tmp, tokenizer=tokenizer or self.tokenizer)
             write_safetensors(tmp / HEAD_FILE, {k: to_numpy(v) for k, v in self.head.items()})
             meta = {"task": self.task, "labels": self.labels, "special_tokens": self.special_tokens,
@@ -379,9 +375,6 @@ class Finetuned:
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
             os.chmod(tmp, 0o755)
             swap_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
 
@@ -661,7 +654,7 @@ def _evaluate_sharded(ft, exs, batch_size, world) -> dict:
 
 
 def run_from_args(args) -> int:
-    """`gptlite finetune` (arguments defined in cli._add_eval_commands)."""
+    """`gptlite finetune` (arguments defined in gptlite/cli/tasks.py)."""
     import sys
 
     from gptlite.engine import checkpoint

@@ -94,46 +94,33 @@ def _check_threads(num_threads) -> Optional[int]:
 
 
 class ProgressBar:
-    """A plain text progress bar on stderr for the counting and merging phases.
+    """The counting and merging phases on the shared progress helper (a tqdm bar per phase).
 
-    Called as ``bar(phase, done, total)``; redraws at most every 0.1 s.
+    Called as ``bar(phase, done, total)``; ``stream`` defaults to stderr.
     """
 
-    def __init__(self, stream=None, width: int = 30):
-        self.stream = stream if stream is not None else sys.stderr
-        self.width = width
+    _PHASES = {"count": ("counting", dict(unit="B", unit_scale=True, unit_divisor=1000)),
+               "merge": ("merging", dict(unit="tokens"))}
+
+    def __init__(self, stream=None):
+        self.stream = stream
         self.phase = None
-        self.t_phase = 0.0
-        self.t_draw = 0.0
+        self._bar = None
 
     def __call__(self, phase: str, done: int, total: Optional[int]) -> None:
-        now = time.perf_counter()
         if phase != self.phase:
-            if self.phase is not None:
-                self.stream.write("\n")
-            self.phase, self.t_phase, self.t_draw = phase, now, 0.0
-        final = total is not None and done >= total
-        if not final and now - self.t_draw < 0.1:
-            return
-        self.t_draw = now
-        if phase == "count":
-            label, unit, fmt = "counting", "MB", lambda n: f"{n / 1e6:,.1f}"
-        else:
-            label, unit, fmt = "merging ", "tokens", lambda n: f"{n:,}"
-        if total:
-            frac = min(1.0, done / total)
-            filled = int(frac * self.width)
-            bar = "#" * filled + "-" * (self.width - filled)
-            msg = f"{label} [{bar}] {fmt(done)}/{fmt(total)} {unit}"
-        else:
-            msg = f"{label} {fmt(done)} {unit}"
-        self.stream.write(f"\r{msg} {now - self.t_phase:6.1f}s")
-        self.stream.flush()
+            self.close()
+            from gptlite.progress import Progress
+
+            label, kw = self._PHASES.get(phase, (phase, {}))
+            self.phase = phase
+            self._bar = Progress(total or None, label, enabled=True, stream=self.stream, **kw)
+        self._bar.update(done=done)
 
     def close(self) -> None:
-        if self.phase is not None:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
             self.phase = None
 
 

@@ -110,6 +110,16 @@ class Tokenizer:
         return cls.from_files(d, name="gpt2")
 
     @classmethod
+    def from_pretrained(cls, name_or_path) -> "Tokenizer":
+        """The tokenizer of a model: a model directory, "default" (the shipped
+        model's own 2,048-token vocabulary) or a hub name; GPT-2's for a model
+        that stores none but has GPT-2's vocabulary size."""
+        from gptlite.engine import checkpoint
+
+        d = checkpoint.resolve_model_dir(name_or_path)
+        return checkpoint.model_tokenizer(d, checkpoint.read_vocab_size(d))
+
+    @classmethod
     def from_files(cls, path_or_dir, special_tokens=None, pattern: str = "gpt2", name: str | None = None) -> "Tokenizer":
         """Load ``encoder.json`` + ``vocab.bpe``, ``vocab.json`` + ``merges.txt``, or a ``.tiktoken`` file.
 

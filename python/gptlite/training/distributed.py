@@ -231,10 +231,10 @@ def threads_per_rank(w: World, affinity: int | None = None, cpus: int | None = N
 
 def limit_threads(w: World) -> int:
     """Cap the engine's thread pool and OpenBLAS at this rank's share of the node."""
-    from gptlite.engine import ops
+    from gptlite.engine import cpu
 
     n = threads_per_rank(w)
-    ops.set_max_workers(n)
+    cpu.set_max_workers(n)
     return n
 
 

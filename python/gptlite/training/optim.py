@@ -179,7 +179,7 @@ def _adamw_chunked(p, g, m, v, coefs) -> None:
 
     Why: done whole, each of the ~12 elementwise passes streams the 124M model's
     parameter-sized arrays through main memory; piecewise they stream once."""
-    from gptlite.engine import ops
+    from gptlite.engine import cpu
 
     n = p.shape[0]
 
@@ -189,7 +189,7 @@ def _adamw_chunked(p, g, m, v, coefs) -> None:
             b = min(a + _CHUNK, sl.stop)
             _adamw_update(p[a:b], g[a:b], m[a:b], v[a:b], coefs, tmp[: b - a])
 
-    ops.parallel_rows(rows, n, min_rows=_CHUNK)
+    cpu.parallel_rows(rows, n, min_rows=_CHUNK)
 
 
 # --- gradients ----------------------------------------------------------------------

@@ -196,11 +196,22 @@ def config_from_dict(d: dict, where: str = "config", base: TrainConfig | None = 
     return TrainConfig(**values)
 
 
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"  # shipped in the wheel
+
+
+def presets() -> list[str]:
+    """Names of the shipped configs (``gptlite train --config tiny``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
 def load_config(path, overrides=()) -> TrainConfig:
-    """Read a TOML config and apply ``key=value`` overrides (``optim.lr=3e-4`` or ``lr=3e-4``)."""
+    """Read a TOML config (a file, or a shipped preset's name such as "tiny")
+    and apply ``key=value`` overrides (``optim.lr=3e-4`` or ``lr=3e-4``)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (PRESETS_DIR / f"{path}.toml").is_file():
+        path = PRESETS_DIR / f"{path}.toml"
     if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path} (presets: {', '.join(presets())})")
     cfg = config_from_dict(_toml_loads(path.read_text(encoding="utf-8"), str(path)), str(path))
     return apply_overrides(cfg, overrides)
 
@@ -225,13 +236,6 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
             value = raw
         values[key] = _coerce(key, value, f"--set {key}")
     return TrainConfig(**values)
-
-
-# --- FLOPs ---------------------------------------------------------------------------------
-def training_flops_per_token(n_params_no_wpe: int, n_layer: int, n_embd: int, T: int) -> float:
-    """6N for the matmuls (forward 2N + backward 4N; the tied LM head counts via wte)
-    plus 12*L*C*T for attention scores and weighted sums (PaLM appendix B / nanoGPT)."""
-    return 6.0 * n_params_no_wpe + 12.0 * n_layer * n_embd * T
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -319,43 +323,6 @@ def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
 
 
 # --- the loop ------------------------------------------------------------------------------
-class _Progress:
-    """One-line progress bar with ETA on stderr (a line per logged step when not a TTY)."""
-
-    def __init__(self, total: int, enabled: bool, start: int = 0):
-        self.total, self.enabled = total, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.step0 = start
-
-    def update(self, step: int, text: str, force_line: bool = False) -> None:
-        if not self.enabled:
-            return
-        done = step - self.step0
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / max(done, 1) * (self.total - step)
-        frac = step / self.total
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        line = f"step {step}/{self.total} [{bar}] {text} | ETA {_fmt_time(eta)}"
-        if self.tty:
-            sys.stderr.write("\r" + line[:160].ljust(100))
-            if force_line:
-                sys.stderr.write("\n")
-        else:  # a log file: one line per logged step
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class Trainer:
     """Pre-training loop over a prepared data directory.
 
@@ -445,9 +412,7 @@ class Trainer:
         else:
             self._metrics_fix = ("drop", 0)  # lines of an earlier run that never saved a checkpoint
 
-        p = self.model.params
-        n_no_wpe = sum(int(np.prod(v.shape)) for k, v in p.items() if k != "wpe.weight")
-        self.flops_per_token = training_flops_per_token(n_no_wpe, cfg.n_layer, cfg.n_embd, cfg.block_size)
+        self.flops_per_token = float(self.model.flops_per_token(cfg.block_size))  # the one formula: GPT.flops_per_token
         self._stop_requested = False
         self._stop_agreed = False  # several ranks: the stop all of them saw in the last step's reduction
         self._stop_signum = signal.SIGINT
@@ -593,7 +558,10 @@ class Trainer:
                               json.dumps({**dataclasses.asdict(cfg), "world_size": self.world.size}, indent=2) + "\n")
         end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
         tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
-        progress = _Progress(cfg.max_steps, cfg.progress and self.world.is_main, self.step)
+        from gptlite.progress import Progress
+
+        progress = Progress(cfg.max_steps, "step", "step", enabled=cfg.progress and self.world.is_main,
+                            initial=self.step, lines=True)
 
         def on_stop(signum):  # SIGINT, SIGTERM (mpiexec/srun/schedulers), SIGUSR1 (Slurm before preemption)
             if self._stop_requested:  # a second signal: stop now
@@ -648,8 +616,8 @@ class Trainer:
                 if rec is not None:
                     self._write_metrics(rec)
                     val = f" val {self.last_val:.4f}" if self.last_val is not None else ""
-                    progress.update(self.step, f"loss {st['loss']:.4f}{val} lr {st['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s",
-                                    force_line=is_eval)
+                    progress.update(done=self.step, keep=is_eval,
+                                    text=f"loss {st['loss']:.4f}{val} lr {st['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s")
                 due = cfg.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * cfg.ckpt_minutes
                 if cfg.ckpt_minutes > 0 and self.world.size > 1:  # rank 0's clock decides, so every rank joins the save
                     due = self.world.bcast(due)

@@ -1,0 +1,164 @@
+"""CPU scheduling for the NumPy backend: one thread per core over independent blocks.
+
+The ops in :mod:`gptlite.engine.ops` hold the maths; this module only
+decides how a NumPy computation is cut into blocks and run on the cores
+(a thread pool, with OpenBLAS held single-threaded meanwhile). Nothing here
+is used on CuPy, which schedules its own kernels.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+class _BlasThreads:
+    """Get/set NumPy's OpenBLAS thread count (what threadpoolctl does).
+
+    Linux only (finds the loaded library in /proc/self/maps); a no-op where
+    the library or its symbols are not found.
+    """
+
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            import ctypes
+
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+            for path in paths:
+                lib = ctypes.CDLL(path)
+                for pre, suf in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
+                    name = f"{pre}openblas_%s_num_threads{suf}"
+                    if hasattr(lib, name % "set") and hasattr(lib, name % "get"):
+                        self.get, self.set = getattr(lib, name % "get"), getattr(lib, name % "set")
+                        return
+        except OSError:
+            pass
+
+
+_blas_threads = None
+_pool = None
+_max_workers = None  # set_max_workers: a rank's share of the node's cores
+
+
+def workers() -> int:
+    """Cores this process may run on (capped by set_max_workers)."""
+    try:
+        n = max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        n = max(1, os.cpu_count() or 1)
+    return n if _max_workers is None else min(n, _max_workers)
+
+
+def set_max_workers(n: int | None) -> None:
+    """Cap the CPU threads (the engine's pool and OpenBLAS) at ``n``; None: every core.
+
+    Why: N processes on one node (data-parallel ranks) each taking every core
+    in the affinity mask would run N x cores threads on the node's cores."""
+    global _max_workers, _pool, _blas_threads
+    if n is not None and n < 1:
+        raise ValueError(f"set_max_workers: need n >= 1 or None, got {n}")
+    _max_workers = n
+    if _pool is not None:  # sized at creation: the next use makes one of the new size
+        _pool.shutdown(wait=True)
+        _pool = None
+    if _blas_threads is None:
+        _blas_threads = _BlasThreads()
+    if _blas_threads.set is not None:
+        _blas_threads.set(workers())
+
+
+def parallel_slices(fn, n):
+    """Run fn(i) for i in range(n) on a thread pool (NumPy releases the GIL in
+    BLAS calls and ufuncs) with OpenBLAS single-threaded meanwhile.
+
+    Why not OpenBLAS's own threads: they spin-wait, and on an oversubscribed
+    machine (2 cores, other processes) small and medium GEMMs then run
+    orders of magnitude slower; blocking pool threads degrade gracefully, and
+    they also parallelise the elementwise passes NumPy runs on one core."""
+    global _blas_threads, _pool
+    if _blas_threads is None:
+        _blas_threads = _BlasThreads()
+    nw = min(workers(), n)
+    prev = _blas_threads.get() if _blas_threads.get else None
+    if prev is not None and prev != 1:
+        _blas_threads.set(1)
+    try:
+        if nw <= 1:
+            for i in range(n):
+                fn(i)
+            return
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="gptlite-bmm")
+        # one task per block, handed out as workers free up: if the OS
+        # preempts one worker, the others take over its share
+        list(_pool.map(fn, range(n)))
+    finally:
+        if prev is not None and prev != 1:
+            _blas_threads.set(prev)
+
+
+def parallel_rows(fn, n_rows, min_rows=64):
+    """fn(slice) over row blocks of an n_rows-row problem, in parallel."""
+    nb = min(4 * workers(), max(1, n_rows // min_rows))
+    bounds = np.linspace(0, n_rows, nb + 1).astype(int)
+    parallel_slices(lambda i: fn(slice(bounds[i], bounds[i + 1])), nb)
+
+
+def parallel_heads(fn, B, H, block):
+    """fn(b, heads) over every batch row b and a run of heads (a slice),
+    runs sized so a task's (heads, t, S) scores, ``block`` = t*S each, stay
+    within ~256 KB (a core's L2), spread in a few groups per core."""
+    hc = max(1, min(H, (1 << 16) // max(1, block)))
+    tasks = [(b, slice(h, min(H, h + hc))) for b in range(B) for h in range(0, H, hc)]
+    ng = min(len(tasks), 4 * workers())
+    bounds = np.linspace(0, len(tasks), ng + 1).astype(int)
+
+    def group(j):
+        for b, hsl in tasks[bounds[j]:bounds[j + 1]]:
+            fn(b, hsl)
+
+    parallel_slices(group, ng)
+
+
+def matmul(a, b, out=None):
+    """a (M,K) @ b (K,N) -> (M,N) on NumPy, split into row (or column) blocks
+    run in parallel, each one single-threaded sgemm on a BLAS-compatible view."""
+    M, K = a.shape
+    N = b.shape[1]
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    nw = workers()
+    if M <= 16:
+        # decoding (one or a few rows): a memory-bound GEMV, where the pool's
+        # hand-off would cost more than it saves; OpenBLAS splits it itself
+        return np.matmul(a, b, out=out)
+    if nw == 1 or M * N * K < (1 << 21):
+        parallel_slices(lambda i: np.matmul(a, b, out=out), 1)
+        return out
+    # one block per core: each block is then as large a sgemm as possible
+    # (measured faster on the 124M shapes than several smaller blocks per core)
+    nb = max(1, min(nw, max(M, N) // 128))
+    if M >= N:
+        bounds = np.linspace(0, M, nb + 1).astype(int)
+        parallel_slices(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]), nb)
+    else:
+        bounds = np.linspace(0, N, nb + 1).astype(int)
+        parallel_slices(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]], out=out[:, bounds[i]:bounds[i + 1]]), nb)
+    return out
+
+
+def bmm(a, b, out=None):
+    """Batched matmul over the leading axes on NumPy: one sgemm per 2-D slice.
+
+    NumPy's stacked matmul falls off BLAS for strided (transposed, head-split)
+    views; each slice of those views is BLAS-compatible, so no copies."""
+    lead = a.shape[:-2]
+    if out is None:
+        out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+    idx = list(np.ndindex(*lead))
+    parallel_slices(lambda i: np.matmul(a[idx[i]], b[idx[i]], out=out[idx[i]]), len(idx))
+    return out
