@@ -363,6 +363,9 @@ class GPT:
     def backward(self, cache: ForwardCache, dlogits=None, dhidden=None) -> dict:
         """Gradients of every parameter given dL/dlogits (B,T,V) and/or
         dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads."""
+        if getattr(self, "quantized", None):
+            raise ValueError(f"this model's weights are {self.quantized} (inference only): "
+                             "load it without quantize= to train or take gradients")
         if dlogits is None and dhidden is None:
             raise ValueError("backward needs dlogits and/or dhidden")
         if not cache.layers and self.config.n_layer:
