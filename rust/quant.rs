@@ -151,11 +151,35 @@ fn rows_kernel(isa: Isa, x: &[f32], m: usize, k: usize, q: &[u8], out: &mut [f32
     // latency, and each x load feeds four FMAs
     while j + 4 <= rows {
         let w = [&q[j * k..(j + 1) * k], &q[(j + 1) * k..(j + 2) * k], &q[(j + 2) * k..(j + 3) * k], &q[(j + 3) * k..(j + 4) * k]];
-        for i in 0..m {
-            let d = dot4(isa, &x[i * k..(i + 1) * k], w);
-            for (r, v) in d.iter().enumerate() {
-                out[(j + r) * m + i] = *v;
+        let mut i = 0;
+        // several x rows per pass over the weights (batched decoding): each
+        // widened weight vector then feeds R FMAs instead of one
+        #[cfg(target_arch = "x86_64")]
+        match isa {
+            Isa::Avx512 => {
+                while i + 4 <= m {
+                    let xs = [&x[i * k..(i + 1) * k], &x[(i + 1) * k..(i + 2) * k], &x[(i + 2) * k..(i + 3) * k], &x[(i + 3) * k..(i + 4) * k]];
+                    // SAFETY: qmatmul checked that this CPU has AVX-512F
+                    let d = unsafe { x86::dot4xr_avx512(xs, w) };
+                    store(out, m, j, i, &d);
+                    i += 4;
+                }
             }
+            Isa::Avx2Fma => {
+                while i + 2 <= m {
+                    let xs = [&x[i * k..(i + 1) * k], &x[(i + 1) * k..(i + 2) * k]];
+                    // SAFETY: qmatmul checked that this CPU has AVX2 and FMA
+                    let d = unsafe { x86::dot4xr_avx2(xs, w) };
+                    store(out, m, j, i, &d);
+                    i += 2;
+                }
+            }
+            Isa::Portable => {}
+        }
+        while i < m {
+            let d = dot4(isa, &x[i * k..(i + 1) * k], w);
+            store(out, m, j, i, &[d]);
+            i += 1;
         }
         j += 4;
     }
@@ -166,6 +190,15 @@ fn rows_kernel(isa: Isa, x: &[f32], m: usize, k: usize, q: &[u8], out: &mut [f32
             out[j * m + i] = d[0];
         }
         j += 1;
+    }
+}
+
+/// out is (rows, m): d[r][c] is x row i + r against weight row j + c.
+fn store<const R: usize>(out: &mut [f32], m: usize, j: usize, i: usize, d: &[[f32; 4]; R]) {
+    for (r, dr) in d.iter().enumerate() {
+        for (c, v) in dr.iter().enumerate() {
+            out[(j + c) * m + i + r] = *v;
+        }
     }
 }
 
@@ -235,6 +268,85 @@ mod x86 {
                 s += x[t] * w[r][t] as i8 as f32;
             }
             out[r] = s;
+        }
+        out
+    }
+
+    /// R x rows against four weight rows; the same sums as dot4_avx2 per pair.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; every slice must be as long as xs[0].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4xr_avx2<const R: usize>(xs: [&[f32]; R], w: [&[u8]; 4]) -> [[f32; 4]; R] {
+        let k = xs[0].len();
+        assert!(w.iter().all(|r| r.len() == k) && xs.iter().all(|r| r.len() == k));
+        let mut a = [[_mm256_setzero_ps(); 4]; R];
+        let mut i = 0;
+        while i + 8 <= k {
+            let mut wv = [_mm256_setzero_ps(); 4];
+            for c in 0..4 {
+                let b = _mm_loadl_epi64(w[c].as_ptr().add(i) as *const __m128i);
+                wv[c] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+            }
+            for r in 0..R {
+                let xv = _mm256_loadu_ps(xs[r].as_ptr().add(i));
+                for c in 0..4 {
+                    a[r][c] = _mm256_fmadd_ps(xv, wv[c], a[r][c]);
+                }
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; 4]; R];
+        for r in 0..R {
+            for c in 0..4 {
+                let lo = _mm256_castps256_ps128(a[r][c]);
+                let hi = _mm256_extractf128_ps(a[r][c], 1);
+                let s4 = _mm_add_ps(lo, hi);
+                let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+                let mut s = _mm_cvtss_f32(s1);
+                for t in i..k {
+                    s += xs[r][t] * w[c][t] as i8 as f32;
+                }
+                out[r][c] = s;
+            }
+        }
+        out
+    }
+
+    /// R x rows against four weight rows; the same sums as dot4_avx512 per pair.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; every slice must be as long as xs[0].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot4xr_avx512<const R: usize>(xs: [&[f32]; R], w: [&[u8]; 4]) -> [[f32; 4]; R] {
+        let k = xs[0].len();
+        assert!(w.iter().all(|r| r.len() == k) && xs.iter().all(|r| r.len() == k));
+        let mut a = [[_mm512_setzero_ps(); 4]; R];
+        let mut i = 0;
+        while i + 16 <= k {
+            let mut wv = [_mm512_setzero_ps(); 4];
+            for c in 0..4 {
+                let b = _mm_loadu_si128(w[c].as_ptr().add(i) as *const __m128i);
+                wv[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+            }
+            for r in 0..R {
+                let xv = _mm512_loadu_ps(xs[r].as_ptr().add(i));
+                for c in 0..4 {
+                    a[r][c] = _mm512_fmadd_ps(xv, wv[c], a[r][c]);
+                }
+            }
+            i += 16;
+        }
+        let mut out = [[0f32; 4]; R];
+        for r in 0..R {
+            for c in 0..4 {
+                let mut s = _mm512_reduce_add_ps(a[r][c]);
+                for t in i..k {
+                    s += xs[r][t] * w[c][t] as i8 as f32;
+                }
+                out[r][c] = s;
+            }
         }
         out
     }
@@ -369,7 +481,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_reference_on_odd_shapes() {
         let mut seed = 7u64;
-        for &(m, k, n) in &[(1, 1, 1), (1, 7, 5), (3, 17, 33), (2, 100, 70), (5, 768, 37), (1, 31, 129)] {
+        for &(m, k, n) in &[(1, 1, 1), (1, 7, 5), (3, 17, 33), (2, 100, 70), (5, 768, 37), (1, 31, 129), (8, 40, 12), (11, 33, 9), (4, 16, 4)] {
             let x: Vec<f32> = (0..m * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
             let q: Vec<u8> = (0..n * k).map(|_| ((lcg(&mut seed) % 255) as i32 - 127) as i8 as u8).collect();
             let s: Vec<f32> = (0..n).map(|_| (lcg(&mut seed) % 100 + 1) as f32 / 1e4).collect();
