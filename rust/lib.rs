@@ -4,10 +4,12 @@
 //! - `encode`: rank-based byte-pair merging with a piece cache
 //! - `vocab`: reading and writing GPT-2 / HF / tiktoken vocabulary files
 //! - `train`: the BPE trainer
+//! - `quant`: weight-only int8 matrix products for decoding
 //! - `py_tokenizer`, `py_trainer`: the PyO3 bindings (feature `python`)
 
 pub mod encode;
 pub mod pretokenize;
+pub mod quant;
 pub mod train;
 pub mod vocab;
 
@@ -24,5 +26,6 @@ use pyo3::prelude::*;
 fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
     py_tokenizer::register(py, m)?;
     py_trainer::register(py, m)?;
+    quant::py::register(py, m)?;
     Ok(())
 }

@@ -17,6 +17,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped default model)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8: per-channel int8 weights, quantized at load (CPU only, float32 activations)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
@@ -40,11 +42,13 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=_cmd_check_reference)
 
 
-def _model_and_tokenizer(model_arg, device, dtype):
+def _model_and_tokenizer(model_arg, device, dtype, quantize=None):
     from gptlite.engine import checkpoint
 
     d = checkpoint.resolve_model_dir(model_arg)
-    model = checkpoint.load_model(d, device=device, dtype=dtype)
+    if quantize is not None and (device not in (None, "cpu") or dtype != "float32"):
+        raise UserError(f"--quantize {quantize} runs on the CPU in float32 (got --device {device}, --dtype {dtype})")
+    model = checkpoint.load_model(d, device="cpu" if quantize else device, dtype=dtype, quantize=quantize)
     try:
         tok = checkpoint.model_tokenizer(d, model.config.vocab_size)
     except ValueError as exc:
@@ -66,7 +70,7 @@ def _cmd_generate(args) -> int:
     if not prompt and (from_stdin or args.prompt is not None):  # only a left-out PROMPT means unconditional
         raise UserError("empty prompt: give some text (or leave PROMPT out on a terminal to sample "
                         "unconditionally from <|endoftext|>)")
-    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype)
+    model, tok = _model_and_tokenizer(args.model, args.device, args.dtype, args.quantize)
     ids = tok.encode(prompt, allowed_special="all") if prompt else []
     if not ids:
         if tok.eot_token is None:

@@ -386,12 +386,32 @@ def _checked_tensors(path):
     return config, params, wp
 
 
-def load_model(path, device=None, dtype="float32"):
-    """A GPT from an HF-layout directory (config.json + model.safetensors)."""
+def load_model(path, device=None, dtype="float32", quantize=None):
+    """A GPT from an HF-layout directory (config.json + model.safetensors).
+
+    ``quantize="int8"``: per-channel int8 weights for every linear layer and
+    the tied head, quantized at load time (CPU, float32 activations; see
+    gptlite.engine.quant)."""
     from gptlite.engine.model import GPT
 
+    if quantize is not None:
+        from gptlite.engine.quant import QUANTIZE_CHOICES
+
+        if quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)} or None, got {quantize!r}")
+        if device not in (None, "cpu"):
+            raise ValueError(f"quantize={quantize!r} runs on the CPU only, got device={device!r}")
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(f"quantize={quantize!r} computes in float32, got dtype={dtype!r}")
+        device = "cpu"
     config, params = load_params(path, dtype=dtype)
-    return GPT(config, params=params, device=device, dtype=dtype)
+    model = GPT(config, params=params, device=device, dtype=dtype)
+    if quantize is not None:
+        from gptlite.engine.quant import quantize_model
+
+        del params  # the float copies go as each weight is replaced
+        quantize_model(model, quantize)
+    return model
 
 
 def load_tokenizer(path):
@@ -531,7 +551,7 @@ def resolve_model_dir(name_or_path) -> Path:
     raise FileNotFoundError(f"model {str(name_or_path)!r}: no such directory, and not one of {', '.join(HUB_MODELS)}")
 
 
-def from_pretrained(name_or_path, device=None, dtype="float32"):
+def from_pretrained(name_or_path, device=None, dtype="float32", quantize=None):
     """A GPT from a local directory, "default" (the shipped model) or a hub name
-    (gpt2, gpt2-medium, gpt2-large, gpt2-xl)."""
-    return load_model(resolve_model_dir(name_or_path), device=device, dtype=dtype)
+    (gpt2, gpt2-medium, gpt2-large, gpt2-xl); ``quantize="int8"`` as load_model."""
+    return load_model(resolve_model_dir(name_or_path), device=device, dtype=dtype, quantize=quantize)

@@ -216,14 +216,15 @@ class GPT:
 
     # --- the familiar entry points (HF / nanoGPT style) -------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path="default", device=None, dtype="float32") -> "GPT":
+    def from_pretrained(cls, name_or_path="default", device=None, dtype="float32", quantize=None) -> "GPT":
         """A model directory (HF layout), "default" (the shipped model) or a hub
         name (gpt2, gpt2-medium, ...), with its tokenizer as ``.tokenizer``
-        (GPT-2's for a 50,257-token model that stores none)."""
+        (GPT-2's for a 50,257-token model that stores none); ``quantize="int8"``:
+        per-channel int8 weights for inference on the CPU."""
         from gptlite.engine import checkpoint
 
         d = checkpoint.resolve_model_dir(name_or_path)
-        model = checkpoint.load_model(d, device=device, dtype=dtype)
+        model = checkpoint.load_model(d, device=device, dtype=dtype, quantize=quantize)
         tok = checkpoint.load_tokenizer(d)
         if tok is None and model.config.vocab_size == checkpoint.GPT2_VOCAB_SIZE:
             tok = checkpoint.model_tokenizer(d, model.config.vocab_size)
@@ -424,6 +425,9 @@ class GPT:
     def backward(self, cache: ForwardCache, dlogits=None, dhidden=None) -> dict:
         """Gradients of every parameter given dL/dlogits (B,T,V) and/or
         dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads."""
+        if getattr(self, "quantized", None):
+            raise ValueError(f"this model's weights are {self.quantized} (inference only): "
+                             "load it without quantize= to train or take gradients")
         if dlogits is None and dhidden is None:
             raise ValueError("backward needs dlogits and/or dhidden")
         if not cache.layers and self.config.n_layer:

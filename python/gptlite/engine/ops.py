@@ -171,7 +171,12 @@ def layernorm_backward(dy, cache):
 
 
 def linear_forward(x, W, b):
-    """x (N, Cin), W (Cin, Cout), b (Cout,) or None -> y (N, Cout). Cache: x, W."""
+    """x (N, Cin), W (Cin, Cout), b (Cout,) or None -> y (N, Cout). Cache: x, W.
+
+    W may be an int8 ``quant.QuantizedWeight`` (inference only): its fused
+    kernel adds the bias, and there is no cache to go backward through."""
+    if getattr(W, "is_quantized", False):
+        return W.matmul(x, b), None
     y = matmul(x, W)
     if b is not None:
         y += b
@@ -479,7 +484,9 @@ def residual_backward(dout, cache=None):
 
 
 def lm_head_forward(h, wte):
-    """h (N, C), wte (V, C) -> logits (N, V). Cache: h, wte."""
+    """h (N, C), wte (V, C) -> logits (N, V). Cache: h, wte (None when int8)."""
+    if getattr(wte, "is_quantized", False):
+        return wte.matmul(h), None
     return matmul(h, wte.T), (h, wte)
 
 
