@@ -29,6 +29,9 @@ LM_HEAD_CHUNK = 4096  # rows of logits alive at once in lm_head_cross_entropy
 # kernels that reduce within a block: dynamic shared memory of one element per thread
 REDUCING = {"ln_fwd", "ln_bwd_dx", "causal_softmax_fwd", "causal_softmax_bwd", "ce_fwd_bwd"}
 
+# cupy.ReductionKernel(*SUMSQ_KERNEL): the squared norm of the flat gradient buffer
+SUMSQ_KERNEL = ("T x", "T y", "x * x", "a + b", "y = a", "0", "gl_sumsq")
+
 _module = None
 _sumsq_kernel = None
 
@@ -396,7 +399,7 @@ def grad_sumsq(g):
         return np.dot(g, g).reshape(())
     global _sumsq_kernel
     if _sumsq_kernel is None:
-        _sumsq_kernel = xp.ReductionKernel("T x", "T y", "x * x", "a + b", "y = a", "0", "gl_sumsq")
+        _sumsq_kernel = xp.ReductionKernel(*SUMSQ_KERNEL)
     return _sumsq_kernel(g)
 
 
