@@ -154,3 +154,38 @@ def test_every_kernel_has_a_twin():
     names = set(re.findall(r'extern "C" __global__ void gl_(\w+)_f(?:32|64)\(', src))
     assert names == set(fused.KERNEL_TWINS)
     assert fused.REDUCING <= names
+
+
+def test_fused_on_the_cupy_path_in_float32(monkeypatch):
+    """The fused functions' CuPy branch (real launch arguments, null pointers,
+    device-side clip) on the stand-in, float32, against the NumPy path."""
+    import fake_cupy
+
+    cp = fake_cupy.install(monkeypatch)
+    rng = np.random.default_rng(6)
+    dt = np.float32
+    x, r = rng.standard_normal((4, 16)).astype(dt), rng.standard_normal((4, 16)).astype(dt)
+    w, b = rng.standard_normal(16).astype(dt), rng.standard_normal(16).astype(dt)
+    y_h, c_h = fused.layernorm_forward(x, w, b)
+    fake_cupy.reset_counts()
+    y_d, c_d = fused.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b))
+    assert isinstance(y_d, cp.ndarray) and y_d.dtype == dt
+    np.testing.assert_array_equal(cp.asnumpy(y_d), y_h)
+    dx_d, dw_d, db_d = fused.layernorm_backward(cp.asarray(r), c_d)
+    np.testing.assert_array_equal(cp.asnumpy(dx_d), fused.layernorm_backward(r, c_h)[0])
+    h, wte = rng.standard_normal((10, 16)).astype(dt), rng.standard_normal((30, 16)).astype(dt)
+    t = rng.integers(0, 30, 10)
+    loss_h, dh_h, _ = fused.lm_head_cross_entropy(h, wte, t, chunk=4)
+    loss_d, dh_d, _ = fused.lm_head_cross_entropy(cp.asarray(h), cp.asarray(wte), cp.asarray(t), chunk=4)
+    assert isinstance(loss_d, cp.ndarray) and loss_d.dtype == dt
+    np.testing.assert_allclose(cp.asnumpy(dh_d), dh_h, rtol=1e-6, atol=1e-7)
+    G = cp.asarray(rng.standard_normal(50).astype(dt))
+    P, M, V = cp.asarray(np.ones(50, dt)), cp.zeros(50, dtype=dt), cp.zeros(50, dtype=dt)
+    norm, scale, flag = fused.clip_scale(fused.grad_sumsq(G), 1.0)
+    fused.adamw_flat(P, G, M, V, scale, flag, n_decay=20, lr=1e-3, step=1)
+    ids = cp.asarray(rng.integers(0, 5, 12))
+    fused.embedding_backward(ids, cp.asarray(rng.standard_normal((12, 16)).astype(dt)), cp.zeros((5, 16), dtype=dt))
+    assert fake_cupy.COUNTS["syncs"] == 0  # nothing above reads a value back
+    assert fake_cupy.COUNTS["launches"] > 0
+    with pytest.raises(ValueError, match="needs 1024"):
+        cp.RawModule().get_function("gl_ln_fwd_f32")((4,), (256,), (x,) * 10, shared_mem=0)
