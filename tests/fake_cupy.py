@@ -244,6 +244,13 @@ def make_modules() -> dict:
         get_current_stream=lambda: _Stream(),
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                       getDeviceProperties=lambda i: {"name": b"fake CuPy (NumPy)"}))
+    core = types.ModuleType("cupy._core")
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_FP32, linalg.COMPUTE_TYPE_TF32 = 3, 5
+    linalg.compute_types = {}
+    linalg.set_compute_type = lambda dtype, ct: linalg.compute_types.__setitem__(np.dtype(dtype), ct)
+    core._routines_linalg = linalg
+    cp._core = core
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = lambda out, index, values: np.add.at(out, index, values)
     scipy = types.ModuleType("cupyx.scipy")
@@ -251,7 +258,7 @@ def make_modules() -> dict:
     special.erf = lambda x: _dev(np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype))
     cupyx.scipy = scipy
     scipy.special = special
-    return {"cupy": cp, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
+    return {"cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
 
 
 def install(monkeypatch):

@@ -214,16 +214,15 @@ def _tw_clip_scale(grid, block, args):
 
 
 def _tw_adamw(grid, block, args):
-    p, g, m, v, scale, nonfinite, n, n_decay, decay, b1, b2, bc2_sqrt, eps, step_size = args
+    p, g, m, v, scale, nonfinite, n, n_decay, keep, c1, b2, c2, bc2_sqrt, eps, step_size = args
     if int(nonfinite.reshape(-1)[0]):
         return
-    f = p.dtype.type
     gi = g * scale.reshape(-1)[0]
     nd = int(n_decay)
-    p[:nd] *= f(1) - decay
-    m += (gi - m) * (f(1) - b1)
+    p[:nd] *= keep
+    m += (gi - m) * c1
     v *= b2
-    v += gi * gi * (f(1) - b2)
+    v += gi * gi * c2
     p -= m / (np.sqrt(v) / bc2_sqrt + eps) * step_size
 
 
@@ -426,8 +425,16 @@ def adamw_flat(P, G, M, V, scale, nonfinite, *, n_decay, lr, step, betas=(0.9, 0
     f = lambda v: _scalar(P.dtype, v)  # noqa: E731
     g, blk = _elem_grid(P.size)
     _launch(xp, "adamw", P.dtype, g, blk,
-            (P, G, M, V, scale, nonfinite, np.int64(P.size), np.int64(n_decay), f(lr * weight_decay), f(b1), f(b2),
-             f(math.sqrt(bc2)), f(eps), f(lr / bc1)))
+            (P, G, M, V, scale, nonfinite, np.int64(P.size), np.int64(n_decay), f(1.0 - lr * weight_decay), f(1.0 - b1),
+             f(b2), f(1.0 - b2), f(math.sqrt(bc2)), f(eps), f(lr / bc1)))
+
+
+def set_tf32(enabled: bool) -> None:
+    """float32 matmuls on TF32 tensor cores (CuPy's cuBLAS compute type) or in
+    full float32; process-wide, as CuPy's setting is."""
+    from cupy._core import _routines_linalg as la
+
+    la.set_compute_type(np.float32, la.COMPUTE_TYPE_TF32 if enabled else la.COMPUTE_TYPE_FP32)
 
 
 def embedding_backward(idx, dout, dwte):

@@ -360,9 +360,11 @@ class GPT:
         dx += da_in
         return dx
 
-    def backward(self, cache: ForwardCache, dlogits=None, dhidden=None) -> dict:
+    def backward(self, cache: ForwardCache, dlogits=None, dhidden=None, dwte_head=None) -> dict:
         """Gradients of every parameter given dL/dlogits (B,T,V) and/or
-        dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads."""
+        dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads;
+        ``dwte_head`` is the head's share when the caller computed it already
+        (the fused chunked head, which passes dhidden instead of dlogits)."""
         if dlogits is None and dhidden is None:
             raise ValueError("backward needs dlogits and/or dhidden")
         if not cache.layers and self.config.n_layer:
@@ -376,13 +378,14 @@ class GPT:
             if tuple(dlogits.shape) != (B, T, self.config.vocab_size):
                 raise ValueError(f"dlogits has shape {tuple(dlogits.shape)}, expected {(B, T, self.config.vocab_size)}")
             dx, dwte_head = ops.lm_head_backward(dlogits.reshape(B * T, -1), (h, self.params["wte.weight"]))
+        elif dhidden is not None:
+            dx = None
         else:
             dx = xp.zeros((B * T, C), dtype=self.dtype)
-            dwte_head = None
         if dhidden is not None:
             if tuple(dhidden.shape) != (B, T, C):
                 raise ValueError(f"dhidden has shape {tuple(dhidden.shape)}, expected {(B, T, C)}")
-            dx = dx + dhidden.reshape(B * T, C)
+            dx = dhidden.reshape(B * T, C) if dx is None else dx + dhidden.reshape(B * T, C)
         if self.config.layout == "gpt2":
             dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f)
         for i in reversed(range(self.config.n_layer)):
@@ -400,10 +403,22 @@ class GPT:
         """
         idx = self._check_idx(idx)
         B, T = idx.shape
+        host_targets = targets
         targets = self.xp.asarray(targets)
         if tuple(targets.shape) != (B, T):
             raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
         h, cache = self._trunk(idx, keep=True)
+        if self.xp is not np:
+            # the chunked head + cross-entropy (engine/fused.py): no (B,T,V) logits,
+            # the loss a 0-d device array; host targets are range-checked on the host
+            from gptlite.engine import fused
+
+            tg = host_targets if type(host_targets) is np.ndarray else targets
+            loss, dh, dwte_head = fused.lm_head_cross_entropy(h, self.params["wte.weight"], tg.reshape(-1),
+                                                              ignore_index=ignore_index)
+            del h
+            grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head)
+            return loss, grads
         logits = self._head(h)
         loss, ce = ops.cross_entropy_forward(logits.reshape(B, T, -1), targets, ignore_index, inplace=True)
         del logits

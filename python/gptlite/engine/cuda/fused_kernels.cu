@@ -226,24 +226,25 @@ extern "C" __global__ void gl_clip_scale_f64(const double* sumsq, double max_nor
 // training/optim._adamw_update): elements [0, n_decay) get decoupled decay, the clip
 // coefficient is read from the device, and a non-finite step (flag set by
 // gl_clip_scale) leaves p, m and v untouched, so nothing is read back to decide.
+// The factors 1 - lr*wd, 1 - b1 and 1 - b2 come rounded from double, as optim's are.
 template<typename T> __device__ void adamw(T* p, const T* g, T* m, T* v, const T* scale, const int* nonfinite,
-                                           long long n, long long n_decay, T decay, T b1, T b2, T bc2_sqrt, T eps, T step_size) {
+                                           long long n, long long n_decay, T keep, T c1, T b2, T c2, T bc2_sqrt, T eps, T step_size) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || nonfinite[0]) return;
     T gi = g[i] * scale[0];
     T pi = p[i];
-    if (i < n_decay) pi *= (T)1 - decay;
-    T mi = m[i] + (gi - m[i]) * ((T)1 - b1);
-    T vi = v[i] * b2 + gi * gi * ((T)1 - b2);
+    if (i < n_decay) pi *= keep;
+    T mi = m[i] + (gi - m[i]) * c1;
+    T vi = v[i] * b2 + gi * gi * c2;
     m[i] = mi; v[i] = vi;
     p[i] = pi - mi / (sqrt(vi) / bc2_sqrt + eps) * step_size;
 }
 extern "C" __global__ void gl_adamw_f32(float* p, const float* g, float* m, float* v, const float* scale, const int* nonfinite,
-                                        long long n, long long n_decay, float decay, float b1, float b2, float bc2_sqrt, float eps, float step_size) {
-    adamw<float>(p, g, m, v, scale, nonfinite, n, n_decay, decay, b1, b2, bc2_sqrt, eps, step_size); }
+                                        long long n, long long n_decay, float keep, float c1, float b2, float c2, float bc2_sqrt, float eps, float step_size) {
+    adamw<float>(p, g, m, v, scale, nonfinite, n, n_decay, keep, c1, b2, c2, bc2_sqrt, eps, step_size); }
 extern "C" __global__ void gl_adamw_f64(double* p, const double* g, double* m, double* v, const double* scale, const int* nonfinite,
-                                        long long n, long long n_decay, double decay, double b1, double b2, double bc2_sqrt, double eps, double step_size) {
-    adamw<double>(p, g, m, v, scale, nonfinite, n, n_decay, decay, b1, b2, bc2_sqrt, eps, step_size); }
+                                        long long n, long long n_decay, double keep, double c1, double b2, double c2, double bc2_sqrt, double eps, double step_size) {
+    adamw<double>(p, g, m, v, scale, nonfinite, n, n_decay, keep, c1, b2, c2, bc2_sqrt, eps, step_size); }
 
 // Deterministic embedding backward: rows sorted by (token id, position) beforehand;
 // one block per sorted row, and only the first row of each token's run sums the run
