@@ -34,15 +34,23 @@ GELU_A = 0.044715
 # and are not counted; "syncs" counts reads of device values by the host
 # (.get(), float(), int(), bool(), .item(), asnumpy).
 COUNTS = {"launches": 0, "syncs": 0}
+SYNC_SITES = []  # (file, line) of the caller of each counted sync since reset_counts()
 
 
 def reset_counts():
     COUNTS.update(launches=0, syncs=0)
+    SYNC_SITES.clear()
+
+
+def _sync():
+    COUNTS["syncs"] += 1
+    f = sys._getframe(2)
+    SYNC_SITES.append((f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno))
 
 
 class DeviceArray(np.ndarray):
     def get(self):
-        COUNTS["syncs"] += 1
+        _sync()
         return np.array(self).view(np.ndarray)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -59,19 +67,19 @@ class DeviceArray(np.ndarray):
         return _dev(r)
 
     def __float__(self):
-        COUNTS["syncs"] += 1
+        _sync()
         return float(self.view(np.ndarray))
 
     def __int__(self):
-        COUNTS["syncs"] += 1
+        _sync()
         return int(self.view(np.ndarray))
 
     def __bool__(self):
-        COUNTS["syncs"] += 1
+        _sync()
         return bool(self.view(np.ndarray))
 
     def item(self, *args):
-        COUNTS["syncs"] += 1
+        _sync()
         return self.view(np.ndarray).item(*args)
 
     @property
@@ -233,7 +241,7 @@ def make_modules() -> dict:
     cp.asarray = _asarray
     cp.array = _asarray
     cp.ascontiguousarray = lambda a, dtype=None: _dev(np.ascontiguousarray(_asarray(a), dtype=dtype))
-    cp.asnumpy = lambda a: np.array(a).view(np.ndarray)
+    cp.asnumpy = lambda a: (_sync(), np.array(a).view(np.ndarray))[1] if isinstance(a, DeviceArray) else np.array(a)
     cp.ElementwiseKernel = lambda in_params, out_params, operation, name, **kw: _counted(KERNELS[name])
     cp.ReductionKernel = lambda *args, **kw: _counted(REDUCTIONS[args[6] if len(args) > 6 else kw["name"]])
     cp.RawModule = _RawModule

@@ -247,13 +247,13 @@ class GPT:
             if max_pos is None:
                 raise ValueError(f"sequence length {T} exceeds the model's n_positions={self.config.n_positions}")
             raise ValueError(f"{T} new tokens exceed the KV cache's {limit} free columns")
-        idx = xp.asarray(idx)
         V = self.config.vocab_size
+        m = np if type(idx) is np.ndarray else xp  # host ids are checked on the host: no device sync
         bad = (idx < 0) | (idx >= V)
         if bool(bad.any()):
-            b, t = (int(i) for i in xp.argwhere(bad)[0])
+            b, t = (int(i) for i in m.argwhere(bad)[0])
             raise ValueError(f"token id {int(idx[b, t])} at position (batch {b}, time {t}) is outside the vocabulary [0, {V})")
-        return idx.astype(xp.int64, copy=False)
+        return xp.asarray(idx).astype(xp.int64, copy=False)
 
     # ------------------------------------------------------------------
     # forward
