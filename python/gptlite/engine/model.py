@@ -390,7 +390,18 @@ class GPT:
             dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f)
         for i in reversed(range(self.config.n_layer)):
             dx = self._block_backward(i, dx, cache.layers[i], grads)
-        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head)
+        if xp is not np and dwte_head is not None and cache.emb[1].ndim == 1:
+            # the sort-based segment-sum kernel: no atomics, so the same bits every
+            # run (bit-exact resume on the GPU)
+            from gptlite.engine import fused
+
+            idx, pos, _, P = cache.emb
+            d3 = xp.ascontiguousarray(dx.reshape(B, T, C))
+            dwte = fused.embedding_backward(idx, d3, dwte_head)
+            dwpe = xp.zeros((P, C), dtype=d3.dtype)
+            dwpe[pos] = d3.sum(axis=0)
+        else:
+            dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head)
         grads["wte.weight"] = dwte
         grads["wpe.weight"] = dwpe
         return {name: grads[name] for name in self.params}
