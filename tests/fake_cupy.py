@@ -122,7 +122,7 @@ def _ln_affine(x, mean, rstd, w, b):
     return _dev(xhat), _dev(xhat * w + b)
 
 
-REDUCTIONS = {"gl_sumsq": lambda g: _dev(np.dot(g.view(np.ndarray), g.view(np.ndarray)).reshape(()))}
+REDUCTIONS = {"gl_sumsq": lambda g: _dev(np.asarray(np.dot(g.view(np.ndarray), g.view(np.ndarray))).reshape(()))}
 
 KERNELS = {"gptlite_gelu_tanh_fwd": _gelu_fwd, "gptlite_gelu_tanh_bwd": _gelu_bwd, "gptlite_ln_affine": _ln_affine}
 
