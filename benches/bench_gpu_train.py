@@ -109,8 +109,10 @@ def gpu(args) -> dict:
     import torch
     import transformers
 
-    from gptlite.engine import fused
+    from gptlite.engine import backend, fused
 
+    if not backend.cuda_available():
+        raise SystemExit("bench_gpu_train: no usable CUDA device (CuPy + driver + GPU); --stand-in counts without one")
     B, T = args.batch, args.context
     dev_name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     rng = np.random.default_rng(0)
