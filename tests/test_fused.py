@@ -190,3 +190,18 @@ def test_fused_on_the_cupy_path_in_float32(monkeypatch):
     assert fake_cupy.COUNTS["launches"] > 0
     with pytest.raises(ValueError, match="needs 1024"):
         cp.RawModule().get_function("gl_ln_fwd_f32")((4,), (256,), (x,) * 10, shared_mem=0)
+
+
+def test_tf32_switch_from_cli_and_config(monkeypatch, tmp_path):
+    from gptlite import cli
+    from gptlite.training import pretrain
+
+    seen = []
+    monkeypatch.setattr(pretrain, "Trainer", lambda cfg, resume=False: seen.append(cfg.tf32) or (_ for _ in ()).throw(
+        pretrain.TrainingError("stop here")))
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text("[optim]\ntf32 = true\n")
+    for flag, want in (([], True), (["--no-tf32"], False), (["--tf32"], True)):
+        assert cli.main(["train", "--config", str(cfgfile), *flag]) != 0  # the stand-in Trainer stops it
+        assert seen[-1] is want
+    assert pretrain.TrainConfig().tf32 is True
