@@ -7,7 +7,10 @@ creation and ``asarray`` return device arrays (``asarray`` of a host array
 copies, as a host-to-device transfer does). The three fused kernels
 (``ElementwiseKernel``: GELU forward/backward, LayerNorm affine) and the
 row-softmax ``RawModule`` are replaced by NumPy functions computing the same
-formulas. What this can catch: errors in the CuPy-only branches (names,
+formulas; the kernels of engine/fused.py run as their NumPy twins
+(``fused.KERNEL_TWINS``) after ``fused.check_launch`` has checked block size and
+shared memory against the kernel's declared needs. ``COUNTS`` counts launches and
+host syncs. What this can catch: errors in the CuPy-only branches (names,
 shapes, in-place aliasing, missing synchronisation helpers). What it cannot:
 CUDA compilation, numerics of the real kernels, host/device mixing (NumPy
 accepts mixed inputs where CuPy raises) — those need a GPU run.
@@ -24,9 +27,60 @@ GELU_K = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
 
 
+# What a training step would cost on a GPU, as far as the stand-in can see it:
+# "launches" counts the custom kernels, the fused kernels' twins and every NumPy
+# ufunc call (elementwise, reductions, matmul) on device arrays — a lower bound,
+# since copies, fancy indexing and array creation also launch kernels under CuPy
+# and are not counted; "syncs" counts reads of device values by the host
+# (.get(), float(), int(), bool(), .item(), asnumpy).
+COUNTS = {"launches": 0, "syncs": 0}
+SYNC_SITES = []  # (file, line) of the caller of each counted sync since reset_counts()
+
+
+def reset_counts():
+    COUNTS.update(launches=0, syncs=0)
+    SYNC_SITES.clear()
+
+
+def _sync():
+    COUNTS["syncs"] += 1
+    f = sys._getframe(2)
+    SYNC_SITES.append((f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno))
+
+
 class DeviceArray(np.ndarray):
     def get(self):
+        _sync()
         return np.array(self).view(np.ndarray)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        COUNTS["launches"] += 1
+        ins = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
+        outs = kwargs.get("out")
+        if outs is not None:
+            kwargs["out"] = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in outs)
+        r = getattr(ufunc, method)(*ins, **kwargs)
+        if outs is not None:  # in place: hand back the caller's (device) arrays
+            return outs[0] if len(outs) == 1 else outs
+        if isinstance(r, np.generic):  # CuPy reductions give 0-d device arrays, not scalars
+            r = np.asarray(r)
+        return _dev(r)
+
+    def __float__(self):
+        _sync()
+        return float(self.view(np.ndarray))
+
+    def __int__(self):
+        _sync()
+        return int(self.view(np.ndarray))
+
+    def __bool__(self):
+        _sync()
+        return bool(self.view(np.ndarray))
+
+    def item(self, *args):
+        _sync()
+        return self.view(np.ndarray).item(*args)
 
     @property
     def data(self):  # CuPy's MemoryPointer: .ptr is the device address
@@ -68,7 +122,24 @@ def _ln_affine(x, mean, rstd, w, b):
     return _dev(xhat), _dev(xhat * w + b)
 
 
+REDUCTIONS = {"gl_sumsq": lambda g: _dev(np.asarray(np.dot(g.view(np.ndarray), g.view(np.ndarray))).reshape(()))}
+
 KERNELS = {"gptlite_gelu_tanh_fwd": _gelu_fwd, "gptlite_gelu_tanh_bwd": _gelu_bwd, "gptlite_ln_affine": _ln_affine}
+
+
+def _counted(fn):
+    def launch(*args, **kwargs):
+        COUNTS["launches"] += 1
+        return fn(*args, **kwargs)
+
+    return launch
+
+
+def _host(a):
+    """A kernel argument as the twin takes it: null pointers (an unsigned 0) as None."""
+    if isinstance(a, np.uint64) and a == 0:
+        return None
+    return a
 
 
 class _RawModule:
@@ -76,10 +147,23 @@ class _RawModule:
         self.code = code
 
     def get_function(self, name):
+        if name.startswith("gl_"):  # engine/fused.py: its twin, after checking the launch
+            from gptlite.engine import fused
+
+            base = name[3:].rsplit("_", 1)[0]
+            twin = fused.KERNEL_TWINS[base]
+
+            def launch(grid, block, args, shared_mem=0):
+                COUNTS["launches"] += 1
+                fused.check_launch(name, grid, block, shared_mem)
+                twin(grid, block, tuple(_host(a) for a in args))
+
+            return launch
         if name not in ("softmax_f32", "softmax_f64"):
             raise KeyError(name)
 
         def launch(grid, block, args, shared_mem=0):  # in-place softmax of grid[0] rows of n
+            COUNTS["launches"] += 1
             a, n = args
             rows = a.reshape(grid[0], int(n))
             rows -= rows.max(axis=1, keepdims=True)
@@ -157,8 +241,9 @@ def make_modules() -> dict:
     cp.asarray = _asarray
     cp.array = _asarray
     cp.ascontiguousarray = lambda a, dtype=None: _dev(np.ascontiguousarray(_asarray(a), dtype=dtype))
-    cp.asnumpy = lambda a: np.array(a).view(np.ndarray)
-    cp.ElementwiseKernel = lambda in_params, out_params, operation, name, **kw: KERNELS[name]
+    cp.asnumpy = lambda a: (_sync(), np.array(a).view(np.ndarray))[1] if isinstance(a, DeviceArray) else np.array(a)
+    cp.ElementwiseKernel = lambda in_params, out_params, operation, name, **kw: _counted(KERNELS[name])
+    cp.ReductionKernel = lambda *args, **kw: _counted(REDUCTIONS[args[6] if len(args) > 6 else kw["name"]])
     cp.RawModule = _RawModule
     cp.get_default_memory_pool = lambda: _Pool()
     cp.cuda = types.SimpleNamespace(
@@ -167,6 +252,13 @@ def make_modules() -> dict:
         get_current_stream=lambda: _Stream(),
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                       getDeviceProperties=lambda i: {"name": b"fake CuPy (NumPy)"}))
+    core = types.ModuleType("cupy._core")
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_FP32, linalg.COMPUTE_TYPE_TF32 = 3, 5
+    linalg.compute_types = {}
+    linalg.set_compute_type = lambda dtype, ct: linalg.compute_types.__setitem__(np.dtype(dtype), ct)
+    core._routines_linalg = linalg
+    cp._core = core
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = lambda out, index, values: np.add.at(out, index, values)
     scipy = types.ModuleType("cupyx.scipy")
@@ -174,7 +266,7 @@ def make_modules() -> dict:
     special.erf = lambda x: _dev(np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype))
     cupyx.scipy = scipy
     scipy.special = special
-    return {"cupy": cp, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
+    return {"cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
 
 
 def install(monkeypatch):
@@ -188,4 +280,8 @@ def install(monkeypatch):
     monkeypatch.setattr(backend, "_cupy", mods["cupy"])
     monkeypatch.setattr(backend, "_cupy_checked", True)
     monkeypatch.setattr(kernels, "_compiled", {})
+    from gptlite.engine import fused
+
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_sumsq_kernel", None)
     return mods["cupy"]

@@ -188,3 +188,32 @@ def test_every_cuda_kernel_source_is_shipped_and_named(monkeypatch):
     with pytest.raises(KeyError, match="unknown CUDA kernel 'no_such_kernel'"):
         kernels.kernel("no_such_kernel")
     assert kernels.kernel("ln_affine") is kernels.kernel("ln_affine")  # compiled once
+
+
+def test_training_float32_on_fake_cupy_one_sync_per_step(monkeypatch, tmp_path):
+    """float32 training on the CuPy path (fused LayerNorm, chunked head + CE,
+    device-side clip and one AdamW launch) follows the CPU's losses at float32
+    precision, turns TF32 on, reads the device once per step, and skips a
+    non-finite step on the device."""
+    import test_train as tt
+    from gptlite.training import pretrain as T
+
+    cpu = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "cpu"), batch_tokens=32), log=lambda m: None).run()["losses"]
+    cp = fake_cupy.install(monkeypatch)
+    tr = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "a"), device="cuda", batch_tokens=32), log=lambda m: None)
+    assert tr.model.dtype == np.float32
+    linalg = cp._core._routines_linalg
+    assert linalg.compute_types[np.dtype(np.float32)] == linalg.COMPUTE_TYPE_TF32
+    gpu = tr.run()["losses"]
+    np.testing.assert_allclose(gpu, cpu, rtol=2e-5)
+    fake_cupy.reset_counts()
+    st = tr.train_step()
+    assert fake_cupy.COUNTS["syncs"] == 1 and st["finite"], fake_cupy.SYNC_SITES
+    # a poisoned parameter: the flag is raised on the device and the update skipped there
+    tr.model.params["wpe.weight"][0, 0] = np.nan
+    t_before, p_before = tr.opt.t, tr.model.params["h.0.mlp.c_fc.weight"].copy()
+    st = tr.train_step()
+    assert not st["finite"] and tr.opt.t == t_before
+    np.testing.assert_array_equal(tr.model.params["h.0.mlp.c_fc.weight"], p_before)
+    T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "b"), device="cuda", tf32=False), log=lambda m: None)
+    assert linalg.compute_types[np.dtype(np.float32)] == linalg.COMPUTE_TYPE_FP32

@@ -27,6 +27,8 @@ def _add_training_commands(sub) -> None:
                    help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in out_dir")
     p.add_argument("--steps", type=int, default=None, help="stop after this many more steps (the schedule still spans max_steps)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="float32 matmuls on TF32 tensor cores on the GPU (default: the config's optim.tf32, true)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("plot", help="draw a run's train/val loss curves to PNG")
@@ -87,7 +89,7 @@ def _cmd_prepare(args) -> int:
 def _cmd_train(args) -> int:
     from gptlite.training.pretrain import Trainer, TrainingError, load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides + ([f"optim.tf32={str(args.tf32).lower()}"] if args.tf32 is not None else []))
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     try:

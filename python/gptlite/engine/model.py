@@ -309,13 +309,13 @@ class GPT:
             if max_pos is None:
                 raise ValueError(f"sequence length {T} exceeds the model's n_positions={self.config.n_positions}")
             raise ValueError(f"{T} new tokens exceed the KV cache's {limit} free columns")
-        idx = xp.asarray(idx)
         V = self.config.vocab_size
+        m = np if type(idx) is np.ndarray else xp  # host ids are checked on the host: no device sync
         bad = (idx < 0) | (idx >= V)
         if bool(bad.any()):
-            b, t = (int(i) for i in xp.argwhere(bad)[0])
+            b, t = (int(i) for i in m.argwhere(bad)[0])
             raise ValueError(f"token id {int(idx[b, t])} at position (batch {b}, time {t}) is outside the vocabulary [0, {V})")
-        return idx.astype(xp.int64, copy=False)
+        return xp.asarray(idx).astype(xp.int64, copy=False)
 
     # ------------------------------------------------------------------
     # forward
@@ -422,9 +422,11 @@ class GPT:
         dx += da_in
         return dx
 
-    def backward(self, cache: ForwardCache, dlogits=None, dhidden=None) -> dict:
+    def backward(self, cache: ForwardCache, dlogits=None, dhidden=None, dwte_head=None) -> dict:
         """Gradients of every parameter given dL/dlogits (B,T,V) and/or
-        dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads."""
+        dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads;
+        ``dwte_head`` is the head's share when the caller computed it already
+        (the fused chunked head, which passes dhidden instead of dlogits)."""
         if getattr(self, "quantized", None):
             raise ValueError(f"this model's weights are {self.quantized} (inference only): "
                              "load it without quantize= to train or take gradients")
@@ -441,18 +443,30 @@ class GPT:
             if tuple(dlogits.shape) != (B, T, self.config.vocab_size):
                 raise ValueError(f"dlogits has shape {tuple(dlogits.shape)}, expected {(B, T, self.config.vocab_size)}")
             dx, dwte_head = ops.lm_head_backward(dlogits.reshape(B * T, -1), (h, self.params["wte.weight"]))
+        elif dhidden is not None:
+            dx = None
         else:
             dx = xp.zeros((B * T, C), dtype=self.dtype)
-            dwte_head = None
         if dhidden is not None:
             if tuple(dhidden.shape) != (B, T, C):
                 raise ValueError(f"dhidden has shape {tuple(dhidden.shape)}, expected {(B, T, C)}")
-            dx = dx + dhidden.reshape(B * T, C)
+            dx = dhidden.reshape(B * T, C) if dx is None else dx + dhidden.reshape(B * T, C)
         if self.config.layout == "gpt2":
             dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f)
         for i in reversed(range(self.config.n_layer)):
             dx = self._block_backward(i, dx, cache.layers[i], grads)
-        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head)
+        if xp is not np and dwte_head is not None and cache.emb[1].ndim == 1:
+            # the sort-based segment-sum kernel: no atomics, so the same bits every
+            # run (bit-exact resume on the GPU)
+            from gptlite.engine import fused
+
+            idx, pos, _, P = cache.emb
+            d3 = xp.ascontiguousarray(dx.reshape(B, T, C))
+            dwte = fused.embedding_backward(idx, d3, dwte_head)
+            dwpe = xp.zeros((P, C), dtype=d3.dtype)
+            dwpe[pos] = d3.sum(axis=0)
+        else:
+            dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head)
         grads["wte.weight"] = dwte
         grads["wpe.weight"] = dwpe
         return {name: grads[name] for name in self.params}
@@ -465,10 +479,22 @@ class GPT:
         """
         idx = self._check_idx(idx)
         B, T = idx.shape
+        host_targets = targets
         targets = self.xp.asarray(targets)
         if tuple(targets.shape) != (B, T):
             raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
         h, cache = self._trunk(idx, keep=True)
+        if self.xp is not np:
+            # the chunked head + cross-entropy (engine/fused.py): no (B,T,V) logits,
+            # the loss a 0-d device array; host targets are range-checked on the host
+            from gptlite.engine import fused
+
+            tg = host_targets if type(host_targets) is np.ndarray else targets
+            loss, dh, dwte_head = fused.lm_head_cross_entropy(h, self.params["wte.weight"], tg.reshape(-1),
+                                                              ignore_index=ignore_index)
+            del h
+            grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head)
+            return loss, grads
         logits = self._head(h)
         loss, ce = ops.cross_entropy_forward(logits.reshape(B, T, -1), targets, ignore_index, inplace=True)
         del logits

@@ -113,6 +113,23 @@ class AdamW:
             else:
                 _adamw_update(p, g, m, v, coefs, xp_of(p).empty_like(p))
 
+    def step_flat_device(self, scale, nonfinite, lr: float | None = None) -> None:
+        """One AdamW update of the whole flat buffer in one fused launch, gradients
+        times the device-side clip ``scale``, skipped on the device when
+        ``nonfinite`` is set (engine/fused.py; for CuPy, where reading the norm back
+        to decide would cost a sync). The step count advances; the caller undoes it
+        with ``self.t -= 1`` when it learns the step was skipped."""
+        from gptlite.engine import fused
+
+        if self._flat is None:
+            raise ValueError("AdamW.step_flat_device needs use_flat() first")
+        cfg = self.config
+        lr = cfg.lr if lr is None else float(lr)
+        self.t += 1
+        P, flat, M, V = self._flat
+        fused.adamw_flat(P, flat.buf, M, V, scale, nonfinite, n_decay=flat.n_decay, lr=lr, step=self.t,
+                         betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
     def state_dict(self) -> dict:
         """Host (NumPy) copies of m and v as flat tensors, plus the step count."""
         tensors = {}

@@ -87,6 +87,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0: no clipping
+    tf32: bool = True  # float32 matmuls on TF32 tensor cores on the GPU (ignored on the CPU)
 
     @property
     def grad_accum(self) -> int:
@@ -134,7 +135,7 @@ SECTIONS = {
     "model": ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "layout"),
     "train": ("batch_size", "block_size", "batch_tokens", "max_steps", "eval_interval", "eval_batches",
               "log_interval", "ckpt_interval", "ckpt_minutes", "max_bad_steps", "peak_flops", "progress"),
-    "optim": ("lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "beta1", "beta2", "eps", "grad_clip"),
+    "optim": ("lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "tf32"),
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 assert sorted(k for ks in SECTIONS.values() for k in ks) == sorted(_FIELDS)
@@ -356,6 +357,10 @@ class Trainer:
         self.device = "cuda" if self.xp is not np else "cpu"
         if self.device == "cuda" and self.world.size > 1:
             self.world.use_gpu()
+        if self.device == "cuda" and cfg.dtype == "float32":
+            from gptlite.engine import fused
+
+            fused.set_tf32(cfg.tf32)
 
         existing = find_checkpoint(self.out)
         if existing is not None and not resume:
@@ -513,14 +518,20 @@ class Trainer:
         first = self.batches.position
         for j in distributed.shard(accum, self.world):
             x, y = self.batches.batch(first + j)
-            l, g = self.model.loss_and_grads(xp.asarray(x), xp.asarray(y))
+            # host batches: ids and targets are range-checked on the host, then uploaded
+            l, g = self.model.loss_and_grads(x, y)
             self.flat_grads.add(g, 1.0 / accum)
             del g
-            loss += float(l) / accum
+            if xp is not np and self.world.size == 1:
+                loss = l / accum + loss  # stays on the device
+            else:
+                loss += float(l) / accum
         self.batches.position = first + accum
         if self.world.size > 1:
             self.flat_grads.reduce(self.world)
             loss, stop = self.world.allreduce_scalars([loss, float(self._stop_requested)])
+        elif xp is not np:
+            return self._finish_step_on_device(loss, lr, accum)
             self._stop_agreed = stop > 0
         norm = optim.clip_grads(grads, cfg.grad_clip or None)
         finite = math.isfinite(loss) and math.isfinite(norm)
@@ -529,6 +540,25 @@ class Trainer:
         self.step += 1
         self.tokens_seen += accum * cfg.batch_size * cfg.block_size
         return {"loss": loss, "grad_norm": norm, "lr": lr, "finite": finite}
+
+    def _finish_step_on_device(self, loss, lr, accum) -> dict:
+        """Clip and update on the GPU: squared norm (one reduction), clip coefficient
+        and non-finite flag (one kernel), AdamW over the flat buffer (one kernel,
+        skipped on the device when the flag is set); then the step's one host read,
+        of loss, norm and flag together."""
+        from gptlite.engine import fused
+
+        xp = self.xp
+        norm, scale, flag = fused.clip_scale(fused.grad_sumsq(self.flat_grads.buf), self.cfg.grad_clip or 0.0)
+        flag |= (~xp.isfinite(loss)).astype(np.int32).reshape(1)
+        self.opt.step_flat_device(scale, flag, lr)
+        host = xp.concatenate([loss.astype(np.float64).reshape(1), norm.astype(np.float64), flag.astype(np.float64)]).get()
+        finite = not host[2]
+        if not finite:
+            self.opt.t -= 1  # the kernel skipped the update: the step count stays
+        self.step += 1
+        self.tokens_seen += accum * self.cfg.batch_size * self.cfg.block_size
+        return {"loss": float(host[0]), "grad_norm": float(host[1]), "lr": lr, "finite": finite}
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, steps: int | None = None) -> dict:

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check of issue 17, for a fresh H100/H200 machine whose image has python3,
+# cupy-cuda13x, numpy, torch (CUDA), transformers and pytest, and no network.
+# Budget: under 8 minutes. Writes one results file: $OUT/gpu_check.txt (or ./gpu_check.txt).
+#
+# The tokenizer extension comes from the abi3 wheel carried with the work tree
+# (.wheel/*.whl, built on the CPU machine by `python3 -m maturin build --release -o .wheel`),
+# else from a prebuilt python/gptlite/_core.abi3.so carried the same way.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${OUT:-.}
+RES="$OUTDIR/gpu_check.txt"
+mkdir -p "$OUTDIR"
+: > "$RES"
+say() { echo "$*" | tee -a "$RES"; }
+T0=$(date +%s)
+
+say "# gptlite gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$RES"
+python3 -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$RES"
+
+whl=$(ls .wheel/*.whl 2>/dev/null | head -1)
+if [ -n "$whl" ]; then
+    say "## installing $whl"
+    python3 -m pip install --no-deps --no-index --force-reinstall -q "$whl" 2>&1 | tail -3 | tee -a "$RES"
+    # the tests import the work tree's python/ sources; the wheel provides the extension
+    so=$(python3 -c "import gptlite._core as c; print(c.__file__)" 2>/dev/null)
+    [ -n "$so" ] && [ ! -e python/gptlite/_core.abi3.so ] && cp "$so" python/gptlite/_core.abi3.so
+fi
+export PYTHONPATH=$PWD/python
+python3 -c "import gptlite._core" 2>&1 | tee -a "$RES" || say "WARNING: no tokenizer extension; tokenizer tests will fail"
+
+say "## GPU-marked tests (kernels vs NumPy twins, model vs HF fp32/TF32, 10-step trajectory, bit-exact resume)"
+timeout 240 python3 -m pytest -q -rs -m gpu tests/test_gpu_fused.py tests/test_model_reference.py tests/test_ops.py \
+    2>&1 | tail -40 | tee -a "$RES"
+say "pytest exit: ${PIPESTATUS[0]}"
+
+say "## CuPy-path tests on the real GPU's neighbours (stand-in, NVRTC compile)"
+timeout 90 python3 -m pytest -q tests/test_cuda_compile.py tests/test_fused.py 2>&1 | tail -5 | tee -a "$RES"
+
+left=$(( 480 - ($(date +%s) - T0) - 20 ))
+say "## bench: 124M, T=1024, B=8, fp32 and TF32 vs HF GPT2LMHeadModel eager + fused AdamW (budget ${left}s)"
+if [ "$left" -gt 60 ]; then
+    timeout "$left" python3 benches/bench_gpu_train.py --batch 8 --context 1024 --steps 10 \
+        --out "$OUTDIR/bench_gpu_train.json" 2>&1 | tail -60 | tee -a "$RES"
+    say "bench exit: ${PIPESTATUS[0]}"
+else
+    say "bench skipped: no time left"
+fi
+
+# GPT-2 124M weights, if the image holds them in an HF cache: the reference check
+snap=$(ls -d "${HF_HOME:-$HOME/.cache/huggingface}"/hub/models--gpt2/snapshots/* 2>/dev/null | head -1)
+left=$(( 480 - ($(date +%s) - T0) - 10 ))
+if [ -n "$snap" ] && [ "$left" -gt 30 ]; then
+    say "## check-reference on $snap"
+    timeout "$left" python3 -m gptlite.cli check-reference --model "$snap" 2>&1 | tail -10 | tee -a "$RES"
+else
+    say "## no GPT-2 weights in an HF cache (or no time): check-reference and WikiText-2 perplexity not run"
+fi
+say "# done in $(( $(date +%s) - T0 ))s"
