@@ -77,7 +77,7 @@ def test_generate_says_when_the_context_stops_it(capsys):
 
 
 def test_head_ends_quietly():
-    r = subprocess.run(f"{sys.executable} -m gptlite encode -t default < {ROOT / 'README.md'} --format text | head -c 10",
+    r = subprocess.run(f"{sys.executable} -m gptlite encode -t default --ordinary < {ROOT / 'README.md'} --format text | head -c 10",
                        shell=True, capture_output=True, text=True, env=_env())
     assert len(r.stdout) == 10 and r.stderr == ""
 
