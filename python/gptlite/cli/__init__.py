@@ -882,14 +882,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # an OSError too: before USER_ERRORS (`gptlite encode ... | head`)
+        return 0
     except USER_ERRORS as exc:  # one line; anything else is a bug and keeps its traceback
         print(f"gptlite: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or runlock.Stopped by SIGTERM/SIGUSR1: exit 128 + the signal
         print("gptlite: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":
