@@ -3,8 +3,9 @@
 - :class:`RunLock`: an advisory ``fcntl.flock`` lock, so two processes never
   write one output directory at once. The lock file sits beside the directory
   (``.NAME.lock``), not inside it, because fine-tuning and tokenizer training
-  replace the whole directory by a rename; the kernel drops the lock when the
-  holder dies (kill -9 included), so a stale file never blocks a later run.
+  replace the whole directory by a rename; it is removed on release, and the
+  kernel drops the lock when the holder dies (kill -9 included, which leaves
+  the file), so a stale file never blocks a later run.
 - :func:`check_out_dir`: outputs never clobber what they did not create.
 - :func:`stop_signals`: SIGINT, SIGTERM and SIGUSR1 (what ``timeout``,
   ``docker stop``, Kubernetes and Slurm send before killing a job) all ask a
@@ -62,25 +63,43 @@ class RunLock:
             return self
         path = lock_path(self.directory)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLockedError(f"{self.directory} is in use by another gptlite process (pid {holder}, lock {path}); "
+                                     f"wait for it to finish or choose another directory") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The holder removes the file when it releases: a lock taken on a
+            # file already unlinked guards nothing, so take it again on the new one.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise RunLockedError(f"{self.directory} is in use by another gptlite process (pid {holder}, lock {path}); "
-                                 f"wait for it to finish or choose another directory") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # the pid is for the message of a refused run; on a full disk the lock works without it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
+        self._path = path
         return self
 
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            try:
+                os.unlink(self._path)  # while still holding it: no litter beside the directory
+            except FileNotFoundError:
+                pass
             os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> "RunLock":
