@@ -160,6 +160,16 @@ def recorded_sources():
                     cache.clear()
                     cache.update(old)
         rec.module.ReductionKernel(*fused.SUMSQ_KERNEL)
+        from gptlite.engine import kernels
+
+        saved_compiled = dict(kernels._compiled)
+        kernels._compiled.clear()
+        try:
+            for n in list(kernels._ELEMENTWISE) + list(kernels._RAW):
+                kernels.kernel(n)  # records the constructor, compiled above from its .cu file
+        finally:
+            kernels._compiled.clear()
+            kernels._compiled.update(saved_compiled)
         old_module, fused._module = fused._module, None
         try:
             fused.module()  # records the RawModule built from the .cu file
@@ -186,8 +196,21 @@ def constructor_calls_in_source() -> int:
 def all_compile_units():
     """[(label, source)] — one unit per .cu file / RawModule, and per dtype for the
     element-wise and reduction kernels."""
+    from gptlite.engine import kernels
+
     units = []
+    # kernels.py's sources: ElementwiseKernel bodies wrapped as CuPy wraps them, RawModules with the preamble
+    for name, (ins, outs) in kernels._ELEMENTWISE.items():
+        body = "\n".join(line for line in kernels.source(name).splitlines() if not line.lstrip().startswith("//"))
+        for dt in DTYPES:
+            units.append((f"engine/cuda/{name}.cu[{dt}]", wrap_elementwise(ins, outs, body, f"gptlite_{name}", dt,
+                                                                          preamble=kernels._PREAMBLE)))
+    for name in kernels._RAW:
+        units.append((f"engine/cuda/{name}.cu", kernels._PREAMBLE + kernels.source(name)))
+    owned = {f"{n}.cu" for n in list(kernels._ELEMENTWISE) + list(kernels._RAW)}
     for path in sorted(glob.glob(os.path.join(ROOT, "**", "*.cu"), recursive=True)):
+        if os.path.basename(path) in owned:
+            continue
         with open(path, encoding="utf-8") as f:
             units.append((os.path.relpath(path, ROOT), f.read()))
     files = {src for _, src in units}
