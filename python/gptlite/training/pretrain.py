@@ -530,9 +530,9 @@ class Trainer:
         if self.world.size > 1:
             self.flat_grads.reduce(self.world)
             loss, stop = self.world.allreduce_scalars([loss, float(self._stop_requested)])
+            self._stop_agreed = stop > 0
         elif xp is not np:
             return self._finish_step_on_device(loss, lr, accum)
-            self._stop_agreed = stop > 0
         norm = optim.clip_grads(grads, cfg.grad_clip or None)
         finite = math.isfinite(loss) and math.isfinite(norm)
         if finite:
