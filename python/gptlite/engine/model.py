@@ -45,10 +45,13 @@ class GPTConfig:
 
         # type and range first: 192.0 or "x" must not become a shape, NaN or a
         # negative epsilon must not turn every logit into NaN
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            integer(getattr(self, name), "config", name, lo=1)
+        # upper bounds far above any GPT (gpt2-xl: 48 layers, 1600 channels) so a forged
+        # size is refused before a shape table of billions of entries is built
+        limits = {"vocab_size": 1 << 24, "n_positions": 1 << 20, "n_embd": 1 << 16, "n_layer": 1 << 12, "n_head": 1 << 12}
+        for name, hi in limits.items():
+            integer(getattr(self, name), "config", name, lo=1, hi=hi)
         if self.n_inner is not None:
-            integer(self.n_inner, "config", "n_inner", lo=1)
+            integer(self.n_inner, "config", "n_inner", lo=1, hi=1 << 18)
         positive_number(self.layer_norm_epsilon, "config", "layer_norm_epsilon")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
