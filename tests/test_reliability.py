@@ -298,8 +298,11 @@ def test_prepare_records_the_max_id(tmp_path, gpt2_dir):
 
 
 def test_huge_vocab_size_is_a_one_line_error(tmp_path):
-    cfg = _cfg(tmp_path, vocab_size=10**11)
-    with pytest.raises(T.TrainingError, match="not enough memory for a model with vocab_size=100000000000"):
+    cfg = _cfg(tmp_path, vocab_size=10**11)  # beyond any vocabulary: refused before allocating
+    with pytest.raises(ValueError, match="vocab_size must be <= 16777216, got 100000000000"):
+        T.Trainer(cfg, log=lambda m: None)
+    cfg = _cfg(tmp_path, vocab_size=1 << 24, n_embd=1 << 15, n_head=1)  # allowed sizes, 2 TiB of weights
+    with pytest.raises(T.TrainingError, match="not enough memory for a model with vocab_size=16777216"):
         T.Trainer(cfg, log=lambda m: None)
 
 
