@@ -39,6 +39,18 @@ def _find_shared() -> Path:
     return (ROOT.parent / "shared").resolve()
 
 
+def child_env(env: dict | None = None) -> dict:
+    """The environment for a child ``python -m gptlite``: it must import the
+    same gptlite these tests import -- the installed wheel in CI (the source
+    tree has no built ``_core`` there), the source tree in development."""
+    import gptlite
+
+    env = dict(os.environ if env is None else env)
+    here = str(Path(gptlite.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 SHARED = _find_shared()
 DATA = SHARED / "data"
 GPT2_DIR = DATA / "gpt2"

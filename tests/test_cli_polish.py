@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import child_env
 from gptlite.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    return child_env()
 
 
 def test_help_shows_defaults(capsys):

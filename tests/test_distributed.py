@@ -20,6 +20,7 @@ import pytest
 
 from gptlite.training import distributed as D
 from gptlite.training import pretrain as T
+from conftest import child_env
 from test_train import _data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +35,7 @@ needs_mpi = pytest.mark.skipif(not (MPIEXEC and HAVE_MPI4PY), reason="needs mpie
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env = child_env()
     for var in D._SIZE_VARS + D._LAUNCHED_VARS + ("PMI_PORT",):  # a nested launch must not inherit ours
         env.pop(var, None)
     return env

@@ -324,7 +324,9 @@ def test_keep_freed_memory_applies_once_and_can_be_turned_off():
     import sys
 
     code = "from gptlite.engine.backend import keep_freed_memory as k; print(k(), k())"
-    env = dict(__import__("os").environ)
+    from conftest import child_env
+
+    env = child_env()
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
     env["GPTLITE_KEEP_FREED_MEMORY"] = "0"
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()

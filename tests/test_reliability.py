@@ -30,10 +30,11 @@ from hypothesis import strategies as st
 from gptlite.training import pretrain as T
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import child_env  # noqa: E402
 from test_train import _cfg, _params_np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+ENV = child_env()
 FUZZ = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 # --- loading hostile files in a child process -------------------------------------------
@@ -620,7 +621,7 @@ def test_full_disk_on_a_real_tmpfs(tmp_path):
         assert json.loads((mnt / "run" / "ckpt" / T.STATE).read_text()) == state  # the previous one intact
         T.Trainer(cfg, resume=True, log=lambda m: None).run(steps=1)
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # lazily: a trainer may still hold its run lock there
 
 
 # --- hub downloads ---------------------------------------------------------------------------

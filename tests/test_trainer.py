@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,7 +155,7 @@ def test_deterministic_across_rayon_num_threads(tmp_path):
     )
     outs = []
     for n in ("1", "2"):
-        env = dict(os.environ, RAYON_NUM_THREADS=n)
+        env = dict(child_env(), RAYON_NUM_THREADS=n)
         outs.append(subprocess.run([sys.executable, "-c", script], env=env, check=True,
                                    capture_output=True, text=True).stdout)
     assert json.loads(outs[0]) == json.loads(outs[1])
