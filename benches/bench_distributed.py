@@ -79,9 +79,9 @@ def worker(shape: str, steps: int, use_mpi: bool) -> None:
             red_t.append(t2 - tw)
             wait_t.append(tw - t1)
     if w.is_main:
-        from gptlite.engine import ops
+        from gptlite.engine import cpu
 
-        print(json.dumps({"shape": shape, "world": w.size, "threads": ops._workers(), "step_s": statistics.median(step_t),
+        print(json.dumps({"shape": shape, "world": w.size, "threads": cpu.workers(), "step_s": statistics.median(step_t),
                           "allreduce_s": statistics.median(red_t),
                           "wait_s": statistics.median(wait_t), "tokens_per_step": accum * B * T,
                           "grad_mb": flat.buf.nbytes / 1e6}), flush=True)

@@ -62,7 +62,7 @@ class single_thread:
     def __enter__(self):
         import torch
 
-        from gptlite.engine.ops import _BlasThreads
+        from gptlite.engine.cpu import _BlasThreads
 
         self.blas = _BlasThreads()
         self.prev = (torch.get_num_threads(), self.blas.get() if self.blas.get else None)

@@ -33,11 +33,11 @@ SHAPE_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_
 
 def _install_stand_in():
     import fake_cupy
-    from gptlite.engine import backend, fused, ops
+    from gptlite.engine import backend, fused, kernels
 
     sys.modules.update(fake_cupy.make_modules())
     backend._cupy, backend._cupy_checked = sys.modules["cupy"], True
-    ops._cupy_kernels.clear()
+    kernels._compiled.clear()
     fused._module = fused._sumsq_kernel = None
     return fake_cupy
 

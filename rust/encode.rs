@@ -20,68 +20,13 @@
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
+pub use crate::fxhash::FxMap;
+use crate::fxhash::FxSet;
 use crate::pretokenize::{for_each_piece, Pattern};
 
-// ---------------------------------------------------------------------------
-// A fast non-cryptographic hasher (the Fx hash used by rustc, with a final mix so
-// the low bits that pick a bucket depend on every input bit). Keys are our own
-// token tables and pieces; hash flooding is not a concern for a tokenizer.
-
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher {
-    hash: u64,
-}
-
-const FX_K: u64 = 0x517c_c1b7_2722_0a95;
-
-impl FxHasher {
-    #[inline(always)]
-    fn add(&mut self, w: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ w).wrapping_mul(FX_K);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, mut bytes: &[u8]) {
-        while bytes.len() >= 8 {
-            self.add(u64::from_le_bytes(bytes[..8].try_into().unwrap()));
-            bytes = &bytes[8..];
-        }
-        if bytes.len() >= 4 {
-            self.add(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as u64);
-            bytes = &bytes[4..];
-        }
-        for &b in bytes {
-            self.add(b as u64);
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64)
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64)
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i)
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64)
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash ^ (self.hash >> 31)
-    }
-}
-
-pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 // ---------------------------------------------------------------------------
 
@@ -127,12 +72,16 @@ pub struct Bpe {
     dec_bytes: Vec<u8>,
     dec_off: Vec<usize>,
     dec_known: Vec<bool>,
-    /// Special tokens, in id order.
+    is_special: Vec<bool>,
+    /// Special tokens, in id order (names sharing an id in the order given).
     specials: Vec<(String, u32)>,
     /// Merges in priority order, as (left, right) ids (for saving).
     merge_list: Vec<(u32, u32)>,
     /// Regular tokens: (bytes, id), in id order.
     tokens: Vec<(Vec<u8>, u32)>,
+    /// Indices into `tokens` in byte order (for `encode_with_unstable`'s prefix
+    /// searches), built on first use.
+    by_bytes_sorted: OnceLock<Vec<u32>>,
 }
 
 /// How far ids may run past the number of tokens (gaps between ranks and
@@ -172,11 +121,9 @@ impl Bpe {
                 return Err(format!("special token {s:?} reuses id {id} of a regular token"));
             }
         }
-        for w in specials.windows(2) {
-            if w[0].1 == w[1].1 {
-                return Err(format!("special tokens {:?} and {:?} share id {}", w[0].0, w[1].0, w[0].1));
-            }
-        }
+        // Several names may share one special id, as tiktoken allows
+        // (o200k_harmony's <|endofprompt|> and <|reserved_200018|>); each
+        // encodes to the id, and the id decodes to the first name given.
         {
             let mut names: Vec<&str> = specials.iter().map(|s| s.0.as_str()).collect();
             names.sort_unstable();
@@ -241,9 +188,13 @@ impl Bpe {
             per_id[*id as usize] = b;
             dec_known[*id as usize] = true;
         }
-        for (s, id) in &specials {
+        for (s, id) in specials.iter().rev() {
             per_id[*id as usize] = s.as_bytes();
             dec_known[*id as usize] = true;
+        }
+        let mut is_special = vec![false; max_id + 1];
+        for (_, id) in &specials {
+            is_special[*id as usize] = true;
         }
         let mut dec_bytes = Vec::new();
         let mut dec_off = Vec::with_capacity(max_id + 2);
@@ -264,9 +215,11 @@ impl Bpe {
             dec_bytes,
             dec_off,
             dec_known,
+            is_special,
             specials,
             merge_list: merges,
             tokens: Vec::new(),
+            by_bytes_sorted: OnceLock::new(),
         };
         // The fast path may only return a token for its own bytes when the merge
         // loop would: check each token once (true for every GPT-2 token).
@@ -516,6 +469,35 @@ impl Bpe {
     /// caller checks for disallowed ones. Unknown names in `allowed` are ignored.
     pub fn encode_with_specials(&self, text: &str, allowed: &[&str]) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        match self.encode_specials_by(text, allowed, None, &mut out) {
+            Ok(_) => out,
+            Err(_) => unreachable!("the built-in scanner cannot fail"),
+        }
+    }
+
+    /// The text between specials encoded by `split` (None: this vocabulary's
+    /// scanner, with the piece cache), each piece merged by BPE.
+    fn ordinary_by(&self, text: &str, split: Option<&dyn Split>, out: &mut Vec<u32>) -> Result<(), String> {
+        match split {
+            None => {
+                self.encode_ordinary_into(text, out);
+                Ok(())
+            }
+            Some(sp) => sp.pieces(text, &mut |s, e| self.merge_piece(&text.as_bytes()[s..e], out)),
+        }
+    }
+
+    /// The one special-token rule of every encode: the leftmost allowed special
+    /// (the longest on a tie) is cut out, the text before it encoded ordinarily.
+    /// Returns where the last ordinary segment starts (`text.len()` when the
+    /// text ends with a special token).
+    pub fn encode_specials_by(
+        &self,
+        text: &str,
+        allowed: &[&str],
+        split: Option<&dyn Split>,
+        out: &mut Vec<u32>,
+    ) -> Result<usize, String> {
         let allowed: Vec<(&str, u32)> = self
             .specials
             .iter()
@@ -523,8 +505,8 @@ impl Bpe {
             .map(|(s, id)| (s.as_str(), *id))
             .collect();
         if allowed.is_empty() {
-            self.encode_ordinary_into(text, &mut out);
-            return out;
+            self.ordinary_by(text, split, out)?;
+            return Ok(0);
         }
         // next occurrence of each allowed special at or after `pos` (None: no more)
         let mut next_at: Vec<Option<usize>> = allowed.iter().map(|(s, _)| text.find(s)).collect();
@@ -549,16 +531,137 @@ impl Bpe {
             }
             match best {
                 None => {
-                    self.encode_ordinary_into(&text[pos..], &mut out);
-                    return out;
+                    self.ordinary_by(&text[pos..], split, out)?;
+                    return Ok(pos);
                 }
                 Some((start, len, id)) => {
-                    self.encode_ordinary_into(&text[pos..start], &mut out);
+                    self.ordinary_by(&text[pos..start], split, out)?;
                     out.push(id);
                     pos = start + len;
                 }
             }
         }
+    }
+
+    /// Regular tokens' bytes (None for special and unknown ids).
+    fn regular_bytes(&self, id: u32) -> Option<&[u8]> {
+        if self.is_special.get(id as usize).copied().unwrap_or(true) {
+            return None;
+        }
+        self.token_bytes(id as i64)
+    }
+
+    /// tiktoken's `encode_with_unstable`, rule for rule (its `CoreBPE::
+    /// _encode_unstable_native`): the tokens of `text` that no appended text
+    /// can change, and every token sequence the rest may start as once more
+    /// text follows. The last piece is unstable, extended backwards over
+    /// whitespace-only tokens (cl100k's `\s*[\r\n]+` can swallow them); the
+    /// completions are every token that starts with the unstable bytes, every
+    /// re-encoding of those bytes split at an inner point with a token that
+    /// continues the second half, and a whitespace-ending tail split before
+    /// its last character. Completions come back sorted (tiktoken's are in
+    /// hash order; the set is the same).
+    pub fn encode_with_unstable(
+        &self,
+        text: &str,
+        allowed: &[&str],
+        split: Option<&dyn Split>,
+    ) -> Result<(Vec<u32>, Vec<Vec<u32>>), String> {
+        let mut tokens = Vec::new();
+        let tail = self.encode_specials_by(text, allowed, split, &mut tokens)?;
+        let seg = &text[tail..];
+        let mut last: Option<(usize, usize)> = None;
+        match split {
+            None => for_each_piece(seg, self.pattern, |s, e| last = Some((s, e))),
+            Some(sp) => sp.pieces(seg, &mut |s, e| last = Some((s, e)))?,
+        }
+        let mut last_len = match last {
+            None => 0,
+            Some((s, e)) => {
+                let mut v = Vec::new();
+                self.merge_piece(&seg.as_bytes()[s..e], &mut v);
+                v.len()
+            }
+        };
+        if last_len == 0 {
+            return Ok((tokens, Vec::new()));
+        }
+        let all_space = |id: u32| {
+            self.regular_bytes(id).map_or(false, |b| b.iter().all(|c| matches!(c, b' ' | b'\n' | b'\t')))
+        };
+        let n = tokens.len();
+        if all_space(tokens[n - last_len]) {
+            while last_len < n && all_space(tokens[n - last_len - 1]) {
+                last_len += 1;
+            }
+        }
+        let mut unstable = Vec::new();
+        for &id in &tokens[n - last_len..] {
+            unstable.extend_from_slice(self.regular_bytes(id).unwrap_or(&[]));
+        }
+        tokens.truncate(n - last_len);
+        let mut completions: FxSet<Vec<u32>> = FxSet::default();
+        if unstable.is_empty() {
+            return Ok((tokens, Vec::new()));
+        }
+        let sorted = self.by_bytes_sorted.get_or_init(|| {
+            let mut ix: Vec<u32> = (0..self.tokens.len() as u32).collect();
+            ix.sort_unstable_by(|&a, &b| self.tokens[a as usize].0.cmp(&self.tokens[b as usize].0));
+            ix
+        });
+        let tok = |k: usize| &self.tokens[sorted[k] as usize];
+        // tokens starting with `prefix` are contiguous in byte order
+        let starting = |prefix: &[u8]| {
+            let from = sorted.partition_point(|&i| self.tokens[i as usize].0.as_slice() < prefix);
+            let n = (from..sorted.len()).take_while(|&k| tok(k).0.starts_with(prefix)).count();
+            from..from + n
+        };
+        for k in starting(&unstable) {
+            completions.insert(vec![tok(k).1]);
+        }
+        let mut encoded = Vec::new();
+        let mut possibility = Vec::new();
+        for i in 1..unstable.len() {
+            let (prefix, suffix) = unstable.split_at(i);
+            for k in starting(suffix) {
+                possibility.clear();
+                possibility.extend_from_slice(prefix);
+                possibility.extend_from_slice(&tok(k).0);
+                encoded.clear();
+                match std::str::from_utf8(&possibility) {
+                    // a pattern split may appear inside the new text and stop merges
+                    Ok(s) => self.ordinary_by(s, split, &mut encoded)?,
+                    Err(_) => self.merge_piece(&possibility, &mut encoded),
+                }
+                let mut seq = Vec::new();
+                let mut seq_len = 0;
+                for &t in &encoded {
+                    seq.push(t);
+                    seq_len += self.regular_bytes(t).map_or(0, |b| b.len());
+                    if seq_len >= unstable.len() {
+                        break;
+                    }
+                }
+                completions.insert(seq);
+            }
+        }
+        // A whitespace tail may become its own piece before what follows
+        // (`\s+(?!\S)`): the bytes before the last character and that
+        // character, merged apart.
+        if unstable.len() > 1 {
+            if let Some(size) = last_char_if_whitespace(&unstable) {
+                if unstable.len() > size {
+                    let cut = unstable.len() - size;
+                    let mut re = Vec::new();
+                    self.merge_piece(&unstable[..cut], &mut re);
+                    self.merge_piece(&unstable[cut..], &mut re);
+                    completions.insert(re);
+                }
+            }
+        }
+        let mut completions: Vec<Vec<u32>> = completions.into_iter().collect();
+        completions.sort_unstable();
+        Ok((tokens, completions))
     }
 
     /// Encode many texts over `threads` threads; results in input order.
@@ -644,6 +747,23 @@ pub fn show_bytes(b: &[u8]) -> String {
         Ok(s) => s.to_string(),
         Err(_) => b.escape_ascii().to_string(),
     }
+}
+
+/// The byte length of `b`'s last character when it is valid UTF-8 and
+/// Unicode whitespace (what tiktoken asks of `bstr::decode_last_utf8`).
+fn last_char_if_whitespace(b: &[u8]) -> Option<usize> {
+    let lo = b.len().saturating_sub(4);
+    let start = (lo..b.len()).rev().find(|&i| b[i] & 0xC0 != 0x80)?;
+    let s = std::str::from_utf8(&b[start..]).ok()?;
+    let mut chars = s.chars();
+    let c = chars.next()?;
+    (chars.next().is_none() && c.is_whitespace()).then_some(b.len() - start)
+}
+
+/// A pre-tokenizer other than the built-in scanners (a general regex for a
+/// custom pattern): calls `f(start, end)` for each piece of `text`, in order.
+pub trait Split {
+    fn pieces(&self, text: &str, f: &mut dyn FnMut(usize, usize)) -> Result<(), String>;
 }
 
 /// Recover the merge list (priority = rank) from tiktoken-style ranks: for each

@@ -1,6 +1,7 @@
 //! gptlite's Rust core: the hot loops of byte-level BPE, nothing else.
 //!
 //! - `pretokenize`: GPT-2 (and cl100k) pre-tokenization scanners
+//! - `fxhash`: the one hasher of the tables and counts
 //! - `encode`: rank-based byte-pair merging with a piece cache
 //! - `vocab`: reading and writing GPT-2 / HF / tiktoken vocabulary files
 //! - `train`: the BPE trainer
@@ -8,6 +9,7 @@
 //! - `py_tokenizer`, `py_trainer`: the PyO3 bindings (feature `python`)
 
 pub mod encode;
+pub mod fxhash;
 pub mod pretokenize;
 pub mod quant;
 pub mod train;

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyTypeError, PyValue
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyLong, PyTuple};
 
-use crate::encode::{Bpe, EncodeError};
+use crate::encode::{Bpe, EncodeError, Split};
 use crate::pretokenize::{split, Pattern};
 use crate::vocab::{self, VocabError, VocabParts};
 
@@ -195,41 +195,39 @@ impl CoreBPE {
     }
 
     /// Encode with a general regex instead of a built-in scanner (a custom
-    /// `pat_str`): specials in `allowed` first (leftmost, longest on a tie), then
-    /// the regex's matches, each merged by BPE. Text no match covers is skipped,
-    /// as a regex `findall` skips it.
+    /// `pat_str`): the same special-token rule as `encode`, then the regex's
+    /// matches, each merged by BPE. Text no match covers is skipped, as a
+    /// regex `findall` skips it.
     fn encode_regex(&self, py: Python<'_>, text: &str, re: &PyRegex, allowed: Vec<String>) -> PyResult<PyObject> {
         let inner = &self.inner;
-        let re = &re.re;
-        let ids = py.allow_threads(|| {
-            guard(|| -> Result<Vec<u32>, String> {
-                let specials: std::collections::HashMap<&str, u32> =
-                    inner.specials().iter().map(|(s, i)| (s.as_str(), *i)).collect();
-                let mut out = Vec::new();
-                let mut pos = 0;
-                while pos <= text.len() {
-                    let next = allowed
-                        .iter()
-                        .filter_map(|s| text[pos..].find(s.as_str()).map(|k| (pos + k, std::cmp::Reverse(s.len()), s)))
-                        .min();
-                    let end = next.as_ref().map_or(text.len(), |n| n.0);
-                    for m in re.find_iter(&text[pos..end]) {
-                        let m = m.map_err(|e| format!("pattern failed on the text: {e}"))?;
-                        inner.merge_piece(m.as_str().as_bytes(), &mut out);
-                    }
-                    match next {
-                        Some((at, _, s)) => {
-                            out.push(specials[s.as_str()]);
-                            pos = at + s.len();
-                        }
-                        None => break,
-                    }
-                }
-                Ok(out)
-            })
-        })?
-        .map_err(PyValueError::new_err)?;
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        let ids = py
+            .allow_threads(|| {
+                guard(|| {
+                    let mut out = Vec::new();
+                    inner.encode_specials_by(text, &allowed, Some(re as &dyn Split), &mut out).map(|_| out)
+                })
+            })?
+            .map_err(PyValueError::new_err)?;
         self.to_list(py, &ids)
+    }
+
+    /// tiktoken's `encode_with_unstable`: (stable ids, completions), splitting
+    /// with this vocabulary's scanner, or with `re` for a custom pattern.
+    fn encode_with_unstable(
+        &self,
+        py: Python<'_>,
+        text: &str,
+        allowed: Vec<String>,
+        re: Option<&PyRegex>,
+    ) -> PyResult<(PyObject, PyObject)> {
+        let inner = &self.inner;
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        let (stable, completions) = py
+            .allow_threads(|| guard(|| inner.encode_with_unstable(text, &allowed, re.map(|r| r as &dyn Split))))?
+            .map_err(PyValueError::new_err)?;
+        let lists = completions.iter().map(|c| self.to_list(py, c)).collect::<PyResult<Vec<_>>>()?;
+        Ok((self.to_list(py, &stable)?, PyList::new(py, lists).into()))
     }
 
     fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<PyObject> {
@@ -475,6 +473,16 @@ fn py_split(text: &str, pattern: &str) -> PyResult<Vec<String>> {
 #[pyclass(module = "gptlite._core", name = "Regex")]
 pub struct PyRegex {
     re: fancy_regex::Regex,
+}
+
+impl Split for PyRegex {
+    fn pieces(&self, text: &str, f: &mut dyn FnMut(usize, usize)) -> Result<(), String> {
+        for m in self.re.find_iter(text) {
+            let m = m.map_err(|e| format!("pattern failed on the text: {e}"))?;
+            f(m.start(), m.end());
+        }
+        Ok(())
+    }
 }
 
 #[pymethods]

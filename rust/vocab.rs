@@ -354,6 +354,15 @@ pub fn write_gpt2(parts: &VocabParts) -> Result<(String, String), String> {
         entries.push((s.clone(), *id));
     }
     entries.sort_by_key(|e| e.1);
+    // encoder.json readers (ours included) refuse two names for one id
+    for w in entries.windows(2) {
+        if w[0].1 == w[1].1 {
+            return Err(format!(
+                "special tokens {:?} and {:?} share id {}, which encoder.json cannot hold; save as tiktoken, or keep one name",
+                w[0].0, w[1].0, w[0].1
+            ));
+        }
+    }
     let mut enc = String::from("{");
     for (i, (s, id)) in entries.iter().enumerate() {
         if i > 0 {

@@ -175,6 +175,13 @@ def recorded_sources():
             fused.module()  # records the RawModule built from the .cu file
         finally:
             fused._module = old_module
+        from gptlite.engine import attention
+
+        old_module, attention._module = attention._module, None
+        try:
+            attention.module()  # flash attention's RawModule, built from its .cu file
+        finally:
+            attention._module = old_module
     finally:
         if saved is None:
             sys.modules.pop("cupy", None)

@@ -4,15 +4,15 @@ machine without a GPU (test-only).
 "Device" arrays are a NumPy subclass, so ``backend.xp_of`` sends them down
 the ``xp is cupy`` branches while host arrays stay on the NumPy ones; array
 creation and ``asarray`` return device arrays (``asarray`` of a host array
-copies, as a host-to-device transfer does). The three fused kernels
-(``ElementwiseKernel``: GELU forward/backward, LayerNorm affine) and the
+copies, as a host-to-device transfer does). The two small kernels
+(``ElementwiseKernel``: GELU forward/backward) and the
 row-softmax ``RawModule`` are replaced by NumPy functions computing the same
 formulas; the kernels of engine/fused.py run as their NumPy twins
 (``fused.KERNEL_TWINS``) after ``fused.check_launch`` has checked block size and
 shared memory against the kernel's declared needs. ``COUNTS`` counts launches and
-host syncs. What this can catch: errors in the CuPy-only branches (names,
-shapes, in-place aliasing, missing synchronisation helpers). What it cannot:
-CUDA compilation, numerics of the real kernels, host/device mixing (NumPy
+host syncs, ``KERNEL_LAUNCHES`` the launches of each custom kernel by name. What
+this can catch: errors in the CuPy-only branches (names, shapes, in-place
+aliasing, missing synchronisation helpers). What it cannot: CUDA compilation, numerics of the real kernels, host/device mixing (NumPy
 accepts mixed inputs where CuPy raises) — those need a GPU run.
 """
 from __future__ import annotations
@@ -35,11 +35,18 @@ GELU_A = 0.044715
 # (.get(), float(), int(), bool(), .item(), asnumpy).
 COUNTS = {"launches": 0, "syncs": 0}
 SYNC_SITES = []  # (file, line) of the caller of each counted sync since reset_counts()
+KERNEL_LAUNCHES = {}  # custom kernel name (gl_ln_fwd_f32, gptlite_gelu_tanh_fwd, ...) -> launches
 
 
 def reset_counts():
     COUNTS.update(launches=0, syncs=0)
     SYNC_SITES.clear()
+    KERNEL_LAUNCHES.clear()
+
+
+def _kernel_launch(name):
+    COUNTS["launches"] += 1
+    KERNEL_LAUNCHES[name] = KERNEL_LAUNCHES.get(name, 0) + 1
 
 
 def _sync():
@@ -117,28 +124,27 @@ def _gelu_bwd(x, t, dy):
     return _dev(dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * GELU_K * (1 + 3 * GELU_A * x * x)))
 
 
-def _ln_affine(x, mean, rstd, w, b):
-    xhat = (x - mean) * rstd
-    return _dev(xhat), _dev(xhat * w + b)
-
-
 REDUCTIONS = {"gl_sumsq": lambda g: _dev(np.asarray(np.dot(g.view(np.ndarray), g.view(np.ndarray))).reshape(()))}
 
-KERNELS = {"gptlite_gelu_tanh_fwd": _gelu_fwd, "gptlite_gelu_tanh_bwd": _gelu_bwd, "gptlite_ln_affine": _ln_affine}
+KERNELS = {"gptlite_gelu_tanh_fwd": _gelu_fwd, "gptlite_gelu_tanh_bwd": _gelu_bwd}
 
 
-def _counted(fn):
+def _counted(fn, name):
     def launch(*args, **kwargs):
-        COUNTS["launches"] += 1
-        return fn(*args, **kwargs)
+        _kernel_launch(name)
+        return _dev(fn(*(_host(a) for a in args), **kwargs))
 
     return launch
 
 
 def _host(a):
-    """A kernel argument as the twin takes it: null pointers (an unsigned 0) as None."""
+    """A kernel argument as the twin takes it: null pointers (an unsigned 0) as None,
+    device arrays as plain NumPy views of the same memory (so the twin's own NumPy
+    calls are the kernel's insides, not counted as launches of their own)."""
     if isinstance(a, np.uint64) and a == 0:
         return None
+    if isinstance(a, DeviceArray):
+        return a.view(np.ndarray)
     return a
 
 
@@ -154,7 +160,7 @@ class _RawModule:
             twin = fused.KERNEL_TWINS[base]
 
             def launch(grid, block, args, shared_mem=0):
-                COUNTS["launches"] += 1
+                _kernel_launch(name)
                 fused.check_launch(name, grid, block, shared_mem)
                 twin(grid, block, tuple(_host(a) for a in args))
 
@@ -163,8 +169,8 @@ class _RawModule:
             raise KeyError(name)
 
         def launch(grid, block, args, shared_mem=0):  # in-place softmax of grid[0] rows of n
-            COUNTS["launches"] += 1
-            a, n = args
+            _kernel_launch(name)
+            a, n = _host(args[0]), args[1]
             rows = a.reshape(grid[0], int(n))
             rows -= rows.max(axis=1, keepdims=True)
             np.exp(rows, out=rows)
@@ -173,12 +179,15 @@ class _RawModule:
         return launch
 
 
+DEVICES_USED = []  # the ordinals passed to cupy.cuda.Device(i).use(), in order
+
+
 class _Device:
-    def __init__(self, *args):
-        pass
+    def __init__(self, index=0):
+        self.id = index
 
     def use(self):
-        pass
+        DEVICES_USED.append(self.id)
 
     def synchronize(self):
         pass
@@ -242,8 +251,9 @@ def make_modules() -> dict:
     cp.array = _asarray
     cp.ascontiguousarray = lambda a, dtype=None: _dev(np.ascontiguousarray(_asarray(a), dtype=dtype))
     cp.asnumpy = lambda a: (_sync(), np.array(a).view(np.ndarray))[1] if isinstance(a, DeviceArray) else np.array(a)
-    cp.ElementwiseKernel = lambda in_params, out_params, operation, name, **kw: _counted(KERNELS[name])
-    cp.ReductionKernel = lambda *args, **kw: _counted(REDUCTIONS[args[6] if len(args) > 6 else kw["name"]])
+    cp.ElementwiseKernel = lambda in_params, out_params, operation, name, **kw: _counted(KERNELS[name], name)
+    cp.ReductionKernel = lambda *args, **kw: _counted(REDUCTIONS[args[6] if len(args) > 6 else kw["name"]],
+                                                      args[6] if len(args) > 6 else kw["name"])
     cp.RawModule = _RawModule
     cp.get_default_memory_pool = lambda: _Pool()
     cp.cuda = types.SimpleNamespace(

@@ -187,7 +187,7 @@ def test_every_cuda_kernel_source_is_shipped_and_named(monkeypatch):
     fake_cupy.install(monkeypatch)
     with pytest.raises(KeyError, match="unknown CUDA kernel 'no_such_kernel'"):
         kernels.kernel("no_such_kernel")
-    assert kernels.kernel("ln_affine") is kernels.kernel("ln_affine")  # compiled once
+    assert kernels.kernel("gelu_tanh_fwd") is kernels.kernel("gelu_tanh_fwd")  # compiled once
 
 
 def test_training_float32_on_fake_cupy_one_sync_per_step(monkeypatch, tmp_path):
@@ -217,3 +217,106 @@ def test_training_float32_on_fake_cupy_one_sync_per_step(monkeypatch, tmp_path):
     np.testing.assert_array_equal(tr.model.params["h.0.mlp.c_fc.weight"], p_before)
     T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "b"), device="cuda", tf32=False), log=lambda m: None)
     assert linalg.compute_types[np.dtype(np.float32)] == linalg.COMPUTE_TYPE_FP32
+
+
+def _fused_launches():
+    return {k: v for k, v in fake_cupy.KERNEL_LAUNCHES.items() if k != "gl_sumsq"}
+
+
+@pytest.mark.parametrize("name", list(CFG))
+def test_model_float32_cupy_path_uses_the_fused_kernels_and_matches_numpy(monkeypatch, name):
+    """float32, the training dtype: the CuPy path's loss and every gradient equal
+    the NumPy path's to float32 precision, one loss_and_grads reads nothing back
+    from the device, and the fused kernels are what runs: bias+GELU (tanh) with its
+    column-sum bias gradient, LayerNorm with the projection's bias and the residual
+    add folded into its forward and the residual gradient into its backward, one softmax/cross-entropy
+    launch per chunk of rows, the deterministic embedding backward."""
+    cfg = CFG[name]
+    rng = np.random.default_rng(2)
+    idx = rng.integers(0, cfg.vocab_size, (3, 21))
+    targets = rng.integers(0, cfg.vocab_size, (3, 21))
+    targets[1, :4] = -1  # ignored rows: no loss, no gradient
+    cpu = GPT(cfg, dtype="float32", seed=3, device="cpu")
+    loss, grads = cpu.loss_and_grads(idx, targets)
+    cp = fake_cupy.install(monkeypatch)
+    gpu = GPT(cfg, dtype="float32", seed=3, device="cuda")
+    assert gpu.backend.is_gpu and type(gpu.backend.kernels).__name__ == "CudaKernels"
+    fake_cupy.reset_counts()
+    gloss, ggrads = gpu.loss_and_grads(idx, targets)
+    assert fake_cupy.COUNTS["syncs"] == 0, fake_cupy.SYNC_SITES
+    assert isinstance(gloss, cp.ndarray) and gloss.shape == () and gloss.dtype == np.float32
+    assert abs(float(gloss) - loss) <= 2e-6 * abs(loss)
+    for k, g in grads.items():
+        assert ggrads[k].dtype == np.float32, k
+        np.testing.assert_allclose(_host(ggrads[k]), g, rtol=1e-4, atol=2e-6 * max(1.0, float(np.abs(g).max())),
+                                   err_msg=k)
+    L = cfg.n_layer
+    n_ln = 2 * L + (cfg.layout == "gpt2")  # + ln_f
+    want = {"gl_ln_fwd_f32": n_ln, "gl_ln_bwd_dx_f32": n_ln, "gl_ln_bwd_dwdb_f32": n_ln,
+            "gl_ce_fwd_bwd_f32": 1, "gl_embed_bwd_f32": 1, "softmax_f32": L}
+    if cfg.activation_function == "gelu_new":
+        want.update({"gl_bias_gelu_fwd_f32": L, "gl_gelu_bwd_f32": L, "gl_colsum_f32": L})
+    assert _fused_launches() == want
+
+
+def _step_launches(monkeypatch, n_layer, layout):
+    fake_cupy.install(monkeypatch)
+    cfg = GPTConfig(n_layer=n_layer, n_embd=32, n_head=4, n_positions=40, vocab_size=97, layout=layout)
+    m = GPT(cfg, dtype="float32", seed=0, device="cuda")
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 97, (3, 21)), rng.integers(0, 97, (3, 21))
+    m.loss_and_grads(idx, targets)  # first call builds the kernel caches
+    fake_cupy.reset_counts()
+    m.loss_and_grads(idx, targets)
+    return fake_cupy.COUNTS["launches"], fake_cupy.COUNTS["syncs"]
+
+
+@pytest.mark.parametrize("layout,per_layer,fixed", [("gpt2", 41, 14), ("gpt1", 43, 11)])
+def test_launches_per_layer_on_the_stand_in(monkeypatch, layout, per_layer, fixed):
+    """What the stand-in counts of one loss_and_grads (custom kernels plus NumPy
+    calls on device arrays): per layer and outside the layers. Before the fused
+    bias+GELU and bias+residual+LayerNorm were wired in it was 48 per layer (both
+    layouts) and 20 / 17 outside; a change that adds launches must update this."""
+    one, s1 = _step_launches(monkeypatch, 1, layout)
+    two, s2 = _step_launches(monkeypatch, 2, layout)
+    assert (two - one, one - (two - one)) == (per_layer, fixed)
+    assert s1 == s2 == 0
+
+
+def test_backend_is_chosen_once_and_handed_to_the_ops(monkeypatch):
+    """The model's backend reaches every op: on both devices no op looks up the
+    backend of an array, except attention's forward and backward, whose call
+    sites in the model are left as they are for the attention kernel work."""
+    from gptlite.engine import backend, ops as ops_mod
+
+    assert backend.get_backend("cpu") is backend.CPU and backend.CPU.kernels is backend.CPU.kernels
+    with pytest.raises(ValueError, match="unknown device 'cuda:x'"):
+        backend.get_backend("cuda:x")
+    callers = []
+    real = ops_mod.backend_of
+
+    def spy(a):
+        import sys
+
+        callers.append(sys._getframe(1).f_code.co_name)
+        return real(a)
+
+    monkeypatch.setattr(ops_mod, "backend_of", spy)
+    cfg = CFG["gpt2"]
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 97, (2, 9)), rng.integers(0, 97, (2, 9))
+    for device in ("cpu", "cuda"):
+        if device == "cuda":
+            cp = fake_cupy.install(monkeypatch)
+        m = GPT(cfg, dtype="float32", device=device)
+        callers.clear()
+        m.loss_and_grads(idx, targets)
+        m.logits(idx)
+        assert set(callers) <= {"attention_forward", "attention_backward"}, callers
+        assert len(callers) == 3 * cfg.n_layer
+    assert backend.get_backend("cuda") is m.backend and backend.backend_of(m.params["wte.weight"]) is m.backend
+    two = backend.get_backend("cuda:1")
+    assert two.index == 1 and two.device == "cuda:1" and two.xp is cp and two is not m.backend
+    fake_cupy.DEVICES_USED.clear()
+    on_one = GPT(cfg, dtype="float32", device="cuda:1")
+    assert on_one.backend is two and fake_cupy.DEVICES_USED == [1]  # made current before the weights go up

@@ -214,3 +214,105 @@ def test_custom_pattern_invalid_regex_is_a_clear_error():
 
     with pytest.raises(ValueError, match="not a valid regex"):
         gptlite.Encoding("bad", pat_str="(unclosed", mergeable_ranks={b"a": 0}, special_tokens={})
+
+
+# --- encode_with_unstable: tiktoken's completions, set for set ---------------------------
+
+def _unstable_fragments(docs, n_cut: int = 160) -> list[str]:
+    """Corpus text cut at random points (partial words, mid-number, after
+    whitespace or punctuation, inside CJK text) plus hand-picked tails."""
+    import random
+
+    rng = random.Random(14)
+    texts = [t for ds in docs.values() for t in ds if len(t) > 40]
+    cuts = []
+    for _ in range(n_cut):
+        t = rng.choice(texts)
+        end = rng.randrange(1, len(t))
+        cuts.append(t[max(0, end - rng.randrange(1, 30)):end])
+    hand = ["", "h", "hello fanta", "hello wor", "Hello, World", "it'", "it's", "I'l", "DON'T", "foo.bar/",
+            " ", "  ", "a ", "a  ", "\n", " \n", "\n\n ", "a\n", "a \n", "x\r\n", "\t", "a\t", "line\n\t",
+            "1", "12", "123", "1234", "3.14", "x = 10", "٣٤", "２０２４",
+            "naïve caf", "é", "e\u0301", "日本語の", "中文", "한국어 텍", "👍", "a👍", "Ǆǅ", "ʰ", "Straße",
+            "x\u3000", "\u00a0", "a\u2028", "tab\u000b", "\u001c", "?!", "!!!", "--", "...\n", "<|", "<|endof",
+            "<|endoftext|>", "a<|endoftext|>", "a<|endoftext|>b", "<|endoftext|> ", "<|fim_prefix|>x "]
+    return hand + cuts
+
+
+def _same_unstable(ours, theirs, text, **kw):
+    stable, comps = ours.encode_with_unstable(text, **kw)
+    want_stable, want_comps = theirs.encode_with_unstable(text, **kw)
+    assert stable == want_stable, text
+    got = [tuple(c) for c in comps]
+    assert len(set(got)) == len(got), text  # a set, as tiktoken's
+    assert set(got) == {tuple(c) for c in want_comps}, (text, len(got), len(want_comps))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base", "o200k_base"])
+def test_encode_with_unstable_matches_tiktoken(name, docs):
+    ours, theirs = pair(name)
+    frags = _unstable_fragments(docs)
+    assert len(frags) > 200
+    for text in frags:
+        _same_unstable(ours, theirs, text, disallowed_special=())
+    # special tokens: allowed ones end the unstable tail, disallowed ones raise the same error
+    for text in ("a<|endoftext|>", "ab <|endoftext|>cd", "<|endoftext|>"):
+        _same_unstable(ours, theirs, text, allowed_special="all")
+    with pytest.raises(ValueError) as a:
+        theirs.encode_with_unstable("x <|endoftext|>")
+    with pytest.raises(ValueError) as b:
+        ours.encode_with_unstable("x <|endoftext|>")
+    assert str(a.value) == str(b.value)
+    # tiktoken does not replace lone surrogates here (unlike encode): neither do we
+    for enc in (theirs, ours):
+        with pytest.raises(UnicodeEncodeError):
+            enc.encode_with_unstable("x\ud800")
+
+
+def test_encode_with_unstable_keeps_its_promise(docs):
+    """tiktoken's docstring contract: the stable ids decode to a prefix of the
+    text, and every completion decodes to something that starts with the text."""
+    ours, _ = pair("cl100k_base")
+    for text in _unstable_fragments(docs, n_cut=40):
+        data = text.encode("utf-8")
+        stable, comps = ours.encode_with_unstable(text, disallowed_special=())
+        assert data.startswith(ours.decode_bytes(stable))
+        assert all(ours.decode_bytes(stable + c).startswith(data) for c in comps), text
+        if data != ours.decode_bytes(stable):
+            assert comps, text
+
+
+@pytest.mark.parametrize("pat", CUSTOM_PATS)
+def test_encode_with_unstable_general_regex_matches_tiktoken(pat, docs):
+    import gptlite
+
+    base = tiktoken.get_encoding("gpt2")
+    kw = dict(pat_str=pat, mergeable_ranks=base._mergeable_ranks, special_tokens=base._special_tokens)
+    ours, theirs = gptlite.Encoding("custom", **kw), tiktoken.Encoding("custom", **kw)
+    assert ours._regex is not None
+    for text in _unstable_fragments(docs, n_cut=30):
+        _same_unstable(ours, theirs, text, disallowed_special=())
+
+
+def test_o200k_harmony_special_tokens_are_tiktokens():
+    """Every harmony special, <|reserved_200018|> (which shares its id with
+    <|endofprompt|>) included, in tiktoken's order, with its n_vocab; each
+    encodes to its id when allowed and is refused when not."""
+    ours, theirs = pair("o200k_harmony")
+    assert ours._special_tokens == theirs._special_tokens
+    assert list(ours._special_tokens) == list(theirs._special_tokens)
+    assert ours.special_tokens_set == theirs.special_tokens_set
+    assert (ours.n_vocab, ours.max_token_value, ours.eot_token) == (theirs.n_vocab, theirs.max_token_value,
+                                                                    theirs.eot_token) == (201088, 201087, 199999)
+    assert "<|reserved_200018|>" in ours.special_tokens_set and len(ours.special_tokens_set) == 1091
+    for tok, i in theirs._special_tokens.items():
+        assert ours.encode(tok, allowed_special="all") == [i] == theirs.encode(tok, allowed_special="all"), tok
+        assert ours.encode_single_token(tok) == i
+    text = "<|start|>user<|message|>hi<|reserved_200018|><|end|>"
+    assert ours.encode(text, allowed_special="all") == theirs.encode(text, allowed_special="all")
+    assert ours.encode(text, allowed_special={"<|reserved_200018|>"}, disallowed_special=()) == \
+        theirs.encode(text, allowed_special={"<|reserved_200018|>"}, disallowed_special=())
+    with pytest.raises(ValueError, match="reserved_200018"):
+        ours.encode("x <|reserved_200018|>")
+    # tiktoken decodes a shared id to whichever name its hash map yields; ours is the first listed
+    assert ours.decode([200018]) in ("<|endofprompt|>", "<|reserved_200018|>")

@@ -36,6 +36,12 @@ def test_layernorm_with_residual(dt):
     assert dw is dw0 and db is db0  # accumulated in place (flat gradient views)
     close(dw, dw_ref + 1, dt, 10)
     close(db, db_ref + 2, dt, 10)
+    # the bias of the linear layer that made x, folded in before the residual add
+    xb = rng.standard_normal(24).astype(dt)
+    y, cache = fused.layernorm_forward(x, w, b, residual=r, x_bias=xb)
+    y_ref, _ = ops.layernorm_forward((x + xb) + r, w, b)
+    close(cache[0], (x + xb) + r, dt)
+    close(y, y_ref, dt)
 
 
 def test_bias_gelu(dt):

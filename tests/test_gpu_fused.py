@@ -36,8 +36,9 @@ def test_every_kernel_matches_its_twin(cp, dt):
     rng = np.random.default_rng(0)
     x, r, dy = (rng.standard_normal((6, 7, 200)).astype(dt) for _ in range(3))  # C=200: not a multiple of the block
     w, b = rng.standard_normal(200).astype(dt), rng.standard_normal(200).astype(dt)
-    y_h, c_h = fused.layernorm_forward(x, w, b, residual=r)
-    y_d, c_d = fused.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), residual=cp.asarray(r))
+    y_h, c_h = fused.layernorm_forward(x, w, b, residual=r, x_bias=b)
+    y_d, c_d = fused.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), residual=cp.asarray(r),
+                                       x_bias=cp.asarray(b))
     _close(y_d, y_h, dt)
     for dh, dd in zip(fused.layernorm_backward(dy, c_h, dresidual=r),
                       fused.layernorm_backward(cp.asarray(dy), c_d, dresidual=cp.asarray(r))):

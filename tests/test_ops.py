@@ -333,3 +333,41 @@ def test_keep_freed_memory_applies_once_and_can_be_turned_off():
     assert off == ["False", "False"]
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert on == ["True", "True"]
+
+
+@pytest.mark.parametrize("act", ops.ACTIVATIONS)
+def test_linear_gelu_gradcheck(act):
+    x, W, b = RNG.standard_normal((5, 4)), RNG.standard_normal((4, 6)), RNG.standard_normal(6)
+    R = RNG.standard_normal((5, 6))
+    y, cache = ops.linear_gelu_forward(x, W, b, act)
+    ref, _ = ops.gelu_forward(x @ W + b, act)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-14)
+    dx, dW, db = ops.linear_gelu_backward(R, cache)
+    f = lambda: float((ops.linear_gelu_forward(x, W, b, act)[0] * R).sum())  # noqa: E731
+    assert_close_grad(dx, numgrad(f, x))
+    assert_close_grad(dW, numgrad(f, W))
+    assert_close_grad(db, numgrad(f, b))
+
+
+def test_residual_layernorm_and_its_backward_with_the_residual_gradient():
+    """s = x + (fx + bias), y = LN(s): the fused op's outputs and, with the stream's
+    own gradient D added through ``dresidual``, the gradients of x, fx and the bias."""
+    x, fx = RNG.standard_normal((6, 8)), RNG.standard_normal((6, 8))
+    w, b, fb = RNG.standard_normal(8), RNG.standard_normal(8), RNG.standard_normal(8)
+    R, D = RNG.standard_normal((6, 8)), RNG.standard_normal((6, 8))
+
+    def loss():  # L = sum(y * R) + sum(s * D): s also flows on down the residual stream
+        s, y, _ = ops.residual_layernorm_forward(x, fx.copy(), w, b, fx_bias=fb)
+        return float((y * R).sum() + (s * D).sum())
+
+    s, y, cache = ops.residual_layernorm_forward(x, fx.copy(), w, b, fx_bias=fb)
+    np.testing.assert_allclose(s, x + (fx + fb), rtol=0, atol=0)
+    np.testing.assert_allclose(y, ops.layernorm_forward(x + (fx + fb), w, b)[0], rtol=0, atol=0)
+    ds, dw, db = ops.layernorm_backward(R, cache, dresidual=D)
+    assert_close_grad(ds, numgrad(loss, x))
+    assert_close_grad(ds, numgrad(loss, fx))  # d(x + fx) flows to both branches
+    assert_close_grad(ds.sum(axis=0), numgrad(loss, fb))
+    assert_close_grad(dw, numgrad(loss, w))
+    assert_close_grad(db, numgrad(loss, b))
+    _, pending, _ = ops.linear_branch_forward(x, RNG.standard_normal((8, 3)), fb[:3])
+    assert pending is None  # NumPy adds the bias itself

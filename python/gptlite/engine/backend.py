@@ -1,8 +1,13 @@
-"""The array module: NumPy on the CPU, CuPy on an NVIDIA GPU — one code path.
+"""The backend: NumPy on the CPU or CuPy on an NVIDIA GPU, chosen once.
 
-Every numeric function in gptlite takes its arrays from ``xp`` so the same
-source runs on both. ``get_xp(device)`` picks the module; ``xp_of(array)``
-recovers it from an array (so ops need no extra argument).
+A :class:`Backend` holds what differs between the two: the array module ``xp``,
+the device (name and CUDA ordinal) and the kernel set — the NumPy reference
+kernels (``engine.ops.NumpyKernels``, blocked over the cores, with the NumPy twins
+of the fused kernels) or the CUDA ones (``engine.kernels.CudaKernels``). A model
+gets its backend when it is built (``get_backend(device)``) and hands it to every
+op, so an op picks its implementation through ``be.kernels`` instead of asking
+what module an array belongs to. ``backend_of(array)`` recovers the backend of an
+array for ops called on their own.
 """
 from __future__ import annotations
 
@@ -50,6 +55,74 @@ def get_xp(device: str | None = None):
             raise DeviceUnavailable("device='cuda' requested but CuPy with a visible CUDA GPU is not available (pip install gptlite[cuda])")
         return cp
     raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+
+
+class Backend:
+    """One device's array module and kernel set (build with :func:`get_backend`)."""
+
+    def __init__(self, name: str, xp, index: int | None = None):
+        self.name = name  # "cpu" or "cuda"
+        self.xp = xp
+        self.index = index  # the CUDA device ordinal; None: the process's current device
+        self.is_gpu = name == "cuda"
+        self._kernels = None
+
+    @property
+    def device(self) -> str:
+        return self.name if self.index is None else f"{self.name}:{self.index}"
+
+    @property
+    def kernels(self):
+        """The kernel set, built on first use (CUDA sources compile lazily too)."""
+        if self._kernels is None:
+            if self.is_gpu:
+                from gptlite.engine.kernels import CudaKernels
+
+                self._kernels = CudaKernels(self)
+            else:
+                from gptlite.engine.ops import NumpyKernels
+
+                self._kernels = NumpyKernels(self)
+        return self._kernels
+
+    def use(self) -> None:
+        """Make this backend's GPU the current device of the process (no-op on the CPU)."""
+        if self.is_gpu and self.index is not None:
+            self.xp.cuda.Device(self.index).use()
+
+    def __repr__(self) -> str:
+        return f"Backend({self.device!r})"
+
+
+CPU = Backend("cpu", np)
+_gpu_backends = {}  # (cupy module, index) -> Backend
+
+
+def get_backend(device: str | None = None, index: int | None = None) -> Backend:
+    """The backend of ``device`` ("cpu", "cuda" or "cuda:N"; None: cuda when a GPU
+    is visible). The same object for the same device, so kernels compile once."""
+    device = default_device() if device is None else device
+    if isinstance(device, str) and device.startswith("cuda:"):
+        head, _, num = device.partition(":")
+        if not num.isdigit():
+            raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        device, index = head, int(num)
+    xp = get_xp(device)
+    if xp is np:
+        return CPU
+    key = (xp, index)
+    be = _gpu_backends.get(key)
+    if be is None:
+        be = _gpu_backends[key] = Backend("cuda", xp, index)
+    return be
+
+
+def backend_of(array) -> Backend:
+    """The backend an array lives on (for ops called without one)."""
+    cp = _cupy
+    if cp is not None and isinstance(array, cp.ndarray):
+        return get_backend("cuda")
+    return CPU
 
 
 def xp_of(array):

@@ -8,8 +8,9 @@ twins, ``tests/fake_cupy.py`` runs them in place of the real launches (checking
 block size and shared memory against ``shared_mem_bytes``), and the GPU tests
 compare the real kernels against them.
 
-The public functions take arrays of either module (``xp_of``) and return arrays of
-the same module; none reads a value back to the host, so a step built from them
+The public functions take arrays of either module and return arrays of the same
+module; they launch through the backend (``be=``, else the arrays' own), whose
+kernel set runs the CUDA kernel or its twin; none reads a value back to the host, so a step built from them
 needs no synchronisation until someone asks for the loss.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 
 import numpy as np
 
-from gptlite.engine.backend import xp_of
+from gptlite.engine.backend import backend_of
 
 CU_FILE = os.path.join(os.path.dirname(__file__), "cuda", "fused_kernels.cu")
 BLOCK = 256  # threads per block of the row kernels: a power of two, as block_sum needs
@@ -78,32 +79,31 @@ def module():
     return _module
 
 
-def _launch(xp, base, dtype, grid, block, args):
+def _launch(be, base, dtype, grid, block, args):
     name = f"gl_{base}_{_suffix(dtype)}"
     smem = shared_mem_bytes(base, block[0], dtype)
     check_launch(name, grid, block, smem)
-    if xp is np:
-        KERNEL_TWINS[base](grid, block, args)
-    else:
-        module().get_function(name)(grid, block, args, shared_mem=smem)
+    be.kernels.launch(name, grid, block, args, smem)
 
 
 def _scalar(dtype, v):
     return np.dtype(dtype).type(v)
 
 
-def _null(xp, a):
+def _null(be, a):
     """A kernel argument for an optional array: the array, or a null pointer."""
-    return a if a is not None else (None if xp is np else np.uint64(0))
+    return a if a is not None else be.kernels.null
 
 
 # -- the kernels' NumPy twins: same arguments, same effect on the buffers ------------
 
 
 def _tw_ln_fwd(grid, block, args):
-    x, res, xsum, w, b, y, mean, rstd, C, eps = args
+    x, xb, res, xsum, w, b, y, mean, rstd, C, eps = args
     C = int(C)
-    xs = (x if res is None else x + res).reshape(-1, C)
+    xs = (x if xb is None else x + xb).reshape(-1, C)
+    if res is not None:
+        xs = xs + res.reshape(-1, C)
     xsum.reshape(-1, C)[...] = xs
     mu = xs.mean(axis=1)
     d = xs - mu[:, None]
@@ -254,98 +254,109 @@ def _elem_grid(n):
     return ((n + ELEM_BLOCK - 1) // ELEM_BLOCK,), (ELEM_BLOCK,)
 
 
-def _contig(xp, a, name):
+def _be(be, a):
+    return be if be is not None else backend_of(a)
+
+
+def _contig(a, name):
     if not a.flags.c_contiguous:
         raise ValueError(f"fused: {name} must be C-contiguous, got strides {a.strides}")
     return a
 
 
-def layernorm_forward(x, w, b, eps=1e-5, residual=None):
-    """LayerNorm of ``x + residual`` (or of x) over the last axis, one launch.
+def layernorm_forward(x, w, b, eps=1e-5, residual=None, x_bias=None, *, be=None):
+    """LayerNorm of ``(x + x_bias) + residual`` (either optional) over the last
+    axis, one launch; ``x_bias`` (C,) is the bias of the linear layer that made x.
 
     Returns (y, (xsum, mean, rstd, w)): xsum is the normalised input (the new
     residual stream when ``residual`` is given), mean/rstd are per row."""
-    xp = xp_of(x)
-    _contig(xp, x, "x")
+    be = _be(be, x)
+    xp = be.xp
+    _contig(x, "x")
     C = x.shape[-1]
     N = x.size // C
     xsum, y = xp.empty_like(x), xp.empty_like(x)
     mean, rstd = xp.empty(N, dtype=x.dtype), xp.empty(N, dtype=x.dtype)
     if residual is not None:
-        _contig(xp, residual, "residual")
-    _launch(xp, "ln_fwd", x.dtype, (N,), (BLOCK,),
-            (x, _null(xp, residual), xsum, w, b, y, mean, rstd, np.int32(C), _scalar(x.dtype, eps)))
+        _contig(residual, "residual")
+    _launch(be, "ln_fwd", x.dtype, (N,), (BLOCK,),
+            (x, _null(be, x_bias), _null(be, residual), xsum, w, b, y, mean, rstd, np.int32(C), _scalar(x.dtype, eps)))
     return y, (xsum, mean, rstd, w)
 
 
-def layernorm_backward(dy, cache, dw=None, db=None, dresidual=None):
+def layernorm_backward(dy, cache, dw=None, db=None, dresidual=None, *, be=None):
     """(dx, dw, db); dw/db accumulate when given (views of a flat gradient buffer),
     and ``dresidual`` (the gradient of the residual stream) is added into dx."""
     xsum, mean, rstd, w = cache
-    xp = xp_of(dy)
-    _contig(xp, dy, "dy")
+    be = _be(be, dy)
+    xp = be.xp
+    _contig(dy, "dy")
     C = dy.shape[-1]
     N = dy.size // C
     dx = xp.empty_like(dy)
-    _launch(xp, "ln_bwd_dx", dy.dtype, (N,), (BLOCK,),
-            (dy, xsum, mean, rstd, w, _null(xp, dresidual), dx, np.int32(C)))
+    _launch(be, "ln_bwd_dx", dy.dtype, (N,), (BLOCK,),
+            (dy, xsum, mean, rstd, w, _null(be, dresidual), dx, np.int32(C)))
     acc = dw is not None
     if not acc:
         dw, db = xp.empty(C, dtype=dy.dtype), xp.empty(C, dtype=dy.dtype)
     g, blk = _cols_grid(C)
-    _launch(xp, "ln_bwd_dwdb", dy.dtype, g, blk, (dy, xsum, mean, rstd, dw, db, np.int32(N), np.int32(C), np.int32(acc)))
+    _launch(be, "ln_bwd_dwdb", dy.dtype, g, blk, (dy, xsum, mean, rstd, dw, db, np.int32(N), np.int32(C), np.int32(acc)))
     return dx, dw, db
 
 
-def bias_gelu_forward(x, bias):
+def bias_gelu_forward(x, bias, *, be=None):
     """y = gelu_tanh(x + bias), one launch; cache: pre = x + bias."""
-    xp = xp_of(x)
-    _contig(xp, x, "x")
+    be = _be(be, x)
+    xp = be.xp
+    _contig(x, "x")
     pre, y = xp.empty_like(x), xp.empty_like(x)
     g, blk = _elem_grid(x.size)
-    _launch(xp, "bias_gelu_fwd", x.dtype, g, blk, (x, bias, pre, y, np.int64(x.size), np.int32(x.shape[-1])))
+    _launch(be, "bias_gelu_fwd", x.dtype, g, blk, (x, bias, pre, y, np.int64(x.size), np.int32(x.shape[-1])))
     return y, pre
 
 
-def bias_gelu_backward(dy, pre, dbias=None):
+def bias_gelu_backward(dy, pre, dbias=None, *, be=None):
     """(dx, dbias): dx = dy * gelu'(pre); dbias the column sum of dx (accumulated when given)."""
-    xp = xp_of(dy)
+    be = _be(be, dy)
+    xp = be.xp
     dx = xp.empty_like(dy)
     g, blk = _elem_grid(dy.size)
-    _launch(xp, "gelu_bwd", dy.dtype, g, blk, (pre, dy, dx, np.int64(dy.size)))
+    _launch(be, "gelu_bwd", dy.dtype, g, blk, (pre, dy, dx, np.int64(dy.size)))
     C = dy.shape[-1]
     acc = dbias is not None
     if not acc:
         dbias = xp.empty(C, dtype=dy.dtype)
     g, blk = _cols_grid(C)
-    _launch(xp, "colsum", dy.dtype, g, blk, (dx, dbias, np.int32(dy.size // C), np.int32(C), np.int32(acc)))
+    _launch(be, "colsum", dy.dtype, g, blk, (dx, dbias, np.int32(dy.size // C), np.int32(C), np.int32(acc)))
     return dx, dbias
 
 
-def causal_softmax_forward(scores, scale):
+def causal_softmax_forward(scores, scale, *, be=None):
     """softmax(scale * scores) over the last axis with the causal mask folded in;
     scores (..., Tq, Tk), Tk >= Tq (query i sees keys <= i + Tk - Tq)."""
-    xp = xp_of(scores)
-    _contig(xp, scores, "scores")
+    be = _be(be, scores)
+    xp = be.xp
+    _contig(scores, "scores")
     Tq, Tk = scores.shape[-2:]
     p = xp.empty_like(scores)
-    _launch(xp, "causal_softmax_fwd", scores.dtype, (scores.size // Tk,), (BLOCK,),
+    _launch(be, "causal_softmax_fwd", scores.dtype, (scores.size // Tk,), (BLOCK,),
             (scores, p, np.int32(Tq), np.int32(Tk), _scalar(scores.dtype, scale)))
     return p
 
 
-def causal_softmax_backward(dp, p, scale):
+def causal_softmax_backward(dp, p, scale, *, be=None):
     """d(scores) from d(probabilities) and the forward's probabilities."""
-    xp = xp_of(dp)
-    _contig(xp, dp, "dp")
+    be = _be(be, dp)
+    xp = be.xp
+    _contig(dp, "dp")
     Tq, Tk = p.shape[-2:]
     ds = xp.empty_like(dp)
-    _launch(xp, "causal_softmax_bwd", dp.dtype, (dp.size // Tk,), (BLOCK,),
+    _launch(be, "causal_softmax_bwd", dp.dtype, (dp.size // Tk,), (BLOCK,),
             (p, dp, ds, np.int32(Tq), np.int32(Tk), _scalar(dp.dtype, scale)))
     return ds
 
 
-def lm_head_cross_entropy(h, wte, targets, dwte=None, ignore_index=-1, chunk=LM_HEAD_CHUNK, n_valid=None):
+def lm_head_cross_entropy(h, wte, targets, dwte=None, ignore_index=-1, chunk=LM_HEAD_CHUNK, n_valid=None, *, be=None):
     """Mean cross-entropy of the tied LM head, forward and backward together,
     ``chunk`` rows of logits at a time (the full N x V logits never exist).
 
@@ -353,78 +364,90 @@ def lm_head_cross_entropy(h, wte, targets, dwte=None, ignore_index=-1, chunk=LM_
     array on h's device (mean over rows whose target is not ``ignore_index``),
     dh (N, C) and dwte (V, C), accumulated into ``dwte`` when given. ``n_valid``
     (the count of counted rows) may be passed to avoid computing it."""
-    xp = xp_of(h)
+    be = _be(be, h)
+    xp = be.xp
     N, C = h.shape
     V = wte.shape[0]
     targets = targets.reshape(-1).astype(np.int64)
     if targets.shape[0] != N:
         raise ValueError(f"lm_head_cross_entropy: {N} rows of h but {targets.shape[0]} targets")
-    if xp is np or isinstance(targets, np.ndarray):  # host targets: checked without a device sync
+    if not be.is_gpu or not isinstance(targets, xp.ndarray):  # host targets: checked without a device sync
         t = np.asarray(targets)
-        bad = (t != ignore_index) & ((t < 0) | (t >= V))
+        keep = t != ignore_index
+        bad = keep & ((t < 0) | (t >= V))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"lm_head_cross_entropy: target id {int(t[i])} at flat position {i} is outside [0, {V}) "
                              f"and is not ignore_index={ignore_index}")
+        if n_valid is None:  # counted on the host: the scale becomes a kernel argument
+            n_valid = int(keep.sum())
         targets = xp.asarray(targets)
     if n_valid is None:
         n_valid = (targets != ignore_index).sum()  # stays on the device under CuPy
-    dscale = 1.0 / xp.maximum(n_valid, 1) if not isinstance(n_valid, int) else 1.0 / max(n_valid, 1)
+    on_host = isinstance(n_valid, (int, np.integer))
+    dscale = 1.0 / max(int(n_valid), 1) if on_host else 1.0 / xp.maximum(n_valid, 1)
     dh = xp.empty_like(h)
-    if dwte is None:
-        dwte = xp.zeros_like(wte)
+    fresh = dwte is None
+    if fresh:
+        dwte = xp.empty_like(wte)
     losses = xp.empty(N, dtype=h.dtype)
     for a in range(0, N, chunk):
         b = min(N, a + chunk)
         logits = xp.matmul(h[a:b], wte.T)
-        # dscale is folded in after the kernel when it lives on the device (a scalar
-        # kernel argument would need it on the host)
-        _launch(xp, "ce_fwd_bwd", h.dtype, (b - a,), (BLOCK,),
-                (logits, targets[a:b], losses[a:b], np.int32(V), _scalar(h.dtype, 1.0), np.int64(ignore_index)))
-        if not isinstance(dscale, float):
+        # a device-side scale is folded in after the kernel (a scalar kernel
+        # argument would need it on the host)
+        _launch(be, "ce_fwd_bwd", h.dtype, (b - a,), (BLOCK,),
+                (logits, targets[a:b], losses[a:b], np.int32(V), _scalar(h.dtype, dscale if on_host else 1.0),
+                 np.int64(ignore_index)))
+        if not on_host:
             logits *= dscale.astype(h.dtype)
-        elif dscale != 1.0:
-            logits *= h.dtype.type(dscale)
         xp.matmul(logits, wte, out=dh[a:b])
-        dwte += xp.matmul(logits.T, h[a:b])
-    loss = losses.sum() * (dscale.astype(h.dtype) if not isinstance(dscale, float) else h.dtype.type(dscale))
+        if fresh and a == 0:
+            xp.matmul(logits.T, h[a:b], out=dwte)
+        else:
+            dwte += xp.matmul(logits.T, h[a:b])
+    loss = losses.sum() * (h.dtype.type(dscale) if on_host else dscale.astype(h.dtype))
     return loss, dh, dwte
 
 
-def grad_sumsq(g):
+def grad_sumsq(g, *, be=None):
     """Sum of squares of a flat buffer, a 0-d array on its device (one reduction)."""
-    xp = xp_of(g)
-    if xp is np:
-        return np.dot(g, g).reshape(())
+    return _be(be, g).kernels.sumsq(g)
+
+
+def sumsq_kernel(xp):
+    """The compiled squared-norm ReductionKernel (CuPy; built once)."""
     global _sumsq_kernel
     if _sumsq_kernel is None:
         _sumsq_kernel = xp.ReductionKernel(*SUMSQ_KERNEL)
-    return _sumsq_kernel(g)
+    return _sumsq_kernel
 
 
-def clip_scale(sumsq, max_norm):
+def clip_scale(sumsq, max_norm, *, be=None):
     """(norm, scale, nonfinite) as device arrays of one element, from the squared
     global norm; scale is torch's clip coefficient (1 when max_norm is None/<= 0,
     0 when the norm is not finite), nonfinite an int32 flag."""
-    xp = xp_of(sumsq)
+    be = _be(be, sumsq)
+    xp = be.xp
     dt = sumsq.dtype
     norm, scale = xp.empty(1, dtype=dt), xp.empty(1, dtype=dt)
     flag = xp.empty(1, dtype=np.int32)
-    _launch(xp, "clip_scale", dt, (1,), (1,),
+    _launch(be, "clip_scale", dt, (1,), (1,),
             (sumsq.reshape(1), _scalar(dt, max_norm or 0.0), norm, scale, flag))
     return norm, scale, flag
 
 
-def adamw_flat(P, G, M, V, scale, nonfinite, *, n_decay, lr, step, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1):
+def adamw_flat(P, G, M, V, scale, nonfinite, *, be=None, n_decay, lr, step, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1):
     """One AdamW step over the whole flat buffer in one launch (optim.AdamW's
     arithmetic); G is multiplied by the device-side ``scale`` and the step is
     skipped on the device when ``nonfinite`` is set."""
-    xp = xp_of(P)
+    be = _be(be, P)
+    xp = be.xp
     b1, b2 = betas
     bc1, bc2 = 1.0 - b1 ** step, 1.0 - b2 ** step
     f = lambda v: _scalar(P.dtype, v)  # noqa: E731
     g, blk = _elem_grid(P.size)
-    _launch(xp, "adamw", P.dtype, g, blk,
+    _launch(be, "adamw", P.dtype, g, blk,
             (P, G, M, V, scale, nonfinite, np.int64(P.size), np.int64(n_decay), f(1.0 - lr * weight_decay), f(1.0 - b1),
              f(b2), f(1.0 - b2), f(math.sqrt(bc2)), f(eps), f(lr / bc1)))
 
@@ -437,10 +460,11 @@ def set_tf32(enabled: bool) -> None:
     la.set_compute_type(np.float32, la.COMPUTE_TYPE_TF32 if enabled else la.COMPUTE_TYPE_FP32)
 
 
-def embedding_backward(idx, dout, dwte):
+def embedding_backward(idx, dout, dwte, *, be=None):
     """dwte[idx[i]] += dout[i], deterministically: rows sorted by (id, position),
     each id's run summed in position order by one block; no atomics."""
-    xp = xp_of(dout)
+    be = _be(be, dout)
+    xp = be.xp
     C = dout.shape[-1]
     ids = idx.reshape(-1).astype(np.int64)
     N = ids.shape[0]
@@ -449,6 +473,6 @@ def embedding_backward(idx, dout, dwte):
     # a unique key per row makes any sort (stable or not) give the same order
     order = xp.argsort(ids * N + xp.arange(N, dtype=np.int64))
     sorted_ids = ids[order]
-    _launch(xp, "embed_bwd", dout.dtype, (N,), (BLOCK,),
-            (_contig(xp, dout, "dout"), order, sorted_ids, dwte, np.int64(N), np.int32(C)))
+    _launch(be, "embed_bwd", dout.dtype, (N,), (BLOCK,),
+            (_contig(dout, "dout"), order, sorted_ids, dwte, np.int64(N), np.int32(C)))
     return dwte

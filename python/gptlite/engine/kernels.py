@@ -2,13 +2,16 @@
 
 A new kernel is one ``cuda/<name>.cu`` file plus one entry in ``_ELEMENTWISE``
 (an ``ElementwiseKernel`` body: give its parameter lists) or ``_RAW`` (a
-``RawModule``: the whole translation unit). The NumPy paths in
-:mod:`gptlite.engine.ops` are the reference every kernel is tested against.
+``RawModule``: the whole translation unit). :class:`CudaKernels` is the GPU
+backend's kernel set (``Backend.kernels``); its NumPy counterpart,
+``engine.ops.NumpyKernels``, is the reference every kernel is tested against.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+import numpy as np
 
 GELU_TANH_K = math.sqrt(2.0 / math.pi)
 GELU_TANH_A = 0.044715
@@ -19,7 +22,6 @@ CUDA_DIR = Path(__file__).with_name("cuda")
 _ELEMENTWISE = {
     "gelu_tanh_fwd": ("T x", "T y, T t"),
     "gelu_tanh_bwd": ("T x, T t, T dy", "T dx"),
-    "ln_affine": ("T x, T mean, T rstd, T w, T b", "T xhat, T y"),
 }
 _RAW = ("softmax_rows",)
 
@@ -56,3 +58,143 @@ def kernel(name: str):
         raise KeyError(f"unknown CUDA kernel {name!r}: expected one of {sorted(_ELEMENTWISE) + list(_RAW)}")
     _compiled[name] = k
     return k
+
+
+class CudaKernels:
+    """The GPU's kernel set (CuPy): the methods ``engine.ops.NumpyKernels`` has,
+    with the fused kernels of ``engine/fused.py`` and the small ones above where
+    they exist, CuPy's own calls elsewhere."""
+
+    def __init__(self, be):
+        self.be = be
+        self.xp = be.xp
+
+    def launch(self, name, grid, block, args, shared_mem):
+        from gptlite.engine import fused
+
+        fused.module().get_function(name)(grid, block, args, shared_mem=shared_mem)
+
+    null = np.uint64(0)  # a null pointer for an absent optional array argument
+
+    def sumsq(self, g):
+        from gptlite.engine import fused
+
+        return fused.sumsq_kernel(self.xp)(g)
+
+    def matmul(self, a, b, out=None):
+        return self.xp.matmul(a, b, out=out)
+
+    def bmm(self, a, b, out=None):
+        if out is None:
+            return self.xp.matmul(a, b)
+        out[...] = self.xp.matmul(a, b)
+        return out
+
+    def scatter_add_rows(self, index, values, out):
+        # the sort-based segment-sum kernel: no atomics (cupyx.scatter_add's order
+        # of additions varies run to run), so resume stays bit-exact on the GPU
+        from gptlite.engine import fused
+
+        return fused.embedding_backward(index, self.xp.ascontiguousarray(values), out, be=self.be)
+
+    def layernorm_forward(self, x, w, b, eps):
+        from gptlite.engine import fused
+
+        return fused.layernorm_forward(self.xp.ascontiguousarray(x), w, b, eps, be=self.be)
+
+    fuses_branch_bias = True  # the branch's bias is added inside the fused LayerNorm
+
+    def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None):
+        from gptlite.engine import fused
+
+        xp = self.xp
+        y, cache = fused.layernorm_forward(xp.ascontiguousarray(fx), w, b, eps, residual=xp.ascontiguousarray(x),
+                                           x_bias=fx_bias, be=self.be)
+        return cache[0], y, cache
+
+    def layernorm_backward(self, dy, cache, dresidual=None):
+        from gptlite.engine import fused
+
+        xp = self.xp
+        dres = None if dresidual is None else xp.ascontiguousarray(dresidual)
+        return fused.layernorm_backward(xp.ascontiguousarray(dy), cache, dresidual=dres, be=self.be)
+
+    @staticmethod
+    def erf(x):
+        import cupyx.scipy.special
+
+        return cupyx.scipy.special.erf(x)
+
+    @staticmethod
+    def gelu_tanh_forward(x):
+        return kernel("gelu_tanh_fwd")(x)
+
+    @staticmethod
+    def gelu_tanh_backward(x, t, dy):
+        return kernel("gelu_tanh_bwd")(x, t, dy)
+
+    def bias_gelu_forward(self, h, b, approximate):
+        from gptlite.engine import fused
+        from gptlite.engine.ops import gelu_forward
+
+        if approximate == "gelu_new" and b is not None and h.dtype in (np.float32, np.float64):
+            y, pre = fused.bias_gelu_forward(h, b, be=self.be)  # one launch: bias add + GELU
+            return y, ("fused", pre)
+        if b is not None:
+            h += b
+        return gelu_forward(h, approximate, be=self.be)
+
+    def bias_gelu_backward(self, dy, gcache):
+        from gptlite.engine import fused
+        from gptlite.engine.ops import gelu_backward
+
+        if gcache[0] == "fused":
+            return fused.bias_gelu_backward(self.xp.ascontiguousarray(dy), gcache[1], be=self.be)
+        dh = gelu_backward(dy, gcache, be=self.be)
+        return dh, dh.sum(axis=0)
+
+    def softmax_inplace(self, a):
+        if not (a.flags.c_contiguous and a.dtype in (np.float32, np.float64)):
+            from gptlite.engine.ops import _softmax_here
+
+            _softmax_here(a)
+            return a
+        n = a.shape[-1]
+        rows = a.size // n
+        fn = kernel("softmax_rows").get_function("softmax_f32" if a.dtype == np.float32 else "softmax_f64")
+        threads = 128
+        fn((rows,), (threads,), (a, np.int32(n)), shared_mem=threads * a.itemsize)
+        return a
+
+    @staticmethod
+    def softmax_backward_inplace(datt, att):
+        from gptlite.engine.ops import _softmax_backward_generic
+
+        return _softmax_backward_generic(datt, att)
+
+    def attend(self, q, k, v, bias, att, yh):
+        from gptlite.engine.ops import _attend_stacked
+
+        _attend_stacked(q, k, v, bias, att, yh, self.bmm, self.softmax_inplace)
+
+    def attend_backward(self, q, k, v, att, dyh, dq, dk, dv, scale):
+        self.bmm(att.transpose(0, 1, 3, 2), dyh, out=dv)
+        datt = self.bmm(dyh, v.transpose(0, 1, 3, 2))  # (B,H,T,T)
+        self.softmax_backward_inplace(datt, att)
+        datt *= scale
+        self.bmm(datt, k, out=dq)
+        self.bmm(datt.transpose(0, 1, 3, 2), q, out=dk)
+
+    def ce_exp_rows(self, p, tsafe):
+        from gptlite.engine.ops import _ce_exp_rows_generic
+
+        return _ce_exp_rows_generic(self.xp, p, tsafe)
+
+    @staticmethod
+    def scale_rows(p, w):
+        p *= w[:, None]
+
+    def lm_head_cross_entropy(self, h, wte, targets, ignore_index):
+        from gptlite.engine import fused
+
+        return fused.lm_head_cross_entropy(h, wte, targets, ignore_index=ignore_index, be=self.be)

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from gptlite.engine import ops
-from gptlite.engine.backend import get_xp, keep_freed_memory, to_numpy
+from gptlite.engine.backend import get_backend, keep_freed_memory, to_numpy
 
 _HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
 
@@ -206,8 +206,13 @@ class GPT:
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
-        self.xp = get_xp(device)
-        if self.xp is np:
+        # the device is chosen here, once: every op gets this backend (its array
+        # module and kernel set) instead of asking what an array is
+        self.backend = get_backend(device)
+        # "cuda:N": CuPy allocates and launches on the current device, so N becomes it
+        self.backend.use()
+        self.xp = self.backend.xp
+        if not self.backend.is_gpu:
             keep_freed_memory()
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -286,7 +291,7 @@ class GPT:
             a = params[name]
             if tuple(a.shape) != shape:
                 raise ValueError(f"tensor {name} has shape {tuple(a.shape)}, expected {shape} for this config")
-            if self.xp is np:
+            if not self.backend.is_gpu:
                 a = np.ascontiguousarray(to_numpy(a), dtype=self.dtype)
             else:
                 a = self.xp.ascontiguousarray(self.xp.asarray(a), dtype=self.dtype)
@@ -323,59 +328,75 @@ class GPT:
     # ------------------------------------------------------------------
     # forward
 
-    def _block_forward(self, i, x, B, T, keep, bias=None, kv=None, kv_start=0):
-        """One transformer block on x (N, C). Returns (x, cache or None)."""
-        cfg, p = self.config, self.params
+    def _block_forward(self, i, x, B, T, keep, bias=None, kv=None, kv_start=0, pending=None):
+        """One transformer block on x (N, C). Returns (x, pending, cache or None).
+
+        GPT-2 (pre-LN): the block's last residual add is handed back as
+        ``pending`` (the MLP output and its pending bias, not yet added to x), so
+        the next block's ln_1 or ln_f adds it in the same fused launch;
+        ``pending`` given here is the previous block's."""
+        cfg, p, be = self.config, self.params, self.backend
         pre = f"h.{i}."
         eps = cfg.layer_norm_epsilon
         c = {}
         a_in = x
-        if cfg.layout == "gpt2":
-            a_in, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
-        qkv, c["c_attn"] = ops.linear_forward(a_in, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"])
+        # pre-LN: no cache holds the residual stream itself, so it is updated
+        # in place; post-LN's x is the cached input of c_attn / c_fc
+        gpt2 = cfg.layout == "gpt2"
+        if gpt2 and pending is not None:
+            x, a_in, c["ln_1"] = ops.residual_layernorm_forward(x, pending[0], p[pre + "ln_1.weight"], p[pre + "ln_1.bias"],
+                                                                eps, inplace=True, fx_bias=pending[1], be=be)
+        elif gpt2:
+            a_in, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps, be=be)
+        qkv, c["c_attn"] = ops.linear_forward(a_in, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"], be=be)
         if kv is None:
             a, c["attn"] = ops.attention_forward(qkv, cfg.n_head, B, T, bias)
         else:
             a = self._attention_kv(i, qkv, B, T, kv, kv_start, bias)
-        a, c["c_proj"] = ops.linear_forward(a, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
-        # pre-LN: no cache holds the residual stream itself, so it is updated
-        # in place; post-LN's x is the cached input of c_attn / c_fc
-        inplace = cfg.layout == "gpt2"
-        x, _ = ops.residual_forward(x, a, inplace)
-        if cfg.layout == "gpt1":
-            x, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
-            m_in = x
-        else:
-            m_in, c["ln_2"] = ops.layernorm_forward(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
-        h, c["c_fc"] = ops.linear_forward(m_in, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"])
-        h, c["gelu"] = ops.gelu_forward(h, cfg.activation_function)
-        h, c["mlp_proj"] = ops.linear_forward(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
-        x, _ = ops.residual_forward(x, h, inplace)
-        if cfg.layout == "gpt1":
-            x, c["ln_2"] = ops.layernorm_forward(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
-        return x, (c if keep else None)
+        a, ab, c["c_proj"] = ops.linear_branch_forward(a, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"],
+                                                       be=be)
+        ln = "ln_2" if gpt2 else "ln_1"
+        x, m_in, c[ln] = ops.residual_layernorm_forward(x, a, p[pre + ln + ".weight"], p[pre + ln + ".bias"], eps,
+                                                        inplace=gpt2, fx_bias=ab, be=be)
+        if not gpt2:
+            x = m_in  # post-LN: the normalised sum is the stream
+        h, c["c_fc"] = ops.linear_gelu_forward(m_in, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"],
+                                               cfg.activation_function, be=be)
+        h, hb, c["mlp_proj"] = ops.linear_branch_forward(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"],
+                                                         be=be)
+        if gpt2:
+            return x, (h, hb), (c if keep else None)
+        _, x, c["ln_2"] = ops.residual_layernorm_forward(x, h, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps,
+                                                         fx_bias=hb, be=be)
+        return x, None, (c if keep else None)
 
     def _trunk(self, idx, keep, pos=None, bias=None, kv=None):
         """Embeddings + blocks (+ ln_f): idx (B,T) -> hidden (N,C), cache."""
         B, T = idx.shape
-        x, emb = ops.embedding_forward(idx, self.params["wte.weight"], self.params["wpe.weight"], pos)
+        be = self.backend
+        x, emb = ops.embedding_forward(idx, self.params["wte.weight"], self.params["wpe.weight"], pos, be=be)
         x = x.reshape(B * T, -1)
         cache = ForwardCache(hidden=None, B=B, T=T, emb=emb if keep else None)
         start = kv.length if kv is not None else 0
+        pending = None
         for i in range(self.config.n_layer):
-            x, c = self._block_forward(i, x, B, T, keep, bias=bias, kv=kv, kv_start=start)
+            x, pending, c = self._block_forward(i, x, B, T, keep, bias=bias, kv=kv, kv_start=start, pending=pending)
             if keep:
                 cache.layers.append(c)
         if self.config.layout == "gpt2":
-            x, ln_f = ops.layernorm_forward(x, self.params["ln_f.weight"], self.params["ln_f.bias"],
-                                            self.config.layer_norm_epsilon)
+            w, b, eps = self.params["ln_f.weight"], self.params["ln_f.bias"], self.config.layer_norm_epsilon
+            if pending is None:  # no blocks
+                x, ln_f = ops.layernorm_forward(x, w, b, eps, be=be)
+            else:
+                _, x, ln_f = ops.residual_layernorm_forward(x, pending[0], w, b, eps, inplace=True, fx_bias=pending[1],
+                                                            be=be)
             cache.ln_f = ln_f if keep else None
         cache.hidden = x.reshape(B, T, -1)
         return x, cache
 
     def _head(self, h2):
         """Tied LM head: h (N,C) -> logits (N,V)."""
-        return ops.lm_head_forward(h2, self.params["wte.weight"])[0]
+        return ops.lm_head_forward(h2, self.params["wte.weight"], be=self.backend)[0]
 
     def forward(self, idx):
         """idx (B,T) int -> (logits (B,T,V), cache). cache.hidden is (B,T,C)."""
@@ -403,26 +424,30 @@ class GPT:
     # backward
 
     def _block_backward(self, i, dx, c, grads):
-        cfg = self.config
+        """dx: the gradient of the block's output; GPT-2's residual adds are folded
+        into its LayerNorm backwards (``dresidual``)."""
+        cfg, be = self.config, self.backend
         pre = f"h.{i}."
-        if cfg.layout == "gpt1":
-            dx, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dx, c["ln_2"])
+        gpt2 = cfg.layout == "gpt2"
+        if not gpt2:
+            dx, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dx, c["ln_2"], be=be)
         # x_out = x_mid + mlp(m_in): dx flows to both
-        dh, grads[pre + "mlp.c_proj.weight"], grads[pre + "mlp.c_proj.bias"] = ops.linear_backward(dx, c["mlp_proj"])
-        dh = ops.gelu_backward(dh, c["gelu"])
-        dm_in, grads[pre + "mlp.c_fc.weight"], grads[pre + "mlp.c_fc.bias"] = ops.linear_backward(dh, c["c_fc"])
-        if cfg.layout == "gpt2":
-            dm, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dm_in, c["ln_2"])
-            dx += dm  # dx is this method's own array (from the block above or ln_f)
+        dh, grads[pre + "mlp.c_proj.weight"], grads[pre + "mlp.c_proj.bias"] = ops.linear_backward(dx, c["mlp_proj"], be=be)
+        dm_in, grads[pre + "mlp.c_fc.weight"], grads[pre + "mlp.c_fc.bias"] = ops.linear_gelu_backward(dh, c["c_fc"], be=be)
+        if gpt2:  # dx_mid = ln_2's input gradient + dx_out
+            dx, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dm_in, c["ln_2"],
+                                                                                              dresidual=dx, be=be)
         else:  # m_in is x_mid itself
             dx += dm_in
-            dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(dx, c["ln_1"])
-        da, grads[pre + "attn.c_proj.weight"], grads[pre + "attn.c_proj.bias"] = ops.linear_backward(dx, c["c_proj"])
+            dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(dx, c["ln_1"], be=be)
+        da, grads[pre + "attn.c_proj.weight"], grads[pre + "attn.c_proj.bias"] = ops.linear_backward(dx, c["c_proj"], be=be)
         dqkv = ops.attention_backward(da, c["attn"])
-        da_in, grads[pre + "attn.c_attn.weight"], grads[pre + "attn.c_attn.bias"] = ops.linear_backward(dqkv, c["c_attn"])
-        if cfg.layout == "gpt2":
-            da_in, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(da_in, c["ln_1"])
-        dx += da_in
+        da_in, grads[pre + "attn.c_attn.weight"], grads[pre + "attn.c_attn.bias"] = ops.linear_backward(dqkv, c["c_attn"], be=be)
+        if gpt2:  # dx_in = ln_1's input gradient + dx_mid
+            dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(da_in, c["ln_1"],
+                                                                                              dresidual=dx, be=be)
+        else:
+            dx += da_in
         return dx
 
     def backward(self, cache: ForwardCache, dlogits=None, dhidden=None, dwte_head=None) -> dict:
@@ -430,14 +455,12 @@ class GPT:
         dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads;
         ``dwte_head`` is the head's share when the caller computed it already
         (the fused chunked head, which passes dhidden instead of dlogits)."""
-        if getattr(self, "quantized", None):
-            raise ValueError(f"this model's weights are {self.quantized} (inference only): "
-                             "load it without quantize= to train or take gradients")
+        self._check_trainable()
         if dlogits is None and dhidden is None:
             raise ValueError("backward needs dlogits and/or dhidden")
         if not cache.layers and self.config.n_layer:
             raise ValueError("this cache holds no activations (it came from an inference call)")
-        xp = self.xp
+        xp, be = self.xp, self.backend
         B, T = cache.B, cache.T
         C = self.config.n_embd
         h = cache.hidden.reshape(B * T, C)
@@ -445,7 +468,7 @@ class GPT:
         if dlogits is not None:
             if tuple(dlogits.shape) != (B, T, self.config.vocab_size):
                 raise ValueError(f"dlogits has shape {tuple(dlogits.shape)}, expected {(B, T, self.config.vocab_size)}")
-            dx, dwte_head = ops.lm_head_backward(dlogits.reshape(B * T, -1), (h, self.params["wte.weight"]))
+            dx, dwte_head = ops.lm_head_backward(dlogits.reshape(B * T, -1), (h, self.params["wte.weight"]), be=be)
         elif dhidden is not None:
             dx = None
         else:
@@ -455,31 +478,27 @@ class GPT:
                 raise ValueError(f"dhidden has shape {tuple(dhidden.shape)}, expected {(B, T, C)}")
             dx = dhidden.reshape(B * T, C) if dx is None else dx + dhidden.reshape(B * T, C)
         if self.config.layout == "gpt2":
-            dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f)
+            dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f, be=be)
         for i in reversed(range(self.config.n_layer)):
             dx = self._block_backward(i, dx, cache.layers[i], grads)
-        if xp is not np and dwte_head is not None and cache.emb[1].ndim == 1:
-            # the sort-based segment-sum kernel: no atomics, so the same bits every
-            # run (bit-exact resume on the GPU)
-            from gptlite.engine import fused
-
-            idx, pos, _, P = cache.emb
-            d3 = xp.ascontiguousarray(dx.reshape(B, T, C))
-            dwte = fused.embedding_backward(idx, d3, dwte_head)
-            dwpe = xp.zeros((P, C), dtype=d3.dtype)
-            dwpe[pos] = d3.sum(axis=0)
-        else:
-            dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head)
+        # on the GPU a sort-based segment sum without atomics: the same bits every run
+        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head, be=be)
         grads["wte.weight"] = dwte
         grads["wpe.weight"] = dwpe
         return {name: grads[name] for name in self.params}
 
+    def _check_trainable(self):
+        if getattr(self, "quantized", None):
+            raise ValueError(f"this model's weights are {self.quantized} (inference only): "
+                             "load it without quantize= to train or take gradients")
+
     def loss_and_grads(self, idx, targets, ignore_index=-1):
         """Mean cross-entropy of targets (B,T) and the gradient of every param.
 
-        The fused path: the logits buffer is turned into probabilities and then
-        into dlogits in place (one (B,T,V) array alive at a time).
+        The loss is a float on the CPU and a 0-d device array on the GPU (read
+        it when needed: reading it is a host sync). See ``ops.lm_head_cross_entropy``.
         """
+        self._check_trainable()
         idx = self._check_idx(idx)
         B, T = idx.shape
         host_targets = targets
@@ -487,23 +506,14 @@ class GPT:
         if tuple(targets.shape) != (B, T):
             raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
         h, cache = self._trunk(idx, keep=True)
-        if self.xp is not np:
-            # the chunked head + cross-entropy (engine/fused.py): no (B,T,V) logits,
-            # the loss a 0-d device array; host targets are range-checked on the host
-            from gptlite.engine import fused
-
-            tg = host_targets if type(host_targets) is np.ndarray else targets
-            loss, dh, dwte_head = fused.lm_head_cross_entropy(h, self.params["wte.weight"], tg.reshape(-1),
-                                                              ignore_index=ignore_index)
-            del h
-            grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head)
-            return loss, grads
-        logits = self._head(h)
-        loss, ce = ops.cross_entropy_forward(logits.reshape(B, T, -1), targets, ignore_index, inplace=True)
-        del logits
-        dlogits = ops.cross_entropy_backward(ce)
-        del ce
-        grads = self.backward(cache, dlogits=dlogits)
+        # the tied head and cross-entropy, forward and backward (on the GPU chunked
+        # over rows, so no (B,T,V) logits, the loss a 0-d device array; host
+        # targets are range-checked on the host)
+        tg = host_targets if type(host_targets) is np.ndarray else targets
+        loss, dh, dwte_head = ops.lm_head_cross_entropy(h, self.params["wte.weight"], tg.reshape(-1),
+                                                        ignore_index=ignore_index, be=self.backend)
+        del h
+        grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head)
         return loss, grads
 
     def loss(self, idx, targets, ignore_index=-1) -> float:
@@ -511,7 +521,7 @@ class GPT:
         idx = self._check_idx(idx)
         targets = self.xp.asarray(targets)
         logits = self.logits(idx)
-        loss, _ = ops.cross_entropy_forward(logits, targets, ignore_index, inplace=True)
+        loss, _ = ops.cross_entropy_forward(logits, targets, ignore_index, inplace=True, be=self.backend)
         return loss
 
     # ------------------------------------------------------------------
@@ -533,7 +543,7 @@ class GPT:
         q = ops._split_heads(qkv[:, :C], B, t, H)
         kv.k[i, :, :, start:start + t] = ops._split_heads(qkv[:, C:2 * C], B, t, H)
         kv.v[i, :, :, start:start + t] = ops._split_heads(qkv[:, 2 * C:], B, t, H)
-        return ops.attention_kv_forward(q, kv.k[i, :, :, :start + t], kv.v[i, :, :, :start + t], bias)
+        return ops.attention_kv_forward(q, kv.k[i, :, :, :start + t], kv.v[i, :, :, :start + t], bias, be=self.backend)
 
     def decode(self, idx_new, kv: KVCache, pad=None, last_only=False):
         """Append idx_new (B,t) to the cache and return its logits (B,t,V),

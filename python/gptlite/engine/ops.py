@@ -1,13 +1,14 @@
 """The transformer's ops, each as a paired ``X_forward`` / ``X_backward``.
 
 llm.c style: a forward returns ``(out, cache)``; the matching backward takes
-``(dout, cache)`` and returns the gradients. Every function takes its array
-module from its inputs (``xp = xp_of(x)``), so the same code runs on NumPy
-(CPU) and CuPy (GPU). A few small fused CuPy kernels (GELU, LayerNorm
-normalisation, softmax; sources in ``engine/cuda/``, compiled by
-``engine/kernels.py``) are used only when ``xp`` is CuPy; the NumPy path is
-the reference they are tested against. How a NumPy op is cut into blocks
-for the cores lives in ``engine/cpu.py``.
+``(dout, cache)`` and returns the gradients. The maths shared by both devices
+is written once here on ``be.xp``; what differs (GEMM scheduling, LayerNorm,
+GELU, softmax, the cross-entropy row passes, the embedding scatter) is a method
+of the backend's kernel set: :class:`NumpyKernels` below (the reference,
+blocked over the cores by ``engine/cpu.py``) or ``engine.kernels.CudaKernels``
+(CuPy with the fused kernels of ``engine/fused.py``). Every op takes the
+backend as ``be=`` (a model passes the one it was built with); without it the
+backend of its first array is used.
 
 Shapes: B batch, T sequence, C channels, H heads, hs = C // H head size,
 V vocabulary, P positions, N = B*T rows. Linear layers work on 2-D (N, C)
@@ -19,104 +20,70 @@ import math
 
 import numpy as np
 
-from gptlite.engine.backend import xp_of
+from gptlite.engine.backend import backend_of, xp_of
 from gptlite.engine import cpu
 from gptlite.engine.cpu import parallel_heads as _parallel_heads, parallel_rows
-from gptlite.engine.kernels import GELU_TANH_A, GELU_TANH_K, kernel as _cupy_kernel
+from gptlite.engine.kernels import GELU_TANH_A, GELU_TANH_K
 
 ACTIVATIONS = ("gelu_new", "gelu")  # tanh approximation (GPT-2), exact erf (HF's GPT-1 default)
 
 
-def _is_cupy(xp) -> bool:
-    return xp is not np
+def _k(be, a):
+    """The kernel set of the caller's backend (a model passes its own), else of ``a``'s."""
+    return (be if be is not None else backend_of(a)).kernels
 
 
-def matmul(a, b, out=None):
+def matmul(a, b, out=None, *, be=None):
     """a (M,K) @ b (K,N) -> (M,N); on NumPy blocked over the cores (engine.cpu)."""
-    if xp_of(a) is np:
-        return cpu.matmul(a, b, out=out)
-    return xp_of(a).matmul(a, b, out=out)
+    return _k(be, a).matmul(a, b, out=out)
 
 
 # ----------------------------------------------------------------------------
 # embedding: token + position
 
+# ----------------------------------------------------------------------------
+# embedding: token + position
 
-def embedding_forward(idx, wte, wpe, pos=None):
+
+def embedding_forward(idx, wte, wpe, pos=None, *, be=None):
     """out[b,t] = wte[idx[b,t]] + wpe[pos[b,t]].
 
     idx (B,T) int, wte (V,C), wpe (P,C), pos (B,T) or (T,) int, default arange(T).
     Returns out (B,T,C) and the cache (idx, pos, V, P).
     """
-    xp = xp_of(wte)
     T = idx.shape[1]
     if pos is None:
-        pos = xp.arange(T)
+        pos = (be if be is not None else backend_of(wte)).xp.arange(T)
     out = wte[idx]  # (B,T,C), a fresh array
     out += wpe[pos]
     return out, (idx, pos, wte.shape[0], wpe.shape[0])
 
 
-def _scatter_add_rows(n_rows, index, values, out=None):
-    """Add the rows of values (M,C) into out (n_rows,C) (zeros if None) at index (M,)."""
-    xp = xp_of(values)
+def _scatter_add_rows(n_rows, index, values, out=None, *, be=None):
+    """Add the rows of values (M,C) into out (n_rows,C) (zeros if None) at index (M,),
+    deterministically (a fixed summation order, so resumed runs give the same bits)."""
+    be = be if be is not None else backend_of(values)
     if out is None:
-        out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype)
-    if _is_cupy(xp):
-        return _segment_sum_rows(xp, index, values, out)
-    # Sort-and-reduce: one pass of contiguous row sums instead of np.add.at's
-    # per-element updates; deterministic (fixed summation order) too. The
-    # reduced rows have unique ids, so a fancy-index += is exact.
-    order = np.argsort(index, kind="stable")
-    sidx = index[order]
-    starts = np.flatnonzero(np.r_[True, sidx[1:] != sidx[:-1]])
-    out[sidx[starts]] += np.add.reduceat(values[order], starts, axis=0)
-    return out
+        out = be.xp.zeros((n_rows, values.shape[1]), dtype=values.dtype)
+    return be.kernels.scatter_add_rows(index, values, out)
 
 
-def _segment_sum_rows(xp, index, values, out):
-    """The GPU form of the sort-and-reduce above, without atomics
-    (cupyx.scatter_add's order of additions varies run to run, so resumed
-    runs would drift). Rows are sorted by (id, position) -- unique keys, so
-    any sort gives one order -- then a segmented Hillis-Steele scan adds each
-    row to the one 1, 2, 4, ... places before it within the same id: a fixed
-    summation tree, elementwise kernels only, log2(M) passes. Each id's total
-    ends on its segment's last row; the ids written are unique, so the final
-    += has no races."""
-    M = int(index.shape[0])
-    if M == 0:
-        return out
-    key = index.astype(xp.int64) * M + xp.arange(M, dtype=xp.int64)
-    order = xp.argsort(key)
-    sidx = index[order]
-    acc = values[order]
-    d = 1
-    while d < M:
-        # a new array first: CuPy does not guard in-place ops on overlapping views
-        shifted = xp.where((sidx[d:] == sidx[:-d])[:, None], acc[:-d], 0)
-        acc[d:] += shifted
-        d *= 2
-    last = xp.concatenate([sidx[1:] != sidx[:-1], xp.ones(1, dtype=bool)])
-    out[sidx[last]] += acc[last]
-    return out
-
-
-def embedding_backward(dout, cache, dwte=None):
+def embedding_backward(dout, cache, dwte=None, *, be=None):
     """dout (B,T,C) -> (dwte (V,C), dwpe (P,C)); repeated ids accumulate.
 
     ``dwte``: an existing (V,C) gradient to add into (the tied LM head's),
     which saves allocating and summing a second vocabulary-sized array.
     """
     idx, pos, V, P = cache
-    xp = xp_of(dout)
+    be = be if be is not None else backend_of(dout)
     B, T, C = dout.shape
     d2 = dout.reshape(-1, C)
-    dwte = _scatter_add_rows(V, idx.reshape(-1), d2, out=dwte)
+    dwte = _scatter_add_rows(V, idx.reshape(-1), d2, out=dwte, be=be)
     if pos.ndim == 1:  # the common case: the same positions in every row
-        dwpe = xp.zeros((P, C), dtype=dout.dtype)
+        dwpe = be.xp.zeros((P, C), dtype=dout.dtype)
         dwpe[pos] = dout.sum(axis=0)
     else:
-        dwpe = _scatter_add_rows(P, pos.reshape(-1), d2)
+        dwpe = _scatter_add_rows(P, pos.reshape(-1), d2, be=be)
     return dwte, dwpe
 
 
@@ -124,123 +91,103 @@ def embedding_backward(dout, cache, dwte=None):
 # layernorm over the last axis
 
 
-def layernorm_forward(x, w, b, eps=1e-5):
+def layernorm_forward(x, w, b, eps=1e-5, *, be=None):
     """y = (x - mean) * rstd * w + b over the last axis.
 
-    x (..., C), w (C,), b (C,). Cache: xhat (..., C), rstd (..., 1), w.
+    x (..., C), w (C,), b (C,). The cache is the kernel set's own (NumPy:
+    xhat (..., C), rstd (..., 1), w; CUDA: the fused kernel's row statistics).
     """
-    xp = xp_of(x)
-    if _is_cupy(xp):  # one kernel: mean, rstd and affine (engine/fused.py)
-        from gptlite.engine import fused
-
-        return fused.layernorm_forward(xp.ascontiguousarray(x), w, b, eps)
-    mean = x.mean(axis=-1, keepdims=True)
-    xhat = x - mean
-    var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # one fused pass
-    var /= x.shape[-1]
-    var += eps
-    rstd = np.sqrt(var, out=var)
-    np.reciprocal(rstd, out=rstd)
-    xhat *= rstd
-    y = xhat * w
-    y += b
-    return y, (xhat, rstd, w)
+    return _k(be, x).layernorm_forward(x, w, b, eps)
 
 
-def layernorm_backward(dy, cache):
-    """dy (..., C) -> (dx (..., C), dw (C,), db (C,))."""
-    if len(cache) == 4:  # the fused forward's cache (CuPy)
-        from gptlite.engine import fused
+def residual_layernorm_forward(x, fx, w, b, eps=1e-5, inplace=False, fx_bias=None, *, be=None):
+    """The residual add and the LayerNorm after it: s = x + (fx + fx_bias),
+    y = layernorm(s); ``fx_bias``: the pending bias of a ``linear_branch_forward``.
 
-        return fused.layernorm_backward(xp_of(dy).ascontiguousarray(dy), cache)
-    xhat, rstd, w = cache
-    C = dy.shape[-1]
-    d2 = dy.reshape(-1, C)
-    db = d2.sum(axis=0)
-    dw = (d2 * xhat.reshape(-1, C)).sum(axis=0)
-    dxhat = dy * w
-    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    m1 = dxhat.mean(axis=-1, keepdims=True)
-    m2 = (dxhat * xhat).mean(axis=-1, keepdims=True)
-    dxhat -= m1
-    m2 = xhat * m2
-    dxhat -= m2
-    dxhat *= rstd
-    return dxhat, dw, db
+    Returns (s, y, cache); ``inplace`` lets s be x itself (a residual stream
+    no cache holds). On CUDA one fused launch does all of it."""
+    return _k(be, x).residual_layernorm_forward(x, fx, w, b, eps, inplace, fx_bias)
+
+
+def layernorm_backward(dy, cache, dresidual=None, *, be=None):
+    """dy (..., C) -> (dx (..., C), dw (C,), db (C,)); ``dresidual``, the gradient
+    that reached the LayerNorm's input from the residual stream, is added to dx
+    (on CUDA inside the same kernel)."""
+    return _k(be, dy).layernorm_backward(dy, cache, dresidual)
 
 
 # ----------------------------------------------------------------------------
 # linear, GPT-2's Conv1D layout: y = x @ W + b with W (in, out)
 
 
-def linear_forward(x, W, b):
+def linear_forward(x, W, b, *, be=None):
     """x (N, Cin), W (Cin, Cout), b (Cout,) or None -> y (N, Cout). Cache: x, W.
 
     W may be an int8 ``quant.QuantizedWeight`` (inference only): its fused
     kernel adds the bias, and there is no cache to go backward through."""
     if getattr(W, "is_quantized", False):
         return W.matmul(x, b), None
-    y = matmul(x, W)
+    y = matmul(x, W, be=be)
     if b is not None:
         y += b
     return y, (x, W)
 
 
-def linear_backward(dy, cache):
+def linear_branch_forward(x, W, b, *, be=None):
+    """A linear layer whose output goes into a residual add and LayerNorm
+    (``residual_layernorm_forward``): (y, pending_bias, cache). Where the kernel
+    set fuses the bias into that LayerNorm (CUDA) y lacks it and pending_bias is
+    b; elsewhere the bias is added here and pending_bias is None. Backward:
+    ``linear_backward``."""
+    if getattr(W, "is_quantized", False) or not _k(be, x).fuses_branch_bias:
+        y, cache = linear_forward(x, W, b, be=be)
+        return y, None, cache
+    y, cache = linear_forward(x, W, None, be=be)
+    return y, b, cache
+
+
+def linear_backward(dy, cache, *, be=None):
     """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,))."""
     x, W = cache
-    dx = matmul(dy, W.T)
-    dW = matmul(x.T, dy)
+    dx = matmul(dy, W.T, be=be)
+    dW = matmul(x.T, dy, be=be)
     db = dy.sum(axis=0)
     return dx, dW, db
+
+
+def linear_gelu_forward(x, W, b, approximate="gelu_new", *, be=None):
+    """gelu(x @ W + b): the MLP's first half. On CUDA the bias add and the tanh
+    GELU are one fused launch (and the backward's bias gradient one more).
+    Cache: x, W and the activation's own."""
+    if getattr(W, "is_quantized", False):
+        return gelu_forward(W.matmul(x, b), approximate, be=be)[0], None
+    k = _k(be, x)
+    y, gc = k.bias_gelu_forward(k.matmul(x, W), b, approximate)
+    return y, (x, W, gc)
+
+
+def linear_gelu_backward(dy, cache, *, be=None):
+    """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,))."""
+    x, W, gc = cache
+    k = _k(be, dy)
+    dh, db = k.bias_gelu_backward(dy, gc)
+    return k.matmul(dh, W.T), k.matmul(x.T, dh), db
 
 
 # ----------------------------------------------------------------------------
 # GELU
 
 
-def _erf(x):
-    xp = xp_of(x)
-    if _is_cupy(xp):
-        import cupyx.scipy.special
-
-        return cupyx.scipy.special.erf(x)
-    try:  # SciPy is optional: a vectorised erf when present
-        from scipy.special import erf
-
-        return erf(x).astype(x.dtype, copy=False)
-    except ImportError:
-        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
-
-
-def gelu_forward(x, approximate="gelu_new"):
+def gelu_forward(x, approximate="gelu_new", *, be=None):
     """GELU, elementwise. "gelu_new": 0.5x(1+tanh(k(x+0.044715x^3))) (GPT-2);
     "gelu": 0.5x(1+erf(x/sqrt2)) (exact). x any shape. Cache: x and tanh/erf term.
     """
-    xp = xp_of(x)
+    k = _k(be, x)
     if approximate == "gelu_new":
-        if _is_cupy(xp):
-            y, t = _cupy_kernel("gelu_tanh_fwd")(x)
-            return y, ("gelu_new", x, t)
-        y, t = np.empty_like(x), np.empty_like(x)
-        x2, y2, t2 = (a.reshape(-1, x.shape[-1]) if x.ndim else a.reshape(1, 1) for a in (x, y, t))
-
-        def block(r):
-            xr, tr, yr = x2[r], t2[r], y2[r]
-            np.multiply(xr, xr, out=tr)
-            tr *= GELU_TANH_A
-            tr *= xr
-            tr += xr
-            tr *= GELU_TANH_K
-            np.tanh(tr, out=tr)
-            np.add(tr, 1.0, out=yr)
-            yr *= xr
-            yr *= 0.5
-
-        parallel_rows(block, x2.shape[0])
+        y, t = k.gelu_tanh_forward(x)
         return y, ("gelu_new", x, t)
     if approximate == "gelu":
-        e = _erf(x * (1.0 / math.sqrt(2.0)))
+        e = k.erf(x * (1.0 / math.sqrt(2.0)))
         y = e + 1.0
         y *= x
         y *= 0.5
@@ -248,37 +195,14 @@ def gelu_forward(x, approximate="gelu_new"):
     raise ValueError(f"unknown activation {approximate!r}: expected one of {ACTIVATIONS}")
 
 
-def gelu_backward(dy, cache):
+def gelu_backward(dy, cache, *, be=None):
     """dy -> dx, same shape."""
     kind, x, t = cache
-    xp = xp_of(dy)
+    be = be if be is not None else backend_of(dy)
     if kind == "gelu_new":
-        if _is_cupy(xp):
-            return _cupy_kernel("gelu_tanh_bwd")(x, t, dy)
-        # d/dx = 0.5(1+t) + 0.5x(1-t^2) k (1 + 3a x^2)
-        dx = np.empty_like(dy)
-        n = dy.shape[-1] if dy.ndim else 1
-        x2, t2, dy2, dx2 = (a.reshape(-1, n) for a in (x, t, dy, dx))
-
-        def block(r):
-            xr, tr, g = x2[r], t2[r], dx2[r]
-            u = xr * xr
-            u *= 3 * GELU_TANH_A
-            u += 1.0
-            u *= 0.5 * GELU_TANH_K
-            u *= xr
-            np.multiply(tr, tr, out=g)
-            np.subtract(1.0, g, out=g)
-            g *= u
-            g += 0.5
-            u = np.multiply(tr, 0.5, out=u)
-            g += u
-            g *= dy2[r]
-
-        parallel_rows(block, x2.shape[0])
-        return dx
+        return be.kernels.gelu_tanh_backward(x, t, dy)
     # exact: d/dx = 0.5(1+erf(x/sqrt2)) + x * pdf(x)
-    pdf = xp.exp(-0.5 * x * x)
+    pdf = be.xp.exp(-0.5 * x * x)
     pdf *= x * (1.0 / math.sqrt(2.0 * math.pi))
     pdf += 0.5 * (1.0 + t)
     pdf *= dy
@@ -289,23 +213,9 @@ def gelu_backward(dy, cache):
 # softmax over the last axis (in place)
 
 
-def softmax_inplace(a):
+def softmax_inplace(a, *, be=None):
     """a (..., n) -> softmax(a) over the last axis, written into a. -inf -> 0."""
-    xp = xp_of(a)
-    if _is_cupy(xp) and a.flags.c_contiguous and a.dtype in (np.float32, np.float64):
-        n = a.shape[-1]
-        rows = a.size // n
-        mod = _cupy_kernel("softmax_rows")
-        fn = mod.get_function("softmax_f32" if a.dtype == np.float32 else "softmax_f64")
-        threads = 128
-        fn((rows,), (threads,), (a, np.int32(n)), shared_mem=threads * a.itemsize)
-        return a
-    if a.flags.c_contiguous:
-        a2 = a.reshape(-1, a.shape[-1])  # a view
-        parallel_rows(lambda r: _softmax_here(a2[r]), a2.shape[0])
-    else:  # not reshapeable as a view: one pass on the whole array
-        _softmax_here(a)
-    return a
+    return _k(be, a).softmax_inplace(a)
 
 
 def _softmax_here(a):
@@ -315,22 +225,15 @@ def _softmax_here(a):
     a *= 1.0 / a.sum(axis=-1, keepdims=True)
 
 
-def softmax_backward_inplace(datt, att):
+def softmax_backward_inplace(datt, att, *, be=None):
     """datt := att * (datt - sum(datt * att, -1)): the softmax Jacobian-vector product."""
-    xp = xp_of(att)
-    if _is_cupy(xp) or not (datt.flags.c_contiguous and att.flags.c_contiguous):
-        s = (datt * att).sum(axis=-1, keepdims=True)
-        datt -= s
-        datt *= att
-        return datt
-    d2, a2 = datt.reshape(-1, datt.shape[-1]), att.reshape(-1, att.shape[-1])
+    return _k(be, att).softmax_backward_inplace(datt, att)
 
-    def block(r):
-        d = d2[r]
-        d -= np.einsum("ij,ij->i", d, a2[r])[:, None]
-        d *= a2[r]
 
-    parallel_rows(block, d2.shape[0])
+def _softmax_backward_generic(datt, att):
+    s = (datt * att).sum(axis=-1, keepdims=True)
+    datt -= s
+    datt *= att
     return datt
 
 
@@ -351,73 +254,52 @@ def causal_bias(xp, Tq, Tk, dtype, offset=0):
     return xp.where(j > i, -xp.inf, 0.0).astype(dtype)
 
 
-def bmm(a, b, out=None):
+def bmm(a, b, out=None, *, be=None):
     """Batched matmul over the leading axes: a (..., m, k) @ b (..., k, n).
 
     On NumPy one sgemm per 2-D slice spread over the cores (engine.cpu.bmm);
     CuPy's matmul batches natively."""
-    xp = xp_of(a)
-    if xp is np:
-        return cpu.bmm(a, b, out=out)
-    if out is None:
-        return xp.matmul(a, b)
-    out[...] = xp.matmul(a, b)
-    return out
+    return _k(be, a).bmm(a, b, out=out)
 
 
-def _attend(q, k, v, bias, att, yh):
+def _attend_stacked(q, k, v, bias, att, yh, mm, softmax):
+    """The whole (B,H) stack at once: scores, scale, mask, softmax, att @ v."""
+    mm(q, k.transpose(0, 1, 3, 2), out=att)
+    att *= 1.0 / math.sqrt(q.shape[-1])
+    att += bias
+    softmax(att)
+    mm(att, v, out=yh)
+
+
+def _attend(q, k, v, bias, att, yh, *, be=None):
     """att := softmax(q.k^T / sqrt(hs) + bias); yh := att @ v.
 
     q (B,H,t,hs), k, v (B,H,S,hs), bias (B|1, 1|H, t, S), att (B,H,t,S) and
     yh (B,H,t,hs) are written (yh usually a head-merged view)."""
-    xp = xp_of(q)
-    n_head = q.shape[1]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    if _is_cupy(xp) or q.shape[2] <= 16:
-        # CuPy batches natively; on NumPy, decoding's tiny products are cheaper
-        # here than handed to the pool
-        mm, softmax = (bmm, softmax_inplace) if _is_cupy(xp) else (np.matmul, _softmax_here)
-        mm(q, k.transpose(0, 1, 3, 2), out=att)
-        att *= scale
-        att += bias
-        softmax(att)
-        mm(att, v, out=yh)
-        return
-
-    # One task per (batch row, run of heads): scores, mask, softmax and
-    # att @ v back to back while the run's (hc,t,S) block is in this core's
-    # cache; runs of several small heads save per-call overhead.
-    def heads(b, hsl):
-        a = att[b, hsl]
-        np.matmul(q[b, hsl], k[b, hsl].transpose(0, 2, 1), out=a)
-        a *= scale
-        a += bias[b if bias.shape[0] > 1 else 0, hsl if bias.shape[1] > 1 else slice(0, 1)]
-        _softmax_here(a)
-        np.matmul(a, v[b, hsl], out=yh[b, hsl])
-
-    _parallel_heads(heads, q.shape[0], n_head, q.shape[2] * k.shape[2])
+    _k(be, q).attend(q, k, v, bias, att, yh)
 
 
-def attention_kv_forward(q, k, v, bias):
+def attention_kv_forward(q, k, v, bias, *, be=None):
     """Inference attention of t new queries over S cached keys (no cache kept).
 
     q (B,H,t,hs), k, v (B,H,S,hs), bias (B|1, 1|H, t, S) -> y (B*t, H*hs)."""
-    xp = xp_of(q)
+    be = be if be is not None else backend_of(q)
     B, H, t, hs = q.shape
-    y = xp.empty((B, t, H, hs), dtype=q.dtype)
-    att = xp.empty((B, H, t, k.shape[2]), dtype=q.dtype)
-    _attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
+    y = be.xp.empty((B, t, H, hs), dtype=q.dtype)
+    att = be.xp.empty((B, H, t, k.shape[2]), dtype=q.dtype)
+    be.kernels.attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
     return y.reshape(B * t, H * hs)
 
 
-def attention_forward(qkv, n_head, B, T, bias=None):
+def attention_forward(qkv, n_head, B, T, bias=None, *, be=None):
     """Causal self-attention with a fused QKV input.
 
     qkv (B*T, 3C) -> y (B*T, C). Scores are q.k / sqrt(hs), causally masked
     (or with ``bias`` (B|1, 1|H, T, T), an additive mask), softmax over keys.
     Cache: q, k, v (B,H,T,hs) views into qkv, att (B,H,T,T) probabilities.
     """
-    xp = xp_of(qkv)
+    be = be if be is not None else backend_of(qkv)
+    xp = be.xp
     C = qkv.shape[-1] // 3
     hs = C // n_head
     q = _split_heads(qkv[:, :C], B, T, n_head)
@@ -427,40 +309,20 @@ def attention_forward(qkv, n_head, B, T, bias=None):
         bias = causal_bias(xp, T, T, qkv.dtype)[None, None]
     y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
     att = xp.empty((B, n_head, T, T), dtype=qkv.dtype)
-    _attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
+    be.kernels.attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
     return y.reshape(B * T, C), (q, k, v, att, n_head, B, T)
 
 
-def attention_backward(dy, cache):
+def attention_backward(dy, cache, *, be=None):
     """dy (B*T, C) -> dqkv (B*T, 3C)."""
     q, k, v, att, n_head, B, T = cache
-    xp = xp_of(dy)
+    be = be if be is not None else backend_of(dy)
     C = dy.shape[-1]
     hs = C // n_head
-    scale = 1.0 / math.sqrt(hs)
     dyh = _split_heads(dy, B, T, n_head)  # (B,H,T,hs)
-    dqkv = xp.empty((B, T, 3, n_head, hs), dtype=dy.dtype)
+    dqkv = be.xp.empty((B, T, 3, n_head, hs), dtype=dy.dtype)
     dq, dk, dv = (dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # (B,H,T,hs) views
-    if _is_cupy(xp):
-        bmm(att.transpose(0, 1, 3, 2), dyh, out=dv)
-        datt = bmm(dyh, v.transpose(0, 1, 3, 2))  # (B,H,T,T)
-        softmax_backward_inplace(datt, att)
-        datt *= scale
-        bmm(datt, k, out=dq)
-        bmm(datt.transpose(0, 1, 3, 2), q, out=dk)
-        return dqkv.reshape(B * T, 3 * C)
-
-    def heads(b, hsl):  # the forward's tasks in reverse, one scratch block per task
-        a, g = att[b, hsl], dyh[b, hsl]
-        np.matmul(a.transpose(0, 2, 1), g, out=dv[b, hsl])
-        da = g @ v[b, hsl].transpose(0, 2, 1)
-        da -= np.einsum("hij,hij->hi", da, a)[..., None]  # softmax Jacobian-vector product
-        da *= a
-        da *= scale
-        np.matmul(da, k[b, hsl], out=dq[b, hsl])
-        np.matmul(da.transpose(0, 2, 1), q[b, hsl], out=dk[b, hsl])
-
-    _parallel_heads(heads, B, n_head, T * T)
+    be.kernels.attend_backward(q, k, v, att, dyh, dq, dk, dv, 1.0 / math.sqrt(hs))
     return dqkv.reshape(B * T, 3 * C)
 
 
@@ -486,25 +348,25 @@ def residual_backward(dout, cache=None):
 # LM head, tied to the token embedding: logits = h @ wte.T
 
 
-def lm_head_forward(h, wte):
+def lm_head_forward(h, wte, *, be=None):
     """h (N, C), wte (V, C) -> logits (N, V). Cache: h, wte (None when int8)."""
     if getattr(wte, "is_quantized", False):
         return wte.matmul(h), None
-    return matmul(h, wte.T), (h, wte)
+    return matmul(h, wte.T, be=be), (h, wte)
 
 
-def lm_head_backward(dlogits, cache):
+def lm_head_backward(dlogits, cache, *, be=None):
     """dlogits (N, V) -> (dh (N, C), dwte (V, C)): the head's share of the tied
     embedding's gradient (the embedding lookup adds its own)."""
     h, wte = cache
-    return matmul(dlogits, wte), matmul(dlogits.T, h)
+    return matmul(dlogits, wte, be=be), matmul(dlogits.T, h, be=be)
 
 
 # ----------------------------------------------------------------------------
 # cross-entropy, mean over targets != ignore_index
 
 
-def cross_entropy_forward(logits, targets, ignore_index=-1, inplace=False):
+def cross_entropy_forward(logits, targets, ignore_index=-1, inplace=False, *, be=None):
     """Mean negative log-likelihood of ``targets`` under softmax(logits).
 
     logits (..., V) float, targets (...) int; entries equal to ignore_index
@@ -513,7 +375,8 @@ def cross_entropy_forward(logits, targets, ignore_index=-1, inplace=False):
     logits buffer for the probabilities (the fused, memory-lean path).
     Returns (loss: float, cache).
     """
-    xp = xp_of(logits)
+    be = be if be is not None else backend_of(logits)
+    xp = be.xp
     V = logits.shape[-1]
     if tuple(targets.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match logits shape {tuple(logits.shape)} minus the vocabulary axis")
@@ -528,42 +391,274 @@ def cross_entropy_forward(logits, targets, ignore_index=-1, inplace=False):
         i = int(xp.flatnonzero(bad)[0])
         raise ValueError(f"target id {int(t[i])} at flat position {i} is outside [0, {V}) and is not ignore_index={ignore_index}")
     n = int(valid.sum())
-    rows = xp.arange(x.shape[0])
     tsafe = xp.where(valid, t, 0)
     p = x if inplace else x.copy()
-    if _is_cupy(xp) or not p.flags.c_contiguous:
-        m = p.max(axis=1)
-        picked = p[rows, tsafe] - m  # target logit minus max, before p is overwritten
-        p -= m[:, None]
-        xp.exp(p, out=p)
-        s = p.sum(axis=1)
-    else:  # the same passes, fused per row block and spread over the cores
-        m, picked, s = (np.empty(p.shape[0], dtype=p.dtype) for _ in range(3))
-
-        def block(r):
-            pr = p[r]
-            m[r] = pr.max(axis=1)
-            picked[r] = pr[rows[r] - r.start, tsafe[r]] - m[r]
-            pr -= m[r, None]
-            np.exp(pr, out=pr)
-            s[r] = pr.sum(axis=1)
-
-        parallel_rows(block, p.shape[0])
+    picked, s = be.kernels.ce_exp_rows(p, tsafe)
     nll = xp.log(s) - picked
     loss = float((nll * valid).sum() / n) if n else 0.0
     return loss, (p, s, tsafe, valid, n, shape)
 
 
-def cross_entropy_backward(cache, dloss=1.0):
+def _ce_exp_rows_generic(xp, p, tsafe):
+    m = p.max(axis=1)
+    picked = p[xp.arange(p.shape[0]), tsafe] - m  # target logit minus max, before p is overwritten
+    p -= m[:, None]
+    xp.exp(p, out=p)
+    return picked, p.sum(axis=1)
+
+
+def cross_entropy_backward(cache, dloss=1.0, *, be=None):
     """-> dlogits, the shape of the logits (written into the cache's buffer)."""
     p, s, tsafe, valid, n, shape = cache
-    xp = xp_of(p)
+    be = be if be is not None else backend_of(p)
     scale = (dloss / n) if n else 0.0
     w = (valid * scale / s).astype(p.dtype)  # softmax normaliser and mean, per row
-    if _is_cupy(xp):
-        p *= w[:, None]
-    else:
-        parallel_rows(lambda r: np.multiply(p[r], w[r, None], out=p[r]), p.shape[0])
-    rows = xp.arange(p.shape[0])
+    be.kernels.scale_rows(p, w)
+    rows = be.xp.arange(p.shape[0])
     p[rows, tsafe] -= (valid * scale).astype(p.dtype)
     return p.reshape(shape)
+
+
+def lm_head_cross_entropy(h, wte, targets, ignore_index=-1, *, be=None):
+    """The tied LM head and mean cross-entropy, forward and backward together:
+    h (N, C), wte (V, C), targets (N,) ints -> (loss, dh (N, C), dwte (V, C), the
+    head's share of the embedding gradient).
+
+    NumPy: the (N, V) logits buffer becomes probabilities and then dlogits in
+    place (one vocabulary-sized array alive), the loss a float. CUDA:
+    ``fused.lm_head_cross_entropy``, chunked over rows with one fused
+    softmax/cross-entropy launch per chunk (the logits never exist whole), the
+    loss a 0-d device array."""
+    return _k(be, h).lm_head_cross_entropy(h, wte, targets, ignore_index)
+
+
+# ----------------------------------------------------------------------------
+# the NumPy kernel set
+
+
+class NumpyKernels:
+    """The CPU's kernels: the reference maths every CUDA kernel is tested against,
+    cut into blocks for the cores (engine.cpu); ``launch`` runs a fused kernel's
+    NumPy twin (engine.fused.KERNEL_TWINS) with the CUDA launch's arguments."""
+
+    def __init__(self, be):
+        self.be = be
+
+    def launch(self, name, grid, block, args, shared_mem):
+        from gptlite.engine import fused
+
+        fused.KERNEL_TWINS[name[3:].rsplit("_", 1)[0]](grid, block, args)
+
+    null = None  # an absent optional array argument of a kernel twin
+
+    @staticmethod
+    def sumsq(g):
+        return np.dot(g, g).reshape(())
+
+    matmul = staticmethod(cpu.matmul)
+    bmm = staticmethod(cpu.bmm)
+
+    @staticmethod
+    def scatter_add_rows(index, values, out):
+        # Sort-and-reduce: one pass of contiguous row sums instead of np.add.at's
+        # per-element updates; deterministic (fixed summation order) too. The
+        # reduced rows have unique ids, so a fancy-index += is exact.
+        order = np.argsort(index, kind="stable")
+        sidx = index[order]
+        starts = np.flatnonzero(np.r_[True, sidx[1:] != sidx[:-1]])
+        out[sidx[starts]] += np.add.reduceat(values[order], starts, axis=0)
+        return out
+
+    @staticmethod
+    def layernorm_forward(x, w, b, eps):
+        mean = x.mean(axis=-1, keepdims=True)
+        xhat = x - mean
+        var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # one fused pass
+        var /= x.shape[-1]
+        var += eps
+        rstd = np.sqrt(var, out=var)
+        np.reciprocal(rstd, out=rstd)
+        xhat *= rstd
+        y = xhat * w
+        y += b
+        return y, (xhat, rstd, w)
+
+    fuses_branch_bias = False  # linear_branch_forward adds its bias itself
+
+    def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None):
+        if fx_bias is not None:
+            fx += fx_bias
+        s, _ = residual_forward(x, fx, inplace)
+        y, cache = self.layernorm_forward(s, w, b, eps)
+        return s, y, cache
+
+    @staticmethod
+    def layernorm_backward(dy, cache, dresidual=None):
+        xhat, rstd, w = cache
+        C = dy.shape[-1]
+        d2 = dy.reshape(-1, C)
+        db = d2.sum(axis=0)
+        dw = (d2 * xhat.reshape(-1, C)).sum(axis=0)
+        dxhat = dy * w
+        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        m1 = dxhat.mean(axis=-1, keepdims=True)
+        m2 = (dxhat * xhat).mean(axis=-1, keepdims=True)
+        dxhat -= m1
+        m2 = xhat * m2
+        dxhat -= m2
+        dxhat *= rstd
+        if dresidual is not None:
+            dxhat += dresidual
+        return dxhat, dw, db
+
+    @staticmethod
+    def erf(x):
+        try:  # SciPy is optional: a vectorised erf when present
+            from scipy.special import erf
+
+            return erf(x).astype(x.dtype, copy=False)
+        except ImportError:
+            return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+    @staticmethod
+    def gelu_tanh_forward(x):
+        y, t = np.empty_like(x), np.empty_like(x)
+        x2, y2, t2 = (a.reshape(-1, x.shape[-1]) if x.ndim else a.reshape(1, 1) for a in (x, y, t))
+
+        def block(r):
+            xr, tr, yr = x2[r], t2[r], y2[r]
+            np.multiply(xr, xr, out=tr)
+            tr *= GELU_TANH_A
+            tr *= xr
+            tr += xr
+            tr *= GELU_TANH_K
+            np.tanh(tr, out=tr)
+            np.add(tr, 1.0, out=yr)
+            yr *= xr
+            yr *= 0.5
+
+        parallel_rows(block, x2.shape[0])
+        return y, t
+
+    @staticmethod
+    def gelu_tanh_backward(x, t, dy):
+        # d/dx = 0.5(1+t) + 0.5x(1-t^2) k (1 + 3a x^2)
+        dx = np.empty_like(dy)
+        n = dy.shape[-1] if dy.ndim else 1
+        x2, t2, dy2, dx2 = (a.reshape(-1, n) for a in (x, t, dy, dx))
+
+        def block(r):
+            xr, tr, g = x2[r], t2[r], dx2[r]
+            u = xr * xr
+            u *= 3 * GELU_TANH_A
+            u += 1.0
+            u *= 0.5 * GELU_TANH_K
+            u *= xr
+            np.multiply(tr, tr, out=g)
+            np.subtract(1.0, g, out=g)
+            g *= u
+            g += 0.5
+            u = np.multiply(tr, 0.5, out=u)
+            g += u
+            g *= dy2[r]
+
+        parallel_rows(block, x2.shape[0])
+        return dx
+
+    def bias_gelu_forward(self, h, b, approximate):
+        if b is not None:
+            h += b
+        return gelu_forward(h, approximate, be=self.be)
+
+    def bias_gelu_backward(self, dy, gcache):
+        dh = gelu_backward(dy, gcache, be=self.be)
+        return dh, dh.sum(axis=0)
+
+    @staticmethod
+    def softmax_inplace(a):
+        if a.flags.c_contiguous:
+            a2 = a.reshape(-1, a.shape[-1])  # a view
+            parallel_rows(lambda r: _softmax_here(a2[r]), a2.shape[0])
+        else:  # not reshapeable as a view: one pass on the whole array
+            _softmax_here(a)
+        return a
+
+    @staticmethod
+    def softmax_backward_inplace(datt, att):
+        if not (datt.flags.c_contiguous and att.flags.c_contiguous):
+            return _softmax_backward_generic(datt, att)
+        d2, a2 = datt.reshape(-1, datt.shape[-1]), att.reshape(-1, att.shape[-1])
+
+        def block(r):
+            d = d2[r]
+            d -= np.einsum("ij,ij->i", d, a2[r])[:, None]
+            d *= a2[r]
+
+        parallel_rows(block, d2.shape[0])
+        return datt
+
+    @staticmethod
+    def attend(q, k, v, bias, att, yh):
+        if q.shape[2] <= 16:  # decoding's tiny products are cheaper here than handed to the pool
+            return _attend_stacked(q, k, v, bias, att, yh, np.matmul, _softmax_here)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+
+        # One task per (batch row, run of heads): scores, mask, softmax and
+        # att @ v back to back while the run's (hc,t,S) block is in this core's
+        # cache; runs of several small heads save per-call overhead.
+        def heads(b, hsl):
+            a = att[b, hsl]
+            np.matmul(q[b, hsl], k[b, hsl].transpose(0, 2, 1), out=a)
+            a *= scale
+            a += bias[b if bias.shape[0] > 1 else 0, hsl if bias.shape[1] > 1 else slice(0, 1)]
+            _softmax_here(a)
+            np.matmul(a, v[b, hsl], out=yh[b, hsl])
+
+        _parallel_heads(heads, q.shape[0], q.shape[1], q.shape[2] * k.shape[2])
+
+    @staticmethod
+    def attend_backward(q, k, v, att, dyh, dq, dk, dv, scale):
+        B, H, T = q.shape[:3]
+
+        def heads(b, hsl):  # the forward's tasks in reverse, one scratch block per task
+            a, g = att[b, hsl], dyh[b, hsl]
+            np.matmul(a.transpose(0, 2, 1), g, out=dv[b, hsl])
+            da = g @ v[b, hsl].transpose(0, 2, 1)
+            da -= np.einsum("hij,hij->hi", da, a)[..., None]  # softmax Jacobian-vector product
+            da *= a
+            da *= scale
+            np.matmul(da, k[b, hsl], out=dq[b, hsl])
+            np.matmul(da.transpose(0, 2, 1), q[b, hsl], out=dk[b, hsl])
+
+        _parallel_heads(heads, B, H, T * T)
+
+    @staticmethod
+    def ce_exp_rows(p, tsafe):
+        """p := exp(p - rowmax) in place; returns (target logit - rowmax, row sums)."""
+        if not p.flags.c_contiguous:
+            return _ce_exp_rows_generic(np, p, tsafe)
+        # the same passes, fused per row block and spread over the cores
+        m, picked, s = (np.empty(p.shape[0], dtype=p.dtype) for _ in range(3))
+
+        def block(r):
+            pr = p[r]
+            m[r] = pr.max(axis=1)
+            picked[r] = pr[np.arange(r.stop - r.start), tsafe[r]] - m[r]
+            pr -= m[r, None]
+            np.exp(pr, out=pr)
+            s[r] = pr.sum(axis=1)
+
+        parallel_rows(block, p.shape[0])
+        return picked, s
+
+    def lm_head_cross_entropy(self, h, wte, targets, ignore_index):
+        be = self.be
+        logits, hc = lm_head_forward(h, wte, be=be)
+        loss, ce = cross_entropy_forward(logits, np.asarray(targets), ignore_index, inplace=True, be=be)
+        del logits
+        dh, dwte = lm_head_backward(cross_entropy_backward(ce, be=be), hc, be=be)
+        return loss, dh, dwte
+
+    @staticmethod
+    def scale_rows(p, w):
+        parallel_rows(lambda r: np.multiply(p[r], w[r, None], out=p[r]), p.shape[0])

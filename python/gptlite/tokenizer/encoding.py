@@ -75,6 +75,9 @@ def _default_threads() -> int:
 class Tokenizer:
     """A byte-level BPE tokenizer (GPT-2's, or one with the same design)."""
 
+    # A compiled general regex when the pattern has no built-in scanner (Encoding only).
+    _regex = None
+
     def __init__(self, core: "_core.CoreBPE", name: str = "gpt2"):
         self._core = core
         self.name = name
@@ -243,6 +246,23 @@ class Tokenizer:
         except UnicodeEncodeError:
             return self._core.encode(_fix_surrogates(text), allowed)
 
+    def encode_with_unstable(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+                             disallowed_special: Literal["all"] | Collection[str] = "all"
+                             ) -> tuple[list[int], list[list[int]]]:
+        """tiktoken's ``encode_with_unstable``: ``(stable, completions)``.
+
+        ``stable`` encodes a prefix of ``text`` that no text appended later can
+        change; each completion is a token sequence the rest of ``text`` may
+        start as once more text follows (``decode_bytes(stable + c)`` starts
+        with ``text``'s bytes). The same set of completions as tiktoken (sorted
+        here; tiktoken returns them in hash order). Special tokens are treated
+        as in ``encode``; like tiktoken, a lone surrogate raises
+        UnicodeEncodeError.
+        """
+        _check_text(text)
+        allowed = self._allowed(text, allowed_special, disallowed_special)
+        return self._core.encode_with_unstable(text, allowed, self._regex)
+
     def encode_batch(self, texts: Sequence[str], num_threads: int | None = None, *,
                      allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                      disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
@@ -399,7 +419,8 @@ class Encoding(Tokenizer):
                     f"{name}: explicit_n_vocab={explicit_n_vocab} but there are {len(mergeable_ranks)} ranks + "
                     f"{len(special_tokens)} special tokens and the largest id is {max_token_value}")
         ranks = [(bytes(b), int(r)) for b, r in mergeable_ranks.items()]
-        specials = sorted((str(k), int(v)) for k, v in special_tokens.items())
+        # in the order given: of names sharing an id, the first is what the id decodes to
+        specials = [(str(k), int(v)) for k, v in special_tokens.items()]
         core = _core.CoreBPE.from_ranks(ranks, specials, pattern or "gpt2")
         Tokenizer.__init__(self, core, name)
         self._special_tokens = dict(special_tokens)

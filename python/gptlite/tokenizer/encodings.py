@@ -103,12 +103,9 @@ def _core_for(spec: EncodingSpec):
     from gptlite import _core
     from gptlite.tokenizer.load import cache_path, cached_file
 
-    # o200k_harmony names id 200018 twice (<|endofprompt|> and <|reserved_200018|>);
-    # the core keeps one name per id, the first in tiktoken's order.
-    first: dict[int, str] = {}
-    for tok, i in spec.special_tokens.items():
-        first.setdefault(i, tok)
-    specials = sorted((tok, i) for i, tok in first.items())
+    # o200k_harmony names id 200018 twice (<|endofprompt|> and <|reserved_200018|>):
+    # both encode to it; it decodes to the first in tiktoken's order.
+    specials = list(spec.special_tokens.items())
     if spec.tiktoken_file and (not spec.gpt2_files or cache_path(spec.tiktoken_file[0]).is_file()):
         try:
             path = cached_file(*spec.tiktoken_file)
@@ -118,7 +115,7 @@ def _core_for(spec: EncodingSpec):
                 raise
     enc, bpe = (cached_file(url, sha) for url, sha in GPT2_FILES)
     core = _core.CoreBPE.from_gpt2_files(str(enc), str(bpe), spec.pattern)
-    if sorted(core.special_tokens()) != specials:
+    if sorted(core.special_tokens()) != sorted(specials):
         raise ValueError(f"{enc}: special tokens {core.special_tokens()} differ from {spec.name}'s {specials}")
     return core
 

@@ -26,9 +26,10 @@ template<typename T> __device__ __forceinline__ T block_max(T v, T* red) {
     return r;
 }
 
-// LayerNorm forward, one block per row: optional residual add (xs = x + res, written
-// to xsum so the backward and the next residual see it), mean, rstd, affine, in one kernel.
-template<typename T> __device__ void ln_fwd(const T* x, const T* res, T* xsum, const T* w, const T* b,
+// LayerNorm forward, one block per row: optional bias of x (the bias of the linear layer
+// that produced it) and residual add (xs = (x + xb) + res, written to xsum so the backward
+// and the next residual see it), mean, rstd, affine, in one kernel.
+template<typename T> __device__ void ln_fwd(const T* x, const T* xb, const T* res, T* xsum, const T* w, const T* b,
                                             T* y, T* mean, T* rstd, int C, T eps) {
     extern __shared__ unsigned char smem_raw[];
     T* red = reinterpret_cast<T*>(smem_raw);
@@ -38,7 +39,8 @@ template<typename T> __device__ void ln_fwd(const T* x, const T* res, T* xsum, c
     T* sr = xsum + row * C;
     T s = 0;
     for (int j = threadIdx.x; j < C; j += blockDim.x) {
-        T v = rr ? xr[j] + rr[j] : xr[j];
+        T v = xb ? xr[j] + xb[j] : xr[j];
+        if (rr) v += rr[j];
         sr[j] = v; s += v;
     }
     T mu = block_sum(s, red) / (T)C;
@@ -49,10 +51,10 @@ template<typename T> __device__ void ln_fwd(const T* x, const T* res, T* xsum, c
     for (int j = threadIdx.x; j < C; j += blockDim.x) yr[j] = (sr[j] - mu) * rs * w[j] + b[j];
     if (threadIdx.x == 0) { mean[row] = mu; rstd[row] = rs; }
 }
-extern "C" __global__ void gl_ln_fwd_f32(const float* x, const float* res, float* xsum, const float* w, const float* b,
-                                         float* y, float* mean, float* rstd, int C, float eps) { ln_fwd<float>(x, res, xsum, w, b, y, mean, rstd, C, eps); }
-extern "C" __global__ void gl_ln_fwd_f64(const double* x, const double* res, double* xsum, const double* w, const double* b,
-                                         double* y, double* mean, double* rstd, int C, double eps) { ln_fwd<double>(x, res, xsum, w, b, y, mean, rstd, C, eps); }
+extern "C" __global__ void gl_ln_fwd_f32(const float* x, const float* xb, const float* res, float* xsum, const float* w, const float* b,
+                                         float* y, float* mean, float* rstd, int C, float eps) { ln_fwd<float>(x, xb, res, xsum, w, b, y, mean, rstd, C, eps); }
+extern "C" __global__ void gl_ln_fwd_f64(const double* x, const double* xb, const double* res, double* xsum, const double* w, const double* b,
+                                         double* y, double* mean, double* rstd, int C, double eps) { ln_fwd<double>(x, xb, res, xsum, w, b, y, mean, rstd, C, eps); }
 
 // LayerNorm backward dx, one block per row: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w.
 // dres (optional) is added to dx: the gradient that reached the residual sum from later on.
