@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -350,7 +351,11 @@ def report_and_abort(w: World, exc: BaseException, code: int = 1) -> None:
     """Print ``exc`` as this rank's error, with the traceback for internal errors, then abort the job."""
     user = isinstance(exc, (ValueError, FileNotFoundError, OSError, KeyError, RuntimeError))
     head = f"gptlite: rank {w.rank}/{w.size} failed: {type(exc).__name__}: {exc}"
+    # the one-line reason first: MPI_Abort can end mpiexec's output forwarding before
+    # a long traceback is through, and the reason is what the user needs
+    print(head, file=sys.stderr, flush=True)
     if not user:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    print(head + f"\ngptlite: aborting all {w.size} processes (MPI_Abort)", file=sys.stderr, flush=True)
+    print(f"gptlite: aborting all {w.size} processes (MPI_Abort)", file=sys.stderr, flush=True)
+    time.sleep(0.3)  # let mpiexec forward what this rank printed before the job is torn down
     w.abort(code)
