@@ -60,3 +60,37 @@ def test_every_entry_point_is_in_the_ptx():
             for n in names:
                 assert n in entries, n
                 fa._parse(n)
+
+
+def test_stand_in_launches_the_fa_kernels_as_their_twins(monkeypatch):
+    """On the CuPy path the functions launch fa_* through RawModule; the stand-in runs
+    each launch as its twin, so the device results equal the NumPy path's bit for bit,
+    and each launch is counted by name."""
+    import fake_cupy
+
+    rng = np.random.default_rng(5)
+    B, T, H, D = 2, 41, 3, 16
+    qkv = rng.standard_normal((B * T, 3 * H * D))
+    dy = rng.standard_normal((B * T, H * D))
+    y0, c0 = fa.flash_attention_forward(qkv, H, B, T)
+    d0 = fa.flash_attention_backward(dy, c0)
+    kc, vc = (rng.standard_normal((B, H, 50, D)) for _ in range(2))
+    pad = np.array([0, 7])
+    dec0 = fa.decode_attention(qkv[:B], kc, vc, 45, pad)
+    monkeypatch.setattr(fa, "_module", object())  # a stale module: install() must drop it
+    cp = fake_cupy.install(monkeypatch)
+    assert fa._module is None
+    fake_cupy.reset_counts()
+    y1, c1 = fa.flash_attention_forward(cp.asarray(qkv), H, B, T)
+    d1 = fa.flash_attention_backward(cp.asarray(dy), c1)
+    dec1 = fa.decode_attention(cp.asarray(qkv[:B]), cp.asarray(kc), cp.asarray(vc), 45, cp.asarray(pad))
+    for got, want in ((y1, y0), (c1.lse, c0.lse), (d1, d0), (dec1, dec0)):
+        assert isinstance(got, cp.ndarray)
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert fake_cupy.KERNEL_LAUNCHES == {"fa_fwd_f64_d32": 1, "fa_bwd_pre_f64": 1, "fa_bwd_dkdv_f64_d32": 1,
+                                         "fa_bwd_dq_f64_d32": 1, "fa_dec_part_f64_d32": 1, "fa_dec_comb_f64": 1}
+    assert fake_cupy.COUNTS["syncs"] == 0
+    with pytest.raises(KeyError, match="unknown flash-attention kernel 'fa_fwd_f16_d64'"):
+        fa.module().get_function("fa_fwd_f16_d64")
+    with pytest.raises(ValueError, match="written for"):
+        fa.module().get_function("fa_fwd_f64_d32")((1, 1), (64,), ())
