@@ -94,3 +94,105 @@ def test_stand_in_launches_the_fa_kernels_as_their_twins(monkeypatch):
         fa.module().get_function("fa_fwd_f16_d64")
     with pytest.raises(ValueError, match="written for"):
         fa.module().get_function("fa_fwd_f64_d32")((1, 1), (64,), ())
+
+
+FLASH_CFG = {
+    "gpt2": dict(n_layer=2, n_embd=48, n_head=3, n_positions=80, vocab_size=101),
+    "gpt1": dict(n_layer=2, n_embd=48, n_head=3, n_positions=80, vocab_size=101, layout="gpt1"),
+}
+MODEL_TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def _h(a):
+    return np.array(a).view(np.ndarray)
+
+
+def _flash_launches(fake):
+    return {k: v for k, v in fake.KERNEL_LAUNCHES.items() if k.startswith("fa_")}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("layout", list(FLASH_CFG))
+def test_model_on_the_cupy_path_runs_flash_and_matches_numpy(monkeypatch, dtype, layout):
+    """Under the stand-in the CuPy path's logits, loss, every gradient and greedy
+    KV-cache decoding (a left-padded prompt, then one token at a time) equal the NumPy
+    path's (which materialises the scores), and it is the flash kernels that ran:
+    one forward per layer per call, three backward launches per layer, two decode
+    launches per layer per new token, no row-softmax kernel anywhere."""
+    import fake_cupy
+    from gptlite.engine.model import GPT, GPTConfig
+    from gptlite.generate import generate
+
+    cfg = GPTConfig(**FLASH_CFG[layout])
+    L, tol = cfg.n_layer, MODEL_TOL[dtype]
+    rng = np.random.default_rng(11)
+    B, T = 2, 45  # two query tiles, the second partial
+    idx = rng.integers(0, cfg.vocab_size, (B, T))
+    targets = rng.integers(0, cfg.vocab_size, (B, T))
+    prompts = [[int(t) for t in idx[0, :37]], [int(t) for t in idx[1, :5]]]  # pad 32: a whole masked key tile
+    cpu = GPT(cfg, dtype=dtype, seed=4, device="cpu")
+    logits = cpu.logits(idx)
+    loss, grads = cpu.loss_and_grads(idx, targets)
+    gen = generate(cpu, prompts, 6, temperature=0)
+
+    cp = fake_cupy.install(monkeypatch)
+    gpu = GPT(cfg, dtype=dtype, seed=4, device="cuda")
+    sfx = {"float64": "f64", "float32": "f32"}[dtype]
+    fake_cupy.reset_counts()
+    glogits = gpu.logits(idx)
+    assert _flash_launches(fake_cupy) == {f"fa_fwd_{sfx}_d32": L}
+    fake_cupy.reset_counts()
+    gloss, ggrads = gpu.loss_and_grads(idx, targets)
+    assert _flash_launches(fake_cupy) == {f"fa_fwd_{sfx}_d32": L, f"fa_bwd_pre_{sfx}": L,
+                                          f"fa_bwd_dkdv_{sfx}_d32": L, f"fa_bwd_dq_{sfx}_d32": L}
+    assert not any(k.startswith("softmax_") for k in fake_cupy.KERNEL_LAUNCHES), fake_cupy.KERNEL_LAUNCHES
+    assert fake_cupy.COUNTS["syncs"] == 0, fake_cupy.SYNC_SITES
+    scale = float(np.abs(logits).max())
+    np.testing.assert_allclose(_h(glogits), logits, rtol=tol, atol=tol * scale)
+    assert abs(float(gloss) - loss) <= tol * abs(loss)
+    for k, g in grads.items():
+        assert isinstance(ggrads[k], cp.ndarray) and ggrads[k].dtype == g.dtype, k
+        np.testing.assert_allclose(_h(ggrads[k]), g, rtol=tol * 10, atol=tol * max(1.0, float(np.abs(g).max())), err_msg=k)
+    fake_cupy.reset_counts()
+    assert generate(gpu, prompts, 6, temperature=0) == gen
+    # the prompt: one causal forward with the padding mask; then 5 fed tokens, each two decode launches
+    assert _flash_launches(fake_cupy) == {f"fa_fwd_{sfx}_d32": L, f"fa_dec_part_{sfx}_d32": 5 * L,
+                                          f"fa_dec_comb_{sfx}": 5 * L}
+    assert not any(k.startswith("softmax_") for k in fake_cupy.KERNEL_LAUNCHES)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_kv_cache_decoding_on_the_cupy_path_matches_the_full_forward(monkeypatch, dtype):
+    """decode() on the CuPy path, padded and not: the prompt, single tokens (flash) and
+    a chunk of several tokens after the prompt (the materialised scores with the mask)
+    give the logits of the full forward of the NumPy path."""
+    import fake_cupy
+    from gptlite.engine.model import GPT, GPTConfig
+
+    cfg = GPTConfig(**FLASH_CFG["gpt2"])
+    tol = MODEL_TOL[dtype]
+    rng = np.random.default_rng(12)
+    B, T = 3, 40
+    idx = rng.integers(0, cfg.vocab_size, (B, T))
+    cpu = GPT(cfg, dtype=dtype, seed=5, device="cpu")
+    full = cpu.logits(idx)
+    pad = np.array([0, 3, 34])
+    padded = [cpu.logits(idx[b:b + 1, pad[b]:])[0] for b in range(B)]  # each row alone, unpadded
+    fake_cupy.install(monkeypatch)
+    gpu = GPT(cfg, dtype=dtype, seed=5, device="cuda")
+    for p in (None, pad):
+        kv = gpu.kv_cache(B, T)
+        fake_cupy.reset_counts()
+        parts = [gpu.decode(idx[:, :35], kv, pad=p), gpu.decode(idx[:, 35:36], kv), gpu.decode(idx[:, 36:39], kv),
+                 gpu.decode(idx[:, 39:], kv)]
+        got = np.concatenate([_h(x) for x in parts], axis=1)
+        n = cfg.n_layer
+        assert _flash_launches(fake_cupy) == {"fa_fwd_%s_d32" % ("f64" if dtype == "float64" else "f32"): n,
+                                              "fa_dec_part_%s_d32" % ("f64" if dtype == "float64" else "f32"): 2 * n,
+                                              "fa_dec_comb_%s" % ("f64" if dtype == "float64" else "f32"): 2 * n}
+        scale = float(np.abs(full).max())
+        if p is None:
+            np.testing.assert_allclose(got, full, rtol=tol, atol=tol * scale)
+        else:
+            for b in range(B):
+                np.testing.assert_allclose(got[b, pad[b]:], padded[b], rtol=tol, atol=tol * scale, err_msg=f"row {b}")
