@@ -196,3 +196,126 @@ def test_kv_cache_decoding_on_the_cupy_path_matches_the_full_forward(monkeypatch
         else:
             for b in range(B):
                 np.testing.assert_allclose(got[b, pad[b]:], padded[b], rtol=tol, atol=tol * scale, err_msg=f"row {b}")
+
+
+# -- bf16 entry points, the padded forward, the split-K decode ---------------------------
+
+
+def _bf16_round(a):
+    return fa.from_bf16(fa.to_bf16(a))
+
+
+@pytest.mark.parametrize("T,H,D", [(37, 2, 32), (70, 2, 64), (45, 1, 128), (33, 2, 100)])
+def test_bf16_twin_against_float32_of_the_rounded_inputs(T, H, D):
+    """The bf16 kernels' twins: words in, float32 accumulation, words out. Forward
+    and backward equal the float32 reference on the bf16-rounded inputs to bf16's
+    rounding (half an ulp: 2^-8 relative, forward; the backward also sees y rounded,
+    through the dsum term); the forward's words are the float32 twin's output rounded
+    to nearest-even, bit for bit (same float32 arithmetic, one rounding on store)."""
+    rng = np.random.default_rng(T + D)
+    B, C = 2, H * D
+    qkv = _bf16_round(rng.standard_normal((B * T, 3 * C)).astype(np.float32))
+    dy = _bf16_round(rng.standard_normal((B * T, C)).astype(np.float32))
+    y0, c0 = ops.attention_forward(qkv.copy(), H, B, T)
+    d0 = ops.attention_backward(dy, c0)
+    yw, cw = fa.flash_attention_forward(fa.to_bf16(qkv), H, B, T)
+    dw = fa.flash_attention_backward(fa.to_bf16(dy), cw)
+    assert yw.dtype == dw.dtype == np.uint16 and cw.lse.dtype == np.float32
+    y = fa.from_bf16(yw)
+    assert np.all(np.abs(y - y0) <= 2.0 ** -8 * np.abs(y0) + 1e-6)
+    yf, _ = fa.flash_attention_forward(qkv, H, B, T)
+    np.testing.assert_array_equal(yw, fa.to_bf16(yf))
+    d = fa.from_bf16(dw)
+    np.testing.assert_allclose(d, d0, rtol=2e-2, atol=2e-2 * float(np.abs(d0).max()))
+    np.testing.assert_allclose(cw.lse, fa.flash_attention_forward(qkv, H, B, T)[1].lse, rtol=0, atol=0)
+
+
+def _padded_reference(qkv, H, B, T, pad):
+    """The model's prompt mask, materialised: key j visible to query i if j <= i and
+    j >= pad[b], or j == i."""
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    hide = (j > i)[None] | ((j[None] < pad[:, None, None]) & (j != i)[None])
+    bias = np.where(hide, -np.inf, 0.0).astype(qkv.dtype)[:, None]
+    return ops.attention_forward(qkv.copy(), H, B, T, bias)[0]
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+def test_padded_forward_twin_matches_the_masked_reference(dt):
+    """fa_fwd with left padding (KV-cache prompts): pads of 0, one key, a whole key
+    tile and more (the skipped tiles of a row), and all but the last position."""
+    rng = np.random.default_rng(3)
+    B, T, H, D = 5, 70, 2, 24
+    qkv = rng.standard_normal((B * T, 3 * H * D)).astype(dt)
+    pad = np.array([0, 1, 32, 45, T - 1])
+    y, cache = fa.flash_attention_forward(qkv, H, B, T, pad=pad)
+    np.testing.assert_allclose(y, _padded_reference(qkv, H, B, T, pad), rtol=TOL[dt], atol=TOL[dt])
+    assert np.isfinite(cache.lse).all()
+    with pytest.raises(ValueError, match="pad has shape \\(4,\\), expected \\(5,\\)"):
+        fa.flash_attention_forward(qkv, H, B, T, pad=pad[:4])
+
+
+def _decode_reference(q, kc, vc, S, pad):
+    """One query per (b, h) over cache columns [0, S), left padding hidden except the
+    query's own column S-1; float64."""
+    B, H, L, D = kc.shape
+    q = q[:, :H * D].reshape(B, H, D).astype(np.float64)
+    k, v = kc[:, :, :S].astype(np.float64), vc[:, :, :S].astype(np.float64)
+    s = np.einsum("bhd,bhjd->bhj", q, k) / np.sqrt(D)
+    j = np.arange(S)
+    p0 = np.zeros(B, np.int64) if pad is None else pad
+    s = np.where(((j[None] >= p0[:, None]) | (j[None] == S - 1))[:, None], s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("bhj,bhjd->bhd", p, v).reshape(B, H * D)
+
+
+DEC_CASES = [(1, None), (1, "all"), (7, None), (64, None), (65, "mixed"), (129, None), (333, "mixed"), (333, "late")]
+
+
+@pytest.mark.parametrize("S,padkind", DEC_CASES)
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+def test_split_decode_twin_matches_reference_over_a_cache(dt, S, padkind):
+    """The split-K decode twin (fa_dec_part + fa_dec_comb) against softmax attention
+    over the filled cache columns: a single key, odd lengths, exactly one split and
+    one past it, several splits, splits wholly hidden by padding (their l is 0 and the
+    combine skips them); the columns past S hold NaN, so reading one would show."""
+    rng = np.random.default_rng(S)
+    B, H, D = 3, 2, 40
+    L = S + 5
+    qkv = rng.standard_normal((B, 3 * H * D)).astype(dt)
+    kc, vc = (rng.standard_normal((B, H, L, D)).astype(dt) for _ in range(2))
+    kc[:, :, S:] = vc[:, :, S:] = np.nan
+    pad = {None: None, "all": np.array([0, 1, 1]), "mixed": np.array([0, S // 2, S - 1]),
+           "late": np.array([200, 280, 332])}[padkind]
+    pad = None if pad is None else np.minimum(pad, S)  # pad == S: every column but the query's own is padding
+    nsplit, chunk = fa.decode_splits(S, B * H)
+    assert nsplit == -(-S // chunk) and (S < 2 * fa.DEC_MIN_CHUNK or nsplit > 1)
+    y = fa.decode_attention(qkv, kc, vc, S, pad)
+    assert y.dtype == dt and y.shape == (B, H * D)
+    np.testing.assert_allclose(y, _decode_reference(qkv, kc, vc, S, pad), rtol=TOL[dt], atol=TOL[dt])
+
+
+@pytest.mark.parametrize("S", [1, 65, 333])
+def test_split_decode_bf16_twin(S):
+    """bf16 caches and query: the float32 result of the rounded inputs, to bf16's
+    rounding of the output."""
+    rng = np.random.default_rng(S + 1)
+    B, H, D = 2, 3, 64
+    qkv = _bf16_round(rng.standard_normal((B, 3 * H * D)).astype(np.float32))
+    kc, vc = (_bf16_round(rng.standard_normal((B, H, S, D)).astype(np.float32)) for _ in range(2))
+    pad = np.array([0, S // 3])
+    ref = _decode_reference(qkv, kc, vc, S, pad)
+    yw = fa.decode_attention(fa.to_bf16(qkv), fa.to_bf16(kc), fa.to_bf16(vc), S, pad)
+    assert yw.dtype == np.uint16
+    assert np.all(np.abs(fa.from_bf16(yw) - ref) <= 2.0 ** -8 * np.abs(ref) + 1e-6)
+    np.testing.assert_array_equal(yw, fa.to_bf16(fa.decode_attention(qkv, kc, vc, S, pad)))
+
+
+def test_decode_refuses_bad_input_by_name():
+    kc = np.zeros((2, 2, 10, 8))
+    with pytest.raises(ValueError, match="11 filled columns, the cache has 10"):
+        fa.decode_attention(np.zeros((2, 48)), kc, kc, 11)
+    with pytest.raises(ValueError, match="do not fit"):
+        fa.decode_attention(np.zeros((2, 40)), kc, kc, 3)
+    with pytest.raises(TypeError, match="dtypes"):
+        fa.decode_attention(np.zeros((2, 48), np.float32), kc, kc, 3)
