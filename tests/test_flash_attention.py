@@ -319,3 +319,91 @@ def test_decode_refuses_bad_input_by_name():
         fa.decode_attention(np.zeros((2, 40)), kc, kc, 3)
     with pytest.raises(TypeError, match="dtypes"):
         fa.decode_attention(np.zeros((2, 48), np.float32), kc, kc, 3)
+
+
+# -- the real kernels (a GPU; run by scripts/gpu_check.sh) -------------------------------
+
+from gptlite.engine import backend as _backend  # noqa: E402
+
+needs_gpu = pytest.mark.skipif(not _backend.cuda_available(), reason="no CUDA device (CuPy + driver + GPU)")
+GPU_TOL = {"f64": 1e-11, "f32": 2e-5}
+
+
+def _gpu_close(dev, want, sfx, what, scale=1.0):
+    import cupy
+
+    got = cupy.asnumpy(dev)
+    if sfx == "bf16":  # one bf16 ulp (2^-7 relative): the order of float32 sums differs from NumPy's
+        got, want = fa.from_bf16(got), fa.from_bf16(want)
+        tol = 2.0 ** -7 * scale
+    else:
+        tol = GPU_TOL[sfx] * scale
+    np.testing.assert_allclose(got.astype(np.float64), np.asarray(want, np.float64), rtol=tol,
+                               atol=tol * max(1.0, float(np.abs(want.astype(np.float64)).max())), err_msg=what)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("sfx", ["f64", "f32", "bf16"])
+@pytest.mark.parametrize("T,H,D", [(1, 2, 64), (37, 2, 32), (130, 3, 64), (45, 1, 128), (33, 2, 100)])
+def test_real_kernels_match_their_twins(sfx, T, H, D):
+    """Every fa_* kernel on the GPU against its NumPy twin: forward (plain and left-
+    padded), log-sum-exp, the three-kernel backward (and the same bits twice: no
+    atomics), the split-K decode over a cache with padding."""
+    import cupy as cp
+
+    rng = np.random.default_rng(T * D + len(sfx))
+    B, C = 3, H * D
+    dt = {"f64": np.float64, "f32": np.float32, "bf16": np.float32}[sfx]
+
+    def store(a):
+        a = a.astype(dt)
+        return fa.to_bf16(a) if sfx == "bf16" else a
+
+    qkv, dy = store(rng.standard_normal((B * T, 3 * C))), store(rng.standard_normal((B * T, C)))
+    pad = np.array([0, min(T - 1, 33), T - 1])
+    y_h, c_h = fa.flash_attention_forward(qkv, H, B, T)
+    d_h = fa.flash_attention_backward(dy, c_h)
+    yp_h, _ = fa.flash_attention_forward(qkv, H, B, T, pad=pad)
+    y_d, c_d = fa.flash_attention_forward(cp.asarray(qkv), H, B, T)
+    d_d = fa.flash_attention_backward(cp.asarray(dy), c_d)
+    yp_d, _ = fa.flash_attention_forward(cp.asarray(qkv), H, B, T, pad=cp.asarray(pad))
+    _gpu_close(y_d, y_h, sfx, "y")
+    _gpu_close(yp_d, yp_h, sfx, "padded y")
+    np.testing.assert_allclose(cp.asnumpy(c_d.lse), c_h.lse, rtol=GPU_TOL.get(sfx, 2e-5), atol=GPU_TOL.get(sfx, 2e-5))
+    _gpu_close(d_d, d_h, sfx, "dqkv", scale=2 if sfx == "bf16" else 10)
+    again = fa.flash_attention_backward(cp.asarray(dy), c_d)
+    np.testing.assert_array_equal(cp.asnumpy(again), cp.asnumpy(d_d))
+    S, L = 2 * T + 67, 2 * T + 70  # several splits, columns past S never read (NaN)
+    kc, vc = store(rng.standard_normal((B, H, L, D))), store(rng.standard_normal((B, H, L, D)))
+    nan = fa.to_bf16(np.float32(np.nan)) if sfx == "bf16" else np.nan
+    kc[:, :, S:] = vc[:, :, S:] = nan
+    q = qkv[:B]
+    for p in (None, np.array([0, S // 2, S - 1])):
+        dec_h = fa.decode_attention(q, kc, vc, S, p)
+        dec_d = fa.decode_attention(cp.asarray(q), cp.asarray(kc), cp.asarray(vc), S, None if p is None else cp.asarray(p))
+        _gpu_close(dec_d, dec_h, sfx, f"decode pad={p}")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_real_model_flash_matches_the_materialised_path_on_the_gpu(monkeypatch):
+    """The model on the GPU, float32 without TF32: flash attention's logits, loss and
+    gradients against the same model with the materialised scores (the fallback)."""
+    import cupy as cp
+
+    from gptlite.engine import attention, fused
+    from gptlite.engine.model import GPT, GPTConfig
+
+    fused.set_tf32(False)
+    cfg = GPTConfig(n_layer=2, n_embd=128, n_head=2, n_positions=160, vocab_size=300)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 300, (2, 150)), rng.integers(0, 300, (2, 150))
+    m = GPT(cfg, dtype="float32", seed=1, device="cuda")
+    loss, grads = m.loss_and_grads(idx, targets)
+    monkeypatch.setattr(attention, "use_flash", lambda *a: False)
+    loss0, grads0 = m.loss_and_grads(idx, targets)
+    assert abs(float(loss) - float(loss0)) <= 2e-6 * abs(float(loss0))
+    for k, g in grads0.items():
+        g = cp.asnumpy(g)
+        np.testing.assert_allclose(cp.asnumpy(grads[k]), g, rtol=1e-3, atol=1e-5 * max(1.0, float(np.abs(g).max())), err_msg=k)
