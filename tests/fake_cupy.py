@@ -38,12 +38,14 @@ GELU_A = 0.044715
 COUNTS = {"launches": 0, "syncs": 0}
 SYNC_SITES = []  # (file, line) of the caller of each counted sync since reset_counts()
 KERNEL_LAUNCHES = {}  # custom kernel name (gl_ln_fwd_f32, gptlite_gelu_tanh_fwd, ...) -> launches
+KERNEL_ARGS = {}  # RawModule kernel name (gl_*, fa_*) -> the argument tuple of its latest launch, as passed
 
 
 def reset_counts():
     COUNTS.update(launches=0, syncs=0)
     SYNC_SITES.clear()
     KERNEL_LAUNCHES.clear()
+    KERNEL_ARGS.clear()
 
 
 def _kernel_launch(name):
@@ -163,6 +165,7 @@ class _RawModule:
 
             def launch(grid, block, args, shared_mem=0):
                 _kernel_launch(name)
+                KERNEL_ARGS[name] = tuple(args)
                 fused.check_launch(name, grid, block, shared_mem)
                 twin(grid, block, tuple(_host(a) for a in args))
 
@@ -174,6 +177,7 @@ class _RawModule:
 
             def launch(grid, block, args, shared_mem=0):
                 _kernel_launch(name)
+                KERNEL_ARGS[name] = tuple(args)
                 attention.check_launch(name, grid, block)
                 attention.run_twin(name, grid, block, tuple(_host(a) for a in args))
 
