@@ -7,7 +7,12 @@ an online softmax and keeps only the log-sum-exp of each row; the backward
 recomputes the scores tile by tile from it (dK/dV in one kernel, dQ in another, so
 no atomics and the same bits every run). Decoding has its own kernel: one new query
 per (row, head) against the preallocated KV cache, split over the cache's columns
-and combined in a second launch.
+and combined in a second launch; a prompt goes through the training forward, which
+also masks left padding.
+
+The model calls ``attention_forward``/``attention_backward`` and ``kv_attention``
+(bottom of this file): the flash kernels on the GPU backend, the materialised
+scores of ``engine/ops.py`` on the CPU (the reference) and where no kernel fits.
 
 Every kernel ``fa_<base>_<f32|f64|bf16>[_d<DMAX>]`` has a twin in ``KERNEL_TWINS``
 that does the same to NumPy buffers, with the same launch arguments and the same
