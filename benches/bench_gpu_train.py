@@ -33,12 +33,13 @@ SHAPE_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_
 
 def _install_stand_in():
     import fake_cupy
-    from gptlite.engine import backend, fused, kernels
+    from gptlite.engine import attention, backend, fused, kernels
 
     sys.modules.update(fake_cupy.make_modules())
     backend._cupy, backend._cupy_checked = sys.modules["cupy"], True
     kernels._compiled.clear()
     fused._module = fused._sumsq_kernel = None
+    attention._module = None
     return fake_cupy
 
 

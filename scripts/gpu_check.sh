@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 17, for a fresh H100/H200 machine whose image has python3,
+# The GPU check of issues 17 and 18 (fused kernels, flash attention), for a fresh H100/H200 machine whose image has python3,
 # cupy-cuda13x, numpy, torch (CUDA), transformers and pytest, and no network.
 # Budget: under 8 minutes. Writes one results file: $OUT/gpu_check.txt (or ./gpu_check.txt).
 #
@@ -34,6 +34,15 @@ say "## GPU-marked tests (kernels vs NumPy twins, model vs HF fp32/TF32, 10-step
 timeout 240 python3 -m pytest -q -rs -m gpu tests/test_gpu_fused.py tests/test_model_reference.py tests/test_ops.py \
     2>&1 | tail -40 | tee -a "$RES"
 say "pytest exit: ${PIPESTATUS[0]}"
+
+say "## flash attention: the real fa_* kernels vs their NumPy twins (f64/f32/bf16), the model's flash path vs the materialised one; then the twins and the stand-in"
+timeout 150 python3 -m pytest -q -rs tests/test_flash_attention.py 2>&1 | tail -15 | tee -a "$RES"
+say "pytest exit: ${PIPESTATUS[0]}"
+
+say "## bench: flash vs materialised attention, 124M shape (B=8, T=1024, 12 x 64), ratio materialised/flash"
+timeout 120 python3 benches/bench_attention.py --batch 8 --context 1024 --heads 12 --head-size 64 --reps 10 \
+    --out "$OUTDIR/bench_attention.json" 2>&1 | tail -12 | tee -a "$RES"
+say "bench exit: ${PIPESTATUS[0]}"
 
 say "## CuPy-path tests on the real GPU's neighbours (stand-in, NVRTC compile)"
 timeout 90 python3 -m pytest -q tests/test_cuda_compile.py tests/test_fused.py 2>&1 | tail -5 | tee -a "$RES"

@@ -9,7 +9,9 @@ copies, as a host-to-device transfer does). The two small kernels
 row-softmax ``RawModule`` are replaced by NumPy functions computing the same
 formulas; the kernels of engine/fused.py run as their NumPy twins
 (``fused.KERNEL_TWINS``) after ``fused.check_launch`` has checked block size and
-shared memory against the kernel's declared needs. ``COUNTS`` counts launches and
+shared memory against the kernel's declared needs, and the flash-attention
+kernels of engine/attention.py (``fa_*``) as theirs (``attention.run_twin``),
+after ``attention.check_launch``. ``COUNTS`` counts launches and
 host syncs, ``KERNEL_LAUNCHES`` the launches of each custom kernel by name. What
 this can catch: errors in the CuPy-only branches (names, shapes, in-place
 aliasing, missing synchronisation helpers). What it cannot: CUDA compilation, numerics of the real kernels, host/device mixing (NumPy
@@ -36,12 +38,14 @@ GELU_A = 0.044715
 COUNTS = {"launches": 0, "syncs": 0}
 SYNC_SITES = []  # (file, line) of the caller of each counted sync since reset_counts()
 KERNEL_LAUNCHES = {}  # custom kernel name (gl_ln_fwd_f32, gptlite_gelu_tanh_fwd, ...) -> launches
+KERNEL_ARGS = {}  # RawModule kernel name (gl_*, fa_*) -> the argument tuple of its latest launch, as passed
 
 
 def reset_counts():
     COUNTS.update(launches=0, syncs=0)
     SYNC_SITES.clear()
     KERNEL_LAUNCHES.clear()
+    KERNEL_ARGS.clear()
 
 
 def _kernel_launch(name):
@@ -161,8 +165,21 @@ class _RawModule:
 
             def launch(grid, block, args, shared_mem=0):
                 _kernel_launch(name)
+                KERNEL_ARGS[name] = tuple(args)
                 fused.check_launch(name, grid, block, shared_mem)
                 twin(grid, block, tuple(_host(a) for a in args))
+
+            return launch
+        if name.startswith("fa_"):  # engine/attention.py's flash attention: its twin, same launch checks
+            from gptlite.engine import attention
+
+            attention._parse(name)  # an unknown name fails here, as get_function would
+
+            def launch(grid, block, args, shared_mem=0):
+                _kernel_launch(name)
+                KERNEL_ARGS[name] = tuple(args)
+                attention.check_launch(name, grid, block)
+                attention.run_twin(name, grid, block, tuple(_host(a) for a in args))
 
             return launch
         if name not in ("softmax_f32", "softmax_f64"):
@@ -294,4 +311,8 @@ def install(monkeypatch):
 
     monkeypatch.setattr(fused, "_module", None)
     monkeypatch.setattr(fused, "_sumsq_kernel", None)
+    from gptlite.engine import attention
+
+    # a module compiled by the real CuPy (or another stand-in) must not outlive it
+    monkeypatch.setattr(attention, "_module", None)
     return mods["cupy"]

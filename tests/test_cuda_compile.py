@@ -3,6 +3,8 @@ the .cu files, the RawModule strings, and the ElementwiseKernel/ReductionKernel
 bodies wrapped as CuPy wraps them, for sm_90 (H100/H200) and sm_100 (B200)."""
 import re
 
+import numpy as np
+
 import pytest
 
 import cuda_sources as cs
@@ -53,3 +55,78 @@ def test_negative_control_broken_sources_fail(arch):
     bad = cs.wrap_reduction("T x", "T y", "x * x", "a + ", "y = a", "0", "bad_red", "double")
     with pytest.raises(RuntimeError, match="does not compile"):
         cs.compile_source(bad, "bad_red.cu", arch)
+
+
+def _ptx_signatures(ptx: str) -> dict:
+    """entry name -> its parameters' PTX types ('u64' for pointers and 64-bit ints)."""
+    out = {}
+    for m in re.finditer(r"\.entry (\w+)\(\s*(.*?)\)", ptx, re.S):
+        out[m.group(1)] = re.findall(r"\.param \.(\w+)", m.group(2))
+    return out
+
+
+def _arg_type(a):
+    """The PTX parameter type CuPy passes an argument as: arrays are pointers; numpy
+    scalars their own width. A Python int or float is refused (CuPy would pick its
+    width, not the kernel's signature)."""
+    if isinstance(a, np.ndarray) or a is None:
+        return "u64"
+    for t, name in ((np.int32, "u32"), (np.uint32, "u32"), (np.int64, "u64"), (np.uint64, "u64"),
+                    (np.float32, "f32"), (np.float64, "f64")):
+        if type(a) is t:
+            return name
+    raise TypeError(f"kernel argument {a!r} of type {type(a).__name__} is not a numpy scalar or array")
+
+
+def test_every_raw_launch_matches_its_ptx_signature(monkeypatch):
+    """What the CuPy path actually passes to each fa_* and gl_* kernel (recorded by the
+    stand-in over a float32 and a float64 training step, greedy generation with left
+    padding, the flash functions in f32/f64/bf16 and the optimiser's kernels) has the
+    arity and the scalar widths of the compiled entry point: an argument added to a
+    kernel and not to its launch (or an int32 passed as a 64-bit value) fails here,
+    without a GPU."""
+    import fake_cupy
+    from gptlite.engine import attention, fused
+    from gptlite.engine.model import GPT, GPTConfig
+    from gptlite.generate import generate
+
+    sigs = {}
+    for path in (attention.CU_FILE, fused.CU_FILE):
+        sigs.update(_ptx_signatures(cs.compile_source(open(path).read(), path.rsplit("/", 1)[-1], "90").decode()))
+    cp = fake_cupy.install(monkeypatch)
+    fake_cupy.reset_counts()
+    seen = {}
+    rng = np.random.default_rng(0)
+    cfg = GPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=40, vocab_size=50)
+    for dt in ("float32", "float64"):
+        m = GPT(cfg, dtype=dt, device="cuda")
+        m.loss_and_grads(rng.integers(0, 50, (2, 9)), rng.integers(0, 50, (2, 9)))
+        generate(m, [[1, 2, 3, 4], [5]], 3, temperature=0)
+        seen.update(fake_cupy.KERNEL_ARGS)
+        x = cp.asarray(rng.standard_normal((2, 3, 5, 7)).astype(dt))
+        p = fused.causal_softmax_forward(x, 0.5)
+        fused.causal_softmax_backward(x, p, 0.5)
+        P, G, M, V = (cp.asarray(rng.standard_normal(10).astype(dt)) for _ in range(4))
+        V = abs(V)  # a second moment
+        norm, scale, flag = fused.clip_scale(fused.grad_sumsq(G), 1.0)
+        fused.adamw_flat(P, G, M, V, scale, flag, n_decay=6, lr=1e-3, step=1)
+        seen.update(fake_cupy.KERNEL_ARGS)
+    for sfx, dt in (("bf16", np.float32), ("f32", np.float32), ("f64", np.float64)):
+        def st(a):
+            a = a.astype(dt)
+            return cp.asarray(attention.to_bf16(a) if sfx == "bf16" else a)
+
+        qkv, dy = st(rng.standard_normal((2 * 5, 3 * 16))), st(rng.standard_normal((2 * 5, 16)))
+        y, c = attention.flash_attention_forward(qkv, 2, 2, 5, pad=cp.asarray(np.array([0, 2])))
+        attention.flash_attention_backward(dy, c)
+        kc = st(rng.standard_normal((2, 2, 6, 8)))
+        attention.decode_attention(qkv[:2], kc, kc, 6, cp.asarray(np.array([0, 2])))
+        attention.decode_attention(qkv[:2], kc, kc, 6)
+        seen.update(fake_cupy.KERNEL_ARGS)
+    fa_bases = {attention._parse(n)[:2] for n in seen if n.startswith("fa_")}
+    assert fa_bases == {(b, s) for b in attention.KERNEL_TWINS for s in ("f32", "f64", "bf16")}
+    gl_bases = {n[3:].rsplit("_", 1)[0] for n in seen if n.startswith("gl_")}
+    assert gl_bases == set(fused.KERNEL_TWINS), set(fused.KERNEL_TWINS) - gl_bases
+    for name, args in seen.items():
+        assert name in sigs, f"{name} is launched but not in the PTX"
+        assert [_arg_type(a) for a in args] == sigs[name], name

@@ -229,7 +229,8 @@ def test_model_float32_cupy_path_uses_the_fused_kernels_and_matches_numpy(monkey
     the NumPy path's to float32 precision, one loss_and_grads reads nothing back
     from the device, and the fused kernels are what runs: bias+GELU (tanh) with its
     column-sum bias gradient, LayerNorm with the projection's bias and the residual
-    add folded into its forward and the residual gradient into its backward, one softmax/cross-entropy
+    add folded into its forward and the residual gradient into its backward, flash attention
+    (one forward and three backward launches per layer), one softmax/cross-entropy
     launch per chunk of rows, the deterministic embedding backward."""
     cfg = CFG[name]
     rng = np.random.default_rng(2)
@@ -253,7 +254,9 @@ def test_model_float32_cupy_path_uses_the_fused_kernels_and_matches_numpy(monkey
     L = cfg.n_layer
     n_ln = 2 * L + (cfg.layout == "gpt2")  # + ln_f
     want = {"gl_ln_fwd_f32": n_ln, "gl_ln_bwd_dx_f32": n_ln, "gl_ln_bwd_dwdb_f32": n_ln,
-            "gl_ce_fwd_bwd_f32": 1, "gl_embed_bwd_f32": 1, "softmax_f32": L}
+            "gl_ce_fwd_bwd_f32": 1, "gl_embed_bwd_f32": 1,
+            # flash attention (head size 8: the d32 instantiation), no softmax over a T x T matrix
+            "fa_fwd_f32_d32": L, "fa_bwd_pre_f32": L, "fa_bwd_dkdv_f32_d32": L, "fa_bwd_dq_f32_d32": L}
     if cfg.activation_function == "gelu_new":
         want.update({"gl_bias_gelu_fwd_f32": L, "gl_gelu_bwd_f32": L, "gl_colsum_f32": L})
     assert _fused_launches() == want
@@ -271,12 +274,14 @@ def _step_launches(monkeypatch, n_layer, layout):
     return fake_cupy.COUNTS["launches"], fake_cupy.COUNTS["syncs"]
 
 
-@pytest.mark.parametrize("layout,per_layer,fixed", [("gpt2", 41, 14), ("gpt1", 43, 11)])
+@pytest.mark.parametrize("layout,per_layer,fixed", [("gpt2", 29, 14), ("gpt1", 31, 11)])
 def test_launches_per_layer_on_the_stand_in(monkeypatch, layout, per_layer, fixed):
     """What the stand-in counts of one loss_and_grads (custom kernels plus NumPy
     calls on device arrays): per layer and outside the layers. Before the fused
     bias+GELU and bias+residual+LayerNorm were wired in it was 48 per layer (both
-    layouts) and 20 / 17 outside; a change that adds launches must update this."""
+    layouts) and 20 / 17 outside, and 41 / 43 per layer before flash attention
+    replaced the materialised scores (their matmuls, scale, mask add, softmax and
+    softmax backward); a change that adds launches must update this."""
     one, s1 = _step_launches(monkeypatch, 1, layout)
     two, s2 = _step_launches(monkeypatch, 2, layout)
     assert (two - one, one - (two - one)) == (per_layer, fixed)
@@ -285,8 +290,8 @@ def test_launches_per_layer_on_the_stand_in(monkeypatch, layout, per_layer, fixe
 
 def test_backend_is_chosen_once_and_handed_to_the_ops(monkeypatch):
     """The model's backend reaches every op: on both devices no op looks up the
-    backend of an array, except attention's forward and backward, whose call
-    sites in the model are left as they are for the attention kernel work."""
+    backend of an array (attention included: the model hands it its backend,
+    which chooses flash or the materialised scores)."""
     from gptlite.engine import backend, ops as ops_mod
 
     assert backend.get_backend("cpu") is backend.CPU and backend.CPU.kernels is backend.CPU.kernels
@@ -312,8 +317,7 @@ def test_backend_is_chosen_once_and_handed_to_the_ops(monkeypatch):
         callers.clear()
         m.loss_and_grads(idx, targets)
         m.logits(idx)
-        assert set(callers) <= {"attention_forward", "attention_backward"}, callers
-        assert len(callers) == 3 * cfg.n_layer
+        assert callers == [], callers
     assert backend.get_backend("cuda") is m.backend and backend.backend_of(m.params["wte.weight"]) is m.backend
     two = backend.get_backend("cuda:1")
     assert two.index == 1 and two.device == "cuda:1" and two.xp is cp and two is not m.backend

@@ -7,7 +7,12 @@ an online softmax and keeps only the log-sum-exp of each row; the backward
 recomputes the scores tile by tile from it (dK/dV in one kernel, dQ in another, so
 no atomics and the same bits every run). Decoding has its own kernel: one new query
 per (row, head) against the preallocated KV cache, split over the cache's columns
-and combined in a second launch.
+and combined in a second launch; a prompt goes through the training forward, which
+also masks left padding.
+
+The model calls ``attention_forward``/``attention_backward`` and ``kv_attention``
+(bottom of this file): the flash kernels on the GPU backend, the materialised
+scores of ``engine/ops.py`` on the CPU (the reference) and where no kernel fits.
 
 Every kernel ``fa_<base>_<f32|f64|bf16>[_d<DMAX>]`` has a twin in ``KERNEL_TWINS``
 that does the same to NumPy buffers, with the same launch arguments and the same
@@ -160,7 +165,7 @@ def _put_heads(out, vals, sfx, B, T, H, D, col=None):
 
 
 def _tw_fwd(sfx, dmax, grid, block, args):
-    qkv, y, lse, T, H, D, scale = args
+    qkv, y, lse, pad, T, H, D, scale = args
     T, H, D = int(T), int(H), int(D)
     A = _ACC[sfx]
     B = grid[1] // H
@@ -169,24 +174,31 @@ def _tw_fwd(sfx, dmax, grid, block, args):
     q = q * A(scale)
     out = np.empty_like(q)
     lse2 = np.asarray(lse).reshape(B * H, T)
+    p0 = np.zeros(B, dtype=np.int64) if pad is None else np.asarray(pad).astype(np.int64)
+    p0 = np.repeat(p0, H)[:, None, None]  # (B*H, 1, 1): row bh is batch bh // H
     for r0 in range(0, T, BR):
         r1 = min(T, r0 + BR)
-        qt, rows = q[:, r0:r1], np.arange(r0, r1)
+        qt, rows = q[:, r0:r1], np.arange(r0, r1)[None, :, None]
         m = np.full((B * H, r1 - r0), -np.inf, dtype=A)
         l = np.zeros_like(m)
         o = np.zeros_like(qt)
         for k0 in range(0, min(T, r0 + BR), BC):
             k1 = min(T, k0 + BC)
+            keys = np.arange(k0, k1)[None, None, :]
             s = qt @ k[:, k0:k1].transpose(0, 2, 1)
-            s = np.where(np.arange(k0, k1)[None, None, :] <= rows[None, :, None], s, A(-np.inf))
+            s = np.where((keys <= rows) & ((keys >= p0) | (keys == rows)), s, A(-np.inf))
             mt = np.maximum(m, s.max(axis=-1))
-            alpha = np.exp(m - mt)
-            p = np.exp(s - mt[..., None])
-            l = l * alpha + p.sum(axis=-1)
-            o = o * alpha[..., None] + p @ v[:, k0:k1]
+            live = mt > -np.inf  # the kernel skips a tile with no visible key for the row
+            with np.errstate(invalid="ignore"):
+                alpha = np.exp(m - mt)
+                p = np.exp(s - mt[..., None])
+            p = np.where(live[..., None], p, A(0))
+            l = np.where(live, l * alpha + p.sum(axis=-1), l)
+            o = np.where(live[..., None], o * alpha[..., None] + p @ v[:, k0:k1], o)
             m = mt
-        out[:, r0:r1] = o / l[..., None]
-        lse2[:, r0:r1] = m + np.log(l)
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN inputs (a poisoned step) give NaN, as on the GPU
+            out[:, r0:r1] = o / l[..., None]
+            lse2[:, r0:r1] = m + np.log(l)
     _put_heads(y, out, sfx, B, T, H, D)
 
 
@@ -344,8 +356,12 @@ class FlashCache:
     T: int
 
 
-def flash_attention_forward(qkv, n_head, B, T):
-    """Causal self-attention of a fused qkv (B*T, 3C) -> (y (B*T, C), FlashCache)."""
+def flash_attention_forward(qkv, n_head, B, T, pad=None):
+    """Causal self-attention of a fused qkv (B*T, 3C) -> (y (B*T, C), FlashCache).
+
+    pad (B,) int or None: row b's first pad[b] positions are left padding, hidden
+    from every other query (a padding query sees only itself), as a KV-cache prompt
+    needs; the backward assumes no padding."""
     xp = xp_of(qkv)
     D = _check_qkv(qkv, n_head, B, T)
     sfx = _STORAGE[np.dtype(qkv.dtype)]
@@ -355,8 +371,19 @@ def flash_attention_forward(qkv, n_head, B, T):
     y = xp.empty((B * T, C), dtype=qkv.dtype)
     lse = xp.empty((B * n_head, T), dtype=_ACC[sfx])
     _launch(xp, f"fa_fwd_{sfx}_d{dmax_for(D)}", ((T + BR - 1) // BR, B * n_head), (THREADS,),
-            (qkv, y, lse, np.int32(T), np.int32(n_head), np.int32(D), _acc_scalar(sfx, 1.0 / math.sqrt(D))))
+            (qkv, y, lse, _pad_arg(xp, pad, B), np.int32(T), np.int32(n_head), np.int32(D),
+             _acc_scalar(sfx, 1.0 / math.sqrt(D))))
     return y, FlashCache(qkv, y, lse, n_head, B, T)
+
+
+def _pad_arg(xp, pad, B):
+    """pad as the kernels take it: a contiguous (B,) int64 array, or a null pointer
+    (None for the twins, an unsigned 0 for CuPy)."""
+    if pad is None:
+        return None if xp is np else np.uint64(0)
+    if tuple(pad.shape) != (B,):
+        raise ValueError(f"flash attention: pad has shape {tuple(pad.shape)}, expected ({B},)")
+    return xp.ascontiguousarray(pad.astype(np.int64, copy=False))
 
 
 def flash_attention_backward(dy, cache: FlashCache):
@@ -417,9 +444,7 @@ def decode_attention(qkv, k_cache, v_cache, S, pad=None):
     nsplit, chunk = decode_splits(int(S), B * H)
     part_o = xp.empty((B * H * nsplit, D), dtype=A)
     part_ml = xp.empty((B * H * nsplit, 2), dtype=A)
-    if pad is not None:
-        pad = xp.ascontiguousarray(pad.astype(np.int64, copy=False))
-    padarg = pad if pad is not None else (None if xp is np else np.uint64(0))
+    padarg = _pad_arg(xp, pad, B)
     _launch(xp, f"fa_dec_part_{sfx}_d{dmax}", (B * H, nsplit), (DEC_THREADS,),
             (qkv, np.int64(3 * C), k_cache, v_cache, padarg, part_o, part_ml, np.int32(H), np.int32(D), np.int32(L),
              np.int32(S), np.int32(chunk), A(1.0 / math.sqrt(D))))
@@ -432,23 +457,48 @@ def decode_attention(qkv, k_cache, v_cache, S, pad=None):
 # -- the model's call sites ------------------------------------------------------------
 
 
-def attention_forward(qkv, n_head, B, T, bias=None, flash=True):
-    """The model's self-attention: flash attention on CuPy when ``flash`` and a
-    kernel fits (causal, no extra bias, head size <= 128), else the materialised
-    scores of ``ops.attention_forward``. Returns (y, cache) either way."""
+def use_flash(be, dtype, n_head: int, head_size: int, B: int) -> bool:
+    """Whether the model's attention runs the flash kernels: on the GPU backend,
+    for a storage dtype and head size with a compiled kernel, and a batch x heads
+    that fits one grid column. The NumPy path always materialises the scores: it
+    is the reference the kernels are checked against."""
+    return be.is_gpu and supported(dtype, head_size) and B * n_head <= MAX_GRID_Y
+
+
+def attention_forward(qkv, n_head, B, T, bias=None, *, be):
+    """The model's training self-attention: flash attention on the GPU when a
+    kernel fits and the mask is the plain causal one (``bias`` None), else the
+    materialised scores of ``ops.attention_forward``. Returns (y, cache) either way."""
     from gptlite.engine import ops
 
-    xp = xp_of(qkv)
-    if flash and bias is None and xp is not np and supported(qkv.dtype, qkv.shape[-1] // 3 // n_head) \
-            and B * n_head <= MAX_GRID_Y:
-        return flash_attention_forward(xp.ascontiguousarray(qkv), n_head, B, T)
-    return ops.attention_forward(qkv, n_head, B, T, bias)
+    if bias is None and use_flash(be, qkv.dtype, n_head, qkv.shape[-1] // 3 // n_head, B):
+        return flash_attention_forward(be.xp.ascontiguousarray(qkv), n_head, B, T)
+    return ops.attention_forward(qkv, n_head, B, T, bias, be=be)
 
 
-def attention_backward(dy, cache):
+def attention_backward(dy, cache, *, be):
     """dqkv from either forward's cache."""
     if isinstance(cache, FlashCache):
         return flash_attention_backward(dy, cache)
     from gptlite.engine import ops
 
-    return ops.attention_backward(dy, cache)
+    return ops.attention_backward(dy, cache, be=be)
+
+
+def kv_flash(be, dtype, n_head: int, head_size: int, B: int, start: int, t: int) -> bool:
+    """Whether KV-cache attention of t new tokens after ``start`` filled columns
+    runs the flash kernels: the prompt (start 0: the causal forward, with its left
+    padding) or one token (the split-K decode kernel). Other chunks (t > 1 after
+    the prompt) take the materialised scores with the model's mask."""
+    return use_flash(be, dtype, n_head, head_size, B) and (start == 0 or t == 1)
+
+
+def kv_attention(qkv, k_cache, v_cache, start, t, pad=None):
+    """Flash attention of t new tokens (qkv (B*t, 3C), their k and v already in the
+    caches (B, H, L, D) at columns [start, start+t)) -> y (B*t, C); see kv_flash."""
+    B, H = k_cache.shape[:2]
+    if start == 0:
+        return flash_attention_forward(xp_of(qkv).ascontiguousarray(qkv), H, B, t, pad=pad)[0]
+    if t != 1:
+        raise ValueError(f"flash KV attention: {t} new tokens after column {start}; expected the prompt or one token")
+    return decode_attention(qkv, k_cache, v_cache, start + 1, pad=pad)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from gptlite.engine import ops
+from gptlite.engine import attention, ops
 from gptlite.engine.backend import get_backend, keep_freed_memory, to_numpy
 
 _HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
@@ -350,7 +350,7 @@ class GPT:
             a_in, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps, be=be)
         qkv, c["c_attn"] = ops.linear_forward(a_in, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"], be=be)
         if kv is None:
-            a, c["attn"] = ops.attention_forward(qkv, cfg.n_head, B, T, bias)
+            a, c["attn"] = attention.attention_forward(qkv, cfg.n_head, B, T, bias, be=be)
         else:
             a = self._attention_kv(i, qkv, B, T, kv, kv_start, bias)
         a, ab, c["c_proj"] = ops.linear_branch_forward(a, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"],
@@ -441,7 +441,7 @@ class GPT:
             dx += dm_in
             dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(dx, c["ln_1"], be=be)
         da, grads[pre + "attn.c_proj.weight"], grads[pre + "attn.c_proj.bias"] = ops.linear_backward(dx, c["c_proj"], be=be)
-        dqkv = ops.attention_backward(da, c["attn"])
+        dqkv = attention.attention_backward(da, c["attn"], be=be)
         da_in, grads[pre + "attn.c_attn.weight"], grads[pre + "attn.c_attn.bias"] = ops.linear_backward(dqkv, c["c_attn"], be=be)
         if gpt2:  # dx_in = ln_1's input gradient + dx_mid
             dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(da_in, c["ln_1"],
@@ -536,13 +536,21 @@ class GPT:
         shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_size)
         return KVCache(k=self.xp.zeros(shape, self.dtype), v=self.xp.zeros(shape, self.dtype))
 
+    def _kv_flash(self, B, start, t) -> bool:
+        cfg = self.config
+        return attention.kv_flash(self.backend, self.dtype, cfg.n_head, cfg.head_size, B, start, t)
+
     def _attention_kv(self, i, qkv, B, t, kv, start, bias):
-        """Attention of t new queries against the cache's columns [0, start+t)."""
+        """Attention of t new queries against the cache's columns [0, start+t):
+        on the GPU the flash kernels (no (t, S) scores, no mask array: ``bias`` is
+        None then), else the materialised scores with the mask ``bias``."""
         C = self.config.n_embd
         H = self.config.n_head
-        q = ops._split_heads(qkv[:, :C], B, t, H)
         kv.k[i, :, :, start:start + t] = ops._split_heads(qkv[:, C:2 * C], B, t, H)
         kv.v[i, :, :, start:start + t] = ops._split_heads(qkv[:, 2 * C:], B, t, H)
+        if bias is None:
+            return attention.kv_attention(qkv, kv.k[i], kv.v[i], start, t, pad=kv.pad)
+        q = ops._split_heads(qkv[:, :C], B, t, H)
         return ops.attention_kv_forward(q, kv.k[i, :, :, :start + t], kv.v[i, :, :, :start + t], bias, be=self.backend)
 
     def decode(self, idx_new, kv: KVCache, pad=None, last_only=False):
@@ -574,20 +582,19 @@ class GPT:
         start = kv.length
         cols = xp.arange(start, start + t)  # absolute columns of the new tokens
         S = start + t
-        keys = xp.arange(S)
-        if kv.pad is None:
-            pos = cols
-            mask = keys[None, None, :] > cols[None, :, None]  # (1,t,S)
-        else:
-            padc = kv.pad[:, None]
-            pos = xp.maximum(cols[None, :] - padc, 0)  # (B,t)
-            # key j visible to query i if j <= i and j is a real token; a pad
-            # query sees only itself (its output is never used, but stays finite)
-            mask = (keys[None, None, :] > cols[None, :, None]) | (
-                (keys[None, None, :] < padc[:, :, None]) & (keys[None, None, :] != cols[None, :, None]))
+        pos = cols if kv.pad is None else xp.maximum(cols[None, :] - kv.pad[:, None], 0)  # (t,) or (B,t)
         if int(pos.max()) >= self.config.n_positions:
             raise ValueError(f"decoding past the model's n_positions={self.config.n_positions}")
-        bias = xp.where(mask, -xp.inf, 0.0).astype(self.dtype)[:, None]  # (B|1,1,t,S)
+        bias = None  # the flash kernels mask causally and the padding themselves
+        if not self._kv_flash(B, start, t):
+            keys = xp.arange(S)
+            mask = keys[None, None, :] > cols[None, :, None]  # (1,t,S)
+            if kv.pad is not None:
+                # key j visible to query i if j <= i and j is a real token; a pad
+                # query sees only itself (its output is never used, but stays finite)
+                padc = kv.pad[:, None]
+                mask = mask | ((keys[None, None, :] < padc[:, :, None]) & (keys[None, None, :] != cols[None, :, None]))
+            bias = xp.where(mask, -xp.inf, 0.0).astype(self.dtype)[:, None]  # (B|1,1,t,S)
         h, _ = self._trunk(idx, keep=False, pos=pos, bias=bias, kv=kv)
         kv.length = S
         if last_only:

@@ -7,7 +7,9 @@
 // h*D, C + h*D, 2C + h*D, so no split/transposed copy is ever made. y and dy are
 // (B*T, C); lse and dsum are (B*H, T) in the accumulation type.
 //
-// Causal only (the model's training attention). No T x T matrix exists anywhere: a block
+// Causal only (the model's training attention and the prompt of KV-cache decoding, whose
+// left padding the forward masks: pad (B,) int64 or null, keys j < pad[b] hidden from
+// every query but query j itself). No T x T matrix exists anywhere: a block
 // owns FA_BR query rows (or FA_BR keys in the dK/dV kernel), FA_TPR threads per row split
 // the head dimensions (d = lane + FA_TPR*j) and reduce their partial dot products with
 // two warp shuffles; the other side streams through shared memory in tiles of
@@ -64,7 +66,7 @@ template<typename A, int DMAX> struct Tile { enum { BC = (sizeof(A) == 8 && DMAX
 
 // ---- forward: y = softmax(q k^T * scale, causal) v, lse = m + log(l) per row ---------------
 template<typename S, typename A, int DMAX>
-__device__ void flash_fwd(const S* qkv, S* y, A* lse, int T, int H, int D, A scale) {
+__device__ void flash_fwd(const S* qkv, S* y, A* lse, const long long* pad, int T, int H, int D, A scale) {
     constexpr int BC = Tile<A, DMAX>::BC;
     constexpr int PER = DMAX / FA_TPR;
     __shared__ A ks[BC][DMAX];
@@ -75,6 +77,7 @@ __device__ void flash_fwd(const S* qkv, S* y, A* lse, int T, int H, int D, A sca
     const int r0 = blockIdx.x * FA_BR;
     const int tid = threadIdx.x, lane = tid % FA_TPR, row = r0 + tid / FA_TPR;
     const bool live = row < T;
+    const long long p0 = pad ? pad[b] : 0;
     const S* base = qkv + (long long)b * T * C3 + (long long)h * D;
     A q[PER], o[PER];
 #pragma unroll
@@ -103,10 +106,13 @@ __device__ void flash_fwd(const S* qkv, S* y, A* lse, int T, int H, int D, A sca
             for (int j = 0; j < PER; ++j) part += q[j] * ks[c][lane + FA_TPR * j];
             part = quad_sum(part);
             int key = k0 + c;
-            s[c] = (key <= row && key < T) ? part : fa_neg_inf<A>();
+            s[c] = (key <= row && key < T && (key >= p0 || key == row)) ? part : fa_neg_inf<A>();
             mt = fa_max(mt, s[c]);
         }
-        // mt is finite: key k0 <= row for every row that reaches a tile (tile 0 holds key 0)
+        // no key of this tile is visible yet (left padding): nothing to add, and
+        // exp(-inf - -inf) must not turn the row into NaN; no shuffle follows, so
+        // leaving the rest of the tile to the other rows is safe
+        if (mt == fa_neg_inf<A>()) continue;
         A alpha = exp(m - mt);
         l *= alpha;
 #pragma unroll
@@ -369,7 +375,8 @@ __device__ void decode_comb(const A* part_o, const A* part_ml, S* y, int H, int 
 
 #define FA_ENTRIES_D(SFX, S, A, DM)                                                                              \
 extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_fwd_##SFX##_d##DM(                                \
-    const S* qkv, S* y, A* lse, int T, int H, int D, A scale) { flash_fwd<S, A, DM>(qkv, y, lse, T, H, D, scale); } \
+    const S* qkv, S* y, A* lse, const long long* pad, int T, int H, int D, A scale) {                           \
+    flash_fwd<S, A, DM>(qkv, y, lse, pad, T, H, D, scale); }                                                   \
 extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_bwd_dkdv_##SFX##_d##DM(                           \
     const S* qkv, const S* dy, const A* lse, const A* dsum, S* dqkv, int T, int H, int D, A scale) {            \
     flash_bwd_dkdv<S, A, DM>(qkv, dy, lse, dsum, dqkv, T, H, D, scale); }                                      \
