@@ -292,7 +292,7 @@ def test_resume_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         T.Trainer(cfg, resume=True)
     T.Trainer(cfg, log=lambda m: None).run(steps=1)
-    with pytest.raises(ValueError, match="already holds a checkpoint.*--resume"):
+    with pytest.raises(ValueError, match="already holds a training run: pass --resume .* --overwrite"):
         T.Trainer(cfg)
     with pytest.raises(ValueError, match="has n_embd=32 but the config asks for n_embd=64"):
         T.Trainer(_cfg(tmp_path, eval_batches=0, n_embd=64), resume=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ class FinetuneConfig:
     max_grad_norm: float | None = 1.0  # as in OpenAI's finetune-transformer-lm
     max_len: int | None = None  # longest transformed sequence; None = model's n_positions
     seed: int = 0
+    ckpt_minutes: float = 0.0  # with out_dir, also checkpoint mid-epoch when this much wall time passed since the last save; 0: off
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -71,6 +71,8 @@ class FinetuneConfig:
             raise ValueError(f"lm_coef must be >= 0, got {self.lm_coef}")
         if not 0.0 <= self.warmup <= 1.0:
             raise ValueError(f"warmup is a fraction of the updates, in [0, 1]; got {self.warmup}")
+        if not (math.isfinite(self.ckpt_minutes) and self.ckpt_minutes >= 0):
+            raise ValueError(f"ckpt_minutes must be >= 0, got {self.ckpt_minutes}")
 
 
 # ----------------------------------------------------------------------------------
@@ -361,10 +363,9 @@ class Finetuned:
         also what ``finetune(..., resume=True)`` needs to continue exactly."""
         from gptlite.engine.backend import to_numpy
         from gptlite.engine.checkpoint import save_model, write_safetensors
-        from gptlite.fileio import atomic_write_text, staged_dir, swap_dir
+        from gptlite.fileio import atomic_write_text
 
-        path = Path(path)
-        with staged_dir(path) as tmp:
+        def write(tmp: Path) -> None:
             save_model(self.model, tmp, tokenizer=tokenizer or self.tokenizer)
             write_safetensors(tmp / HEAD_FILE, {k: to_numpy(v) for k, v in self.head.items()})
             meta = {"task": self.task, "labels": self.labels, "special_tokens": self.special_tokens,
@@ -373,15 +374,22 @@ class Finetuned:
                 write_safetensors(tmp / OPTIM_FILE, optimizer["tensors"])
                 meta["resume"] = {**resume, "adamw_t": optimizer["t"]}
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
-            os.chmod(tmp, 0o755)
-            swap_dir(tmp, path)
-        return path
+
+        return checkpoint_store(path).save(write, "fine-tuned model")
+
+
+def checkpoint_store(path):
+    """A fine-tuned model's directory is its own checkpoint slot; files a user put
+    in it are carried over to every new checkpoint."""
+    from gptlite.training.store import Store
+
+    return Store(path, META_FILE, carry=True)
 
 
 def load_finetuned(path, device=None, dtype="float32") -> Finetuned:
     from gptlite.engine.checkpoint import load_model, load_tokenizer, read_safetensors
 
-    path = Path(path)
+    path = checkpoint_store(path).find() or Path(path)  # the previous one, if a save was cut short mid-swap
     if not (path / META_FILE).is_file() or not (path / HEAD_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a fine-tuned checkpoint (needs {META_FILE} and {HEAD_FILE})")
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
@@ -422,6 +430,9 @@ class FinetuneResult:
     skipped: list  # (file, line, reason)
 
 
+_NOT_TRAJECTORY = ("ckpt_minutes",)  # may differ on resume: the updates are the same
+
+
 def _config_dict(cfg: FinetuneConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["betas"] = list(d["betas"])
@@ -438,7 +449,8 @@ def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
     if st is None or not (Path(out_dir) / OPTIM_FILE).is_file():
         raise ValueError(f"{out_dir}: the checkpoint holds no optimizer state or loop position to resume from")
     now = _config_dict(cfg)
-    diff = sorted(k for k in now if st["config"].get(k) != now[k])
+    was = {**_config_dict(FinetuneConfig()), **st["config"]}  # keys added since the checkpoint was written: defaults
+    diff = sorted(k for k in now if k not in _NOT_TRAJECTORY and was.get(k) != now[k])
     if diff:
         raise ValueError(f"{out_dir}: cannot resume with a different configuration: "
                          + ", ".join(f"{k} {st['config'].get(k)!r} -> {now[k]!r}" for k in diff))
@@ -460,6 +472,7 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     from gptlite.runlock import RunLock, check_out_dir
 
     with RunLock(out_dir, "fine-tuning"):
+        checkpoint_store(out_dir).recover()  # a save killed between its two renames
         check_out_dir(out_dir, (Path(out_dir) / META_FILE).is_file(), resume, overwrite, "fine-tuned model")
         return _finetune(model, tokenizer, train, valid, config, labels, out_dir, skip_bad, log, resume)
 
@@ -558,6 +571,9 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
         if world.is_main:  # every rank holds the same weights
             ft.save(out_dir, tokenizer, resume=state, optimizer=opt.state_dict())
         world.barrier()
+        last_save[0] = time.monotonic()
+
+    last_save = [time.monotonic()]
 
     flat = distributed.FlatGrads(params) if world.size > 1 else None
 
@@ -593,6 +609,10 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
                         log(f"interrupted ({signal.Signals(signum).name}): saved at epoch {epoch + 1}, step {step} "
                             f"in {out_dir}; continue with --resume")
                     raise Stopped(signum)
+                if out_dir is not None and cfg.ckpt_minutes > 0 and s + cfg.batch_size < len(order):  # (the epoch's end saves anyway)
+                    due = time.monotonic() - last_save[0] >= 60 * cfg.ckpt_minutes
+                    if world.bcast(due):  # rank 0's clock decides, so every rank joins the save
+                        checkpoint(epoch, s + cfg.batch_size, order, sums)
             n = steps_per_epoch
             rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
                    "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
@@ -666,7 +686,8 @@ def run_from_args(args) -> int:
         w.use_gpu()  # before any model is loaded: one GPU per rank
     cfg = FinetuneConfig(task=args.task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                          warmup=args.warmup, lm_coef=args.lm_coef, dropout=args.dropout,
-                         weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed)
+                         weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed,
+                         ckpt_minutes=args.ckpt_minutes)
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
     labels = args.labels.split(",") if args.labels else None
     if args.resume:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -39,6 +38,8 @@ from gptlite import validate
 from gptlite.training import distributed, optim
 from gptlite.data import Batches, TokenData, read_meta
 from gptlite.fileio import atomic_write_text
+from gptlite.runlock import OutDirError
+from gptlite.training.store import Store, claim_out_dir
 
 
 class TrainingError(RuntimeError):
@@ -245,40 +246,44 @@ STATE = "trainer_state.json"
 OPTIM = "optimizer.safetensors"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+RUN_CONFIG = "train_config.json"
+METRICS = "metrics.jsonl"
+
+
+def checkpoint_store(out_dir) -> Store:
+    # "ckpt.old", not ".ckpt.old": the name earlier versions left mid-swap, so their checkpoints still resume
+    return Store(Path(out_dir) / CKPT, STATE, old_name=CKPT + ".old")
 
 
 def find_checkpoint(out_dir) -> Path | None:
     """The latest complete checkpoint in a run directory (``ckpt``, or ``ckpt.old`` when a
     swap was interrupted between its two renames), or None."""
+    return checkpoint_store(out_dir).find()
+
+
+def is_training_run(out_dir) -> bool:
+    """What marks a directory as a gptlite training run: a checkpoint, or the
+    ``train_config.json`` every run writes before its first step (a run killed
+    before its first checkpoint is still ours). A file of that name that is not
+    our resolved config (a JSON object with ``world_size`` and ``data_dir``) is not."""
     out = Path(out_dir)
-    for name in (CKPT, CKPT + ".old"):
-        p = out / name
-        if (p / STATE).exists():
-            return p
-    return None
+    if find_checkpoint(out) is not None:
+        return True
+    try:
+        cfg = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "world_size" in cfg and "data_dir" in cfg
 
 
 def save_checkpoint(out_dir, model, opt: optim.AdamW, state: dict, tokenizer_dir=None) -> Path:
     """Write a complete checkpoint next to the current one, then swap it in."""
     from gptlite.engine.checkpoint import save_model, write_safetensors
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in (f".{CKPT}.tmp-*", f"..{CKPT}.tmp-*"):  # left by a killed writer
-        for stale in out.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out / f".{CKPT}.tmp-{os.getpid()}"
-    final, old = out / CKPT, out / (CKPT + ".old")
-    try:
+    ost = opt.state_dict()
+
+    def write(tmp: Path) -> None:
         save_model(model, tmp)  # creates tmp (itself via a temporary + rename)
-        ost = opt.state_dict()
         write_safetensors(tmp / OPTIM, ost["tensors"], {"format": "gptlite-adamw", "t": str(ost["t"])})
         if tokenizer_dir is not None:
             for name in ("encoder.json", "vocab.bpe"):
@@ -286,26 +291,8 @@ def save_checkpoint(out_dir, model, opt: optim.AdamW, state: dict, tokenizer_dir
                 if src.exists():
                     shutil.copyfile(src, tmp / name)
         (tmp / STATE).write_text(json.dumps({**state, "adamw_t": ost["t"]}, indent=2) + "\n", encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            kept = f"; the previous checkpoint {final} is kept" if find_checkpoint(out) else ""
-            why = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise OSError(exc.errno, f"could not write checkpoint to {out}: {why}{kept}") from exc
-        raise
-    # Swap: after the first rename only ckpt.old exists (find_checkpoint falls back to it).
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    return checkpoint_store(out_dir).save(write)
 
 
 def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
@@ -332,7 +319,7 @@ class Trainer:
     saves a checkpoint at the end.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None, overwrite: bool = False):
         from gptlite.engine.backend import get_xp
         from gptlite.engine.model import GPT, GPTConfig
 
@@ -362,11 +349,18 @@ class Trainer:
 
             fused.set_tf32(cfg.tf32)
 
+        # checked again under the run's lock in run(); here so a refused run fails before building a model
+        from gptlite.runlock import check_out_dir
+
+        self._resume, self._overwrite = resume, overwrite
+        if resume and overwrite:
+            raise OutDirError("--resume continues the run in out_dir, --overwrite replaces it: give one of them")
         existing = find_checkpoint(self.out)
-        if existing is not None and not resume:
-            raise ValueError(f"{self.out} already holds a checkpoint ({existing}): pass --resume to continue it, or choose another out_dir")
         if resume and existing is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.out}")
+            hint = (": the run there stopped before its first checkpoint; --overwrite starts it again"
+                    if is_training_run(self.out) else "")
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.out}{hint}")
+        check_out_dir(self.out, is_training_run(self.out), resume, overwrite, "training run")
 
         mcfg = GPTConfig(vocab_size=vocab, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                          n_head=cfg.n_head, n_inner=cfg.n_inner or None, layout=cfg.layout)
@@ -412,17 +406,15 @@ class Trainer:
                 raise TrainingError(f"checkpoint {existing}: trainer_state.json field 'data' is corrupt ({exc})") from None
             self.tokens_seen = int(state.get("tokens_seen", 0))
             self.last_val = state.get("val_loss")
-            self._metrics_fix = ("truncate", self.step)
+            self._resume_step = self.step
             self.log(f"resumed from {existing} at step {self.step}")
-        else:
-            self._metrics_fix = ("drop", 0)  # lines of an earlier run that never saved a checkpoint
 
         self.flops_per_token = float(self.model.flops_per_token(cfg.block_size))  # the one formula: GPT.flops_per_token
         self._stop_requested = False
         self._stop_agreed = False  # several ranks: the stop all of them saw in the last step's reduction
         self._stop_signum = signal.SIGINT
         self._in_step = False
-        self._have_ckpt = existing is not None  # a checkpoint in out_dir is ours to replace
+        self._claimed = False  # out_dir checked and taken under the lock (the first run())
         validate.shard_ids(self.train_data, self.val_data, vocab, cfg.data_dir)
         self.world.barrier()  # every rank checked the run directory before rank 0 writes to it
 
@@ -454,7 +446,6 @@ class Trainer:
         path = self.out / CKPT
         if self.world.is_main:
             path = save_checkpoint(self.out, self.model, self.opt, self.state(), self.tokenizer_dir)
-        self._have_ckpt = True
         self._last_save = time.monotonic()
         self.world.barrier()
         return path
@@ -466,7 +457,7 @@ class Trainer:
     # -- metrics -------------------------------------------------------------------------
     @property
     def metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
+        return self.out / METRICS
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines logged after the checkpoint we resume from."""
@@ -565,17 +556,30 @@ class Trainer:
         from gptlite.runlock import RunLock
 
         with RunLock(self.out, "training"):
-            if not self._have_ckpt and find_checkpoint(self.out) is not None:  # written by another run since __init__
-                raise ValueError(f"{self.out} now holds a checkpoint written by another run: pass --resume to continue it, or choose another out_dir")
-            # metrics.jsonl is edited only under the lock: a second Trainer must not touch a running one's
-            if self._metrics_fix is not None:
-                how, step = self._metrics_fix
-                if how == "truncate":
-                    self._truncate_metrics(step)
-                elif self.metrics_path.exists():
-                    self.metrics_path.unlink()
-                self._metrics_fix = None
+            if not self._claimed:
+                self._claim()
             return self._run(steps)
+
+    def _saved_step(self):
+        ck = find_checkpoint(self.out)
+        try:
+            return json.loads((ck / STATE).read_text(encoding="utf-8")).get("step") if ck else None
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _claim(self) -> None:
+        """The out_dir rules, under the lock: what __init__ saw may have changed since
+        (another run wrote a checkpoint); ``overwrite`` removes only what a run writes."""
+        store = checkpoint_store(self.out)
+        if self._resume and self._saved_step() != self._resume_step:
+            raise OutDirError(f"{self.out}: another run saved a checkpoint since this one read it (step {self._resume_step}): "
+                              f"start the --resume again")
+        if self.world.is_main:
+            claim_out_dir(self.out, is_training_run(self.out), self._resume, self._overwrite, "training run",
+                          ours=[store, self.metrics_path, self.out / RUN_CONFIG])
+            if self._resume:  # drop metric lines logged after the checkpoint (only under the lock)
+                self._truncate_metrics(self._resume_step)
+        self._claimed = True
 
     def _run(self, steps: int | None) -> dict:
         from gptlite.runlock import Stopped, stop_signals
@@ -584,7 +588,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self._last_save = time.monotonic()
         if self.world.is_main:
-            atomic_write_text(self.out / "train_config.json",
+            atomic_write_text(self.out / RUN_CONFIG,
                               json.dumps({**dataclasses.asdict(cfg), "world_size": self.world.size}, indent=2) + "\n")
         end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
         tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
@@ -679,9 +683,9 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def train(cfg: TrainConfig, resume: bool = False, steps: int | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, steps: int | None = None, overwrite: bool = False) -> dict:
     with distributed.fail_fast(distributed.world()):
-        return Trainer(cfg, resume=resume).run(steps)
+        return Trainer(cfg, resume=resume, overwrite=overwrite).run(steps)
 
 
 # --- held-out evaluation and the unigram baseline ----------------------------------------
