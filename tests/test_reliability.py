@@ -10,6 +10,7 @@ docs/reliability.md maps each guarantee to the test here that proves it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -397,7 +398,7 @@ def test_killed_at_random_points_resumes_exactly(tmp_path, sig):
     kills = 0
     for attempt in range(3):
         before = _metric_steps(out)
-        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg.__dict__)], env=ENV,
+        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(dataclasses.asdict(cfg))], env=ENV,
                                  stderr=subprocess.PIPE, text=True)
         target = before + rng.randint(1, 4)
         deadline = time.monotonic() + 60

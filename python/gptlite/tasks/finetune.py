@@ -36,12 +36,13 @@ import numpy as np
 
 from gptlite.engine.backend import device_of
 from gptlite.tasks.datasets import FINETUNE_SCHEMAS, Dataset, DatasetError, read_records
+from gptlite.training.store import OPTIM, read_optimizer
 
 TASKS = tuple(FINETUNE_SCHEMAS)
 SPECIALS = ("start", "delim", "extract")
 HEAD_FILE = "head.safetensors"
 META_FILE = "finetune.json"
-OPTIM_FILE = "optimizer.safetensors"  # AdamW's m and v, for resuming
+OPTIM_FILE = OPTIM  # AdamW's m and v, for resuming
 
 
 @dataclass
@@ -364,6 +365,7 @@ class Finetuned:
         from gptlite.engine.backend import to_numpy
         from gptlite.engine.checkpoint import save_model, write_safetensors
         from gptlite.fileio import atomic_write_text
+        from gptlite.training.store import write_optimizer
 
         def write(tmp: Path) -> None:
             save_model(self.model, tmp, tokenizer=tokenizer or self.tokenizer)
@@ -371,7 +373,7 @@ class Finetuned:
             meta = {"task": self.task, "labels": self.labels, "special_tokens": self.special_tokens,
                     "max_len": self.max_len, "history": self.history}
             if resume is not None and optimizer is not None:
-                write_safetensors(tmp / OPTIM_FILE, optimizer["tensors"])
+                write_optimizer(tmp, optimizer)
                 meta["resume"] = {**resume, "adamw_t": optimizer["t"]}
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
 
@@ -442,8 +444,6 @@ def _config_dict(cfg: FinetuneConfig) -> dict:
 def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
     """The saved loop position and optimizer state of a fine-tuning checkpoint,
     checked against this run's configuration."""
-    from gptlite.engine.checkpoint import read_safetensors
-
     meta = json.loads((Path(out_dir) / META_FILE).read_text(encoding="utf-8"))
     st = meta.get("resume")
     if st is None or not (Path(out_dir) / OPTIM_FILE).is_file():
@@ -456,8 +456,7 @@ def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
                          + ", ".join(f"{k} {st['config'].get(k)!r} -> {now[k]!r}" for k in diff))
     if st["epoch"] >= cfg.epochs:
         raise ValueError(f"{out_dir}: the run already finished its {cfg.epochs} epochs")
-    tensors = read_safetensors(Path(out_dir) / OPTIM_FILE)
-    st["optimizer"] = {"t": st["adamw_t"], "tensors": {k: np.array(v) for k, v in tensors.items()}}
+    st["optimizer"] = read_optimizer(out_dir, st["adamw_t"])
     return st
 
 
@@ -469,11 +468,13 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     given with ``resume`` or ``overwrite``: anything else is never replaced."""
     if out_dir is None:
         return _finetune(model, tokenizer, train, valid, config, labels, out_dir, skip_bad, log, resume)
-    from gptlite.runlock import RunLock, check_out_dir
+    from gptlite.runlock import RunLock
+    from gptlite.training.store import claim_out_dir
 
     with RunLock(out_dir, "fine-tuning"):
         checkpoint_store(out_dir).recover()  # a save killed between its two renames
-        check_out_dir(out_dir, (Path(out_dir) / META_FILE).is_file(), resume, overwrite, "fine-tuned model")
+        # overwrite: the first checkpoint replaces the run (files a user put there are carried over)
+        claim_out_dir(out_dir, (Path(out_dir) / META_FILE).is_file(), resume, overwrite, "fine-tuned model")
         return _finetune(model, tokenizer, train, valid, config, labels, out_dir, skip_bad, log, resume)
 
 
@@ -490,7 +491,8 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
     the same updates, losses and weights as a run that was never interrupted.
     """
     from gptlite.training import distributed
-    from gptlite.training.optim import AdamW, AdamWConfig, Schedule, clip_grads
+    from gptlite.training.optim import AdamWConfig, Schedule
+    from gptlite.training.step import Update
 
     cfg = config or FinetuneConfig()
     cfg.validate()
@@ -551,7 +553,13 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
                      kind="linear")
     params = dict(model.params)
     params.update(ft.head)
-    opt = AdamW(params, AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay))
+    # the step pre-training takes too (training/step.py): flat buffers, clip, AdamW, the schedule
+    update = Update(params, AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay),
+                    sched, cfg.max_grad_norm, world)
+    for held in (model.params, ft.head):  # the model and the head read the flat buffer's views
+        for k in held:
+            held[k] = params[k]
+    opt = update.opt
     rng = np.random.default_rng(cfg.seed + 2)  # data order and dropout masks
     history = list(ft.history)
     step, start_epoch, pos, order, sums = 0, 0, 0, None, np.zeros(3)
@@ -575,8 +583,6 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
 
     last_save = [time.monotonic()]
 
-    flat = distributed.FlatGrads(params) if world.size > 1 else None
-
     from gptlite.runlock import Stopped, stop_signals
 
     stop = []  # the number of a stop signal (SIGINT/SIGTERM/SIGUSR1): save at the next step boundary, then stop
@@ -592,14 +598,20 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
                 batch = collate(exs, xp)
                 K_rows = len(exs) * n_seq if cfg.task == "choice" else len(exs)
                 mask = dropout_mask((K_rows, model.config.n_embd), cfg.dropout, rng, xp, model.dtype)
-                if flat is None:
+                update.zero()
+                if world.size == 1:
                     tot, tl, ll, grads = loss_and_grads(model, ft.head, batch, cfg.task, cfg.lm_coef, mask, n_seq)
+                    update.add(grads)
+                    del grads
+                    st = update.apply(step, tot)
                     stopping = bool(stop)
                 else:  # several ranks stop at the step all of them agreed on, so they all save
-                    tot, tl, ll, grads, stopping = _rank_share(world, flat, model, ft.head, exs, batch, mask, cfg,
-                                                               n_seq, xp, bool(stop))
-                clip_grads(grads, cfg.max_grad_norm)
-                opt.step(grads, lr=sched(step))
+                    st = update.apply(step, *_rank_share(update, world, model, ft.head, exs, batch, mask, cfg, n_seq, xp, bool(stop)))
+                    tot, (tl, ll, stopped) = st["loss"], st["scalars"]
+                    ll, stopping = ll if cfg.lm_coef > 0 else float("nan"), stopped > 0
+                if not st["finite"]:
+                    log(f"step {step + 1}: non-finite loss or gradient (loss={st['loss']}, grad_norm={st['grad_norm']}); "
+                        f"update skipped")
                 step += 1
                 sums += (tot, tl, ll if cfg.lm_coef > 0 else 0.0)
                 if stopping:
@@ -631,11 +643,13 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
     return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
 
 
-def _rank_share(world, flat, model, head, exs, batch, mask, cfg, n_seq, xp, stop):
+def _rank_share(update, world, model, head, exs, batch, mask, cfg, n_seq, xp, stop):
     """This rank's part of a data-parallel step: its contiguous share of the batch's
-    examples, its means weighted by its share of the labels / LM targets, then the
-    flat gradient buffer and the losses summed over ranks (one collective each).
-    Every rank draws the whole batch's dropout mask, so the rng stays in step."""
+    examples, its means weighted by its share of the labels / LM targets, its
+    gradients added to ``update``. Returns what ``update.apply`` takes: this rank's
+    loss and (task loss, LM loss, stop flag), summed there over ranks with the
+    flat gradient buffer (one collective each). Every rank draws the whole
+    batch's dropout mask, so the rng stays in step."""
     from gptlite.training import distributed
 
     r = distributed.shard(len(exs), world)
@@ -643,7 +657,6 @@ def _rank_share(world, flat, model, head, exs, batch, mask, cfg, n_seq, xp, stop
     labels, tgt = batch[3], batch[2]
     n_labels = int((labels != -1).sum())
     n_tokens = int((tgt != -1).sum())
-    grads = flat.zero()
     tot = tl = ll = 0.0
     if len(r):
         mine = collate(exs[r.start:r.stop], xp)
@@ -651,11 +664,9 @@ def _rank_share(world, flat, model, head, exs, batch, mask, cfg, n_seq, xp, stop
         task_w = int((mine[3] != -1).sum()) / max(1, n_labels)
         lm_w = int((mine[2] != -1).sum()) / max(1, n_tokens)
         tot, tl, ll, g = loss_and_grads(model, head, mine, cfg.task, cfg.lm_coef, m, n_seq, task_w, lm_w)
-        flat.add(g, 1.0)
+        update.add(g)
         tot, tl, ll = float(tot), float(tl), float(ll) if cfg.lm_coef > 0 else 0.0
-    flat.reduce(world)
-    tot, tl, ll, stop = world.allreduce_scalars([tot, tl, ll, float(stop)])
-    return tot, tl, ll if cfg.lm_coef > 0 else float("nan"), grads, stop > 0
+    return tot, [tl, ll, float(stop)]
 
 
 def _evaluate_sharded(ft, exs, batch_size, world) -> dict:
@@ -694,7 +705,7 @@ def run_from_args(args) -> int:
         if args.random_init:
             raise ValueError("--resume continues the saved run; --random-init does not apply")
         res = finetune(None, None, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
-                       skip_bad=args.skip_bad, log=log, resume=True)
+                       skip_bad=args.skip_bad, log=log, resume=True, overwrite=getattr(args, "overwrite", False))
         return _report(args, res) if w.is_main else 0
     d = checkpoint.resolve_model_dir(args.model)  # None: the shipped default model
     if (d / META_FILE).is_file():

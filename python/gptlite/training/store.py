@@ -30,6 +30,8 @@ from pathlib import Path
 
 from gptlite.runlock import OutDirError
 
+OPTIM = "optimizer.safetensors"  # AdamW's m and v, in every checkpoint that can be resumed
+
 
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -144,6 +146,24 @@ class Store:
                 os.link(entry, dest)
             except OSError:
                 shutil.copy2(entry, dest, follow_symlinks=False)
+
+
+def write_optimizer(ckpt_dir, state: dict) -> None:
+    """AdamW's ``state_dict()`` (m and v; the step count also in the header) into a checkpoint being built."""
+    from gptlite.engine.checkpoint import write_safetensors
+
+    write_safetensors(Path(ckpt_dir) / OPTIM, state["tensors"], {"format": "gptlite-adamw", "t": str(state["t"])})
+
+
+def read_optimizer(ckpt_dir, t) -> dict:
+    """The ``load_state_dict()`` input of a checkpoint's AdamW; ``t`` is the step count its
+    state file records (checkpoints before the header carried it have only that)."""
+    import numpy as np
+
+    from gptlite.engine.checkpoint import read_safetensors
+
+    tensors = read_safetensors(Path(ckpt_dir) / OPTIM)
+    return {"t": t, "tensors": {k: np.array(v) for k, v in tensors.items()}}  # copies: the reader memory-maps
 
 
 def claim_out_dir(out, is_run: bool, resume: bool, overwrite: bool, what: str, ours=()) -> None:
