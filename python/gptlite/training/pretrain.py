@@ -1,4 +1,8 @@
-"""Generative pre-training: the loop, its config, and resumable checkpoints.
+"""Generative pre-training: the loop and its resumable checkpoints.
+
+The config is training/config.py's, the update after the gradients
+training/step.py's and the checkpoint store training/store.py's, all shared
+with fine-tuning (gptlite.tasks.finetune).
 
 A run lives in ``out_dir``::
 
@@ -8,11 +12,12 @@ A run lives in ``out_dir``::
         optimizer.safetensors            AdamW m and v
         trainer_state.json               step, AdamW t, data position, config, metrics line count
     out_dir/metrics.jsonl           one JSON object per logged step
-    out_dir/train_config.json       the resolved config of the run
+    out_dir/train_config.json       the resolved config of the run (written before the first step:
+                                    with a checkpoint, what makes out_dir a training run)
 
 A checkpoint is written to a temporary sibling directory, fsynced, and only
 then swapped in (``ckpt`` -> ``ckpt.old``, tmp -> ``ckpt``, remove ``ckpt.old``),
-so at every instant one complete checkpoint exists on disk.
+so at every instant one complete checkpoint exists on disk (training/store.py).
 
 The loop has no randomness besides the batch sampler, whose state is one
 integer (see gptlite.data.Batches), so resuming is exact: N steps, save,
