@@ -406,3 +406,93 @@ def test_finetune_cli_resume(tiny_dir, corpus_sets, tmp_path, capsys):
     assert main(["finetune", "--task", "classification", "--train", str(train), "--out", str(tmp_path / "none"),
                  "--resume"]) == 2
     assert "none" in capsys.readouterr().err
+
+
+@pytest.fixture
+def mini(tmp_path):
+    """A byte-level tokenizer, a one-layer model and 12 labelled records."""
+    from gptlite.engine.model import GPT, GPTConfig
+    from gptlite.tokenizer.encoding import Tokenizer
+
+    tok = Tokenizer.from_ranks({bytes([i]): i for i in range(256)}, {"<|endoftext|>": 256})
+    rows = [{"text": "abc" * (1 + i % 3) + "d" * (i % 2), "label": i % 2} for i in range(12)]
+    return (lambda: GPT(GPTConfig(vocab_size=257, n_positions=16, n_embd=8, n_layer=1, n_head=2), seed=0)), tok, \
+        _write(tmp_path / "train.jsonl", rows)
+
+
+def test_finetune_takes_the_shared_step(mini, tmp_path, monkeypatch):
+    """Fine-tuning's update is training/step.py's, as pre-training's: one flat
+    buffer for weights and head, and a step whose gradient is not finite is
+    skipped (AdamW's count stays) instead of writing NaN into the weights."""
+    from gptlite.training import step as S
+
+    make, tok, train = mini
+    cfg = ft.FinetuneConfig(task="classification", epochs=1, batch_size=4, max_len=12, lr=1e-3)
+    made = []
+    real_init = S.Update.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(S.Update, "__init__", spy)
+    real = ft.loss_and_grads
+    calls = []
+
+    def poisoned_second(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        if len(calls) == 2:
+            out[3]["head.bias"] = out[3]["head.bias"] * np.nan
+        return out
+
+    monkeypatch.setattr(ft, "loss_and_grads", poisoned_second)
+    logs = []
+    res = ft.finetune(make(), tok, train, config=cfg, out_dir=tmp_path / "ft", log=logs.append)
+    [update] = made
+    assert update.opt.t == 2  # 3 steps, the second skipped
+    assert any("step 2: non-finite loss or gradient" in m and "update skipped" in m for m in logs)
+    fin = res.finetuned
+    assert all(np.isfinite(v).all() for v in list(fin.model.params.values()) + list(fin.head.values()))
+    # the model and the head are views of the update's one weight buffer
+    assert all(np.shares_memory(v, update.flat.params_buf) for v in list(fin.model.params.values()) + list(fin.head.values()))
+    assert json.loads((tmp_path / "ft" / ft.META_FILE).read_text())["resume"]["adamw_t"] == 2
+
+
+def test_checkpoint_of_an_earlier_version_resumes(mini, tmp_path):
+    """A fine-tuning checkpoint written before ckpt_minutes existed (no such key in
+    its saved config, no header in optimizer.safetensors) resumes exactly."""
+    import signal
+
+    from gptlite.engine.checkpoint import read_safetensors, write_safetensors
+
+    make, tok, train = mini
+    cfg = ft.FinetuneConfig(task="classification", epochs=2, batch_size=4, max_len=12, lr=1e-3)
+    straight = ft.finetune(make(), tok, train, config=cfg, out_dir=tmp_path / "a", log=lambda s: None)
+    real = ft.loss_and_grads
+    calls = []
+
+    def interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+
+    ft.loss_and_grads = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ft.finetune(make(), tok, train, config=cfg, out_dir=tmp_path / "b", log=lambda s: None)
+    finally:
+        ft.loss_and_grads = real
+    meta_path = tmp_path / "b" / ft.META_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["resume"]["config"]["ckpt_minutes"]
+    meta_path.write_text(json.dumps(meta))
+    opt = tmp_path / "b" / ft.OPTIM_FILE
+    write_safetensors(opt, {k: np.array(v) for k, v in read_safetensors(opt).items()})  # no metadata, as before
+    resumed = ft.finetune(None, tok, train, config=dataclasses.replace(cfg, ckpt_minutes=5.0), out_dir=tmp_path / "b",
+                          log=lambda s: None, resume=True)  # ckpt_minutes may differ: the updates do not
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    a, b = ft.load_finetuned(tmp_path / "a"), ft.load_finetuned(tmp_path / "b")
+    for k in a.model.params:
+        assert np.array_equal(a.model.params[k], b.model.params[k]), k

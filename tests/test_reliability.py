@@ -10,6 +10,7 @@ docs/reliability.md maps each guarantee to the test here that proves it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -364,7 +365,8 @@ CHILD = textwrap.dedent("""
     import json, sys
     from gptlite.training import pretrain as T
     cfg = T.TrainConfig(**json.loads(sys.argv[1]))
-    tr = T.Trainer(cfg, resume=T.find_checkpoint(cfg.out_dir) is not None, log=lambda m: print(m, file=sys.stderr))
+    ck = T.find_checkpoint(cfg.out_dir) is not None  # none yet: a kill before the first save, start again
+    tr = T.Trainer(cfg, resume=ck, overwrite=not ck, log=lambda m: print(m, file=sys.stderr))
     try:
         tr.run()
     except KeyboardInterrupt as exc:
@@ -396,7 +398,7 @@ def test_killed_at_random_points_resumes_exactly(tmp_path, sig):
     kills = 0
     for attempt in range(3):
         before = _metric_steps(out)
-        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg.__dict__)], env=ENV,
+        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(dataclasses.asdict(cfg))], env=ENV,
                                  stderr=subprocess.PIPE, text=True)
         target = before + rng.randint(1, 4)
         deadline = time.monotonic() + 60
@@ -449,15 +451,18 @@ def test_two_runs_on_one_directory(tmp_path, capsys):
 
     cfg = _cfg(tmp_path, eval_batches=0)
     holder = _hold(Path(cfg.out_dir))
-    theirs = Path(cfg.out_dir) / "metrics.jsonl"  # the running holder's log
-    theirs.parent.mkdir()
-    theirs.write_text('{"step": 1, "loss": 1.0}\n')
+    out = Path(cfg.out_dir)
+    out.mkdir()
+    theirs = {"metrics.jsonl": '{"step": 1, "loss": 1.0}\n',  # the running holder's log and config
+              "train_config.json": json.dumps({"data_dir": cfg.data_dir, "world_size": 1})}
+    for name, text in theirs.items():
+        (out / name).write_text(text)
     try:
-        tr = T.Trainer(cfg, log=lambda m: None)
+        tr = T.Trainer(cfg, log=lambda m: None, overwrite=True)  # not even --overwrite gets past the lock
         with pytest.raises(RunLockedError, match=f"in use by another gptlite process \\(pid {holder.pid}"):
             tr.run()
-        assert not (Path(cfg.out_dir) / "ckpt").exists()
-        assert theirs.read_text() == '{"step": 1, "loss": 1.0}\n'  # untouched by the refused run
+        assert not (out / "ckpt").exists()
+        assert {n: (out / n).read_text() for n in theirs} == theirs  # untouched by the refused run
     finally:
         holder.kill()  # kill -9: the kernel drops the lock with the process
         holder.wait()
@@ -465,8 +470,13 @@ def test_two_runs_on_one_directory(tmp_path, capsys):
     # a run that started while the directory was empty must not overwrite a checkpoint written since
     late = T.Trainer(_cfg(tmp_path, eval_batches=0, out_dir=str(tmp_path / "r2")), log=lambda m: None)
     T.Trainer(_cfg(tmp_path, eval_batches=0, out_dir=str(tmp_path / "r2")), log=lambda m: None).run(steps=2)
-    with pytest.raises(ValueError, match="now holds a checkpoint written by another run"):
+    with pytest.raises(ValueError, match="r2 already holds a training run"):
         late.run()
+    # nor may a --resume continue from a checkpoint that another run has replaced since it read it
+    stale = T.Trainer(_cfg(tmp_path, eval_batches=0, out_dir=str(tmp_path / "r2")), resume=True, log=lambda m: None)
+    T.Trainer(_cfg(tmp_path, eval_batches=0, out_dir=str(tmp_path / "r2")), resume=True, log=lambda m: None).run(steps=1)
+    with pytest.raises(ValueError, match="another run saved a checkpoint since this one read it \\(step 2\\)"):
+        stale.run()
     # tokenizer training: the same lock, one line from the CLI
     corpus = tmp_path / "c.txt"
     corpus.write_text("low lower lowest " * 50, encoding="utf-8")
@@ -518,8 +528,10 @@ def test_finetune_out_never_clobbers(tmp_path, ft_setup):
     with pytest.raises(OutDirError, match="already holds a fine-tuned model: pass --resume .* --overwrite"):
         ft.finetune(make(), tok, train, config=cfg, out_dir=out, log=lambda m: None)
     assert (out / ft.META_FILE).read_text() == first
+    (out / "notes.txt").write_text("mine")  # a user's file in the model directory
     ft.finetune(make(), tok, train, config=dataclasses_replace(cfg, epochs=2), out_dir=out, log=lambda m: None, overwrite=True)
     assert len(json.loads((out / ft.META_FILE).read_text())["history"]) == 2
+    assert (out / "notes.txt").read_text() == "mine"  # carried into every new checkpoint
 
 
 def dataclasses_replace(cfg, **kw):
@@ -554,6 +566,165 @@ def test_finetune_sigterm_saves_and_resumes(tmp_path, ft_setup):
     assert any("interrupted (SIGTERM)" in m for m in logs)
     rest = ft.finetune(None, tok, train, config=cfg, out_dir=tmp_path / "b", log=lambda m: None, resume=True)
     assert [h["train_loss"] for h in rest.history] == [h["train_loss"] for h in full.history]
+
+
+def test_finetune_ckpt_minutes_checkpoints_by_wall_time(tmp_path, ft_setup, monkeypatch):
+    from gptlite.tasks import finetune as ft
+
+    make, tok, train = ft_setup
+    cfg = ft.FinetuneConfig(task="classification", epochs=2, batch_size=2, max_len=12, ckpt_minutes=0.5)
+    clock = [0.0]
+    monkeypatch.setattr(ft.time, "monotonic", lambda: clock[0])
+    real_lg, real_save = ft.loss_and_grads, ft.Finetuned.save
+    saves = []
+
+    def step(*a, **k):
+        clock[0] += 11.0  # 11 s of "wall time" per step: 30 s pass during every third step
+        return real_lg(*a, **k)
+
+    def save(self, path, tokenizer=None, resume=None, optimizer=None):
+        saves.append((resume["epoch"], resume["step"]))
+        return real_save(self, path, tokenizer, resume=resume, optimizer=optimizer)
+
+    monkeypatch.setattr(ft, "loss_and_grads", step)
+    monkeypatch.setattr(ft.Finetuned, "save", save)
+    ft.finetune(make(), tok, train, config=cfg, out_dir=tmp_path / "ft", log=lambda m: None)
+    # 4 steps an epoch: by wall time at steps 3 and 7, and at each epoch's end (steps 4, 8), which restarts the clock
+    assert saves == [(0, 3), (1, 4), (1, 7), (2, 8)]
+    saves.clear()
+    ft.finetune(make(), tok, train, config=dataclasses_replace(cfg, ckpt_minutes=0.0), out_dir=tmp_path / "off",
+                log=lambda m: None)
+    assert saves == [(1, 4), (2, 8)]  # off: once per epoch
+    with pytest.raises(ValueError, match="ckpt_minutes must be >= 0"):
+        dataclasses_replace(cfg, ckpt_minutes=-1.0).validate()
+
+
+def _ft_saved_step(out: Path) -> int:
+    from gptlite.tasks import finetune as ft
+
+    ck = ft.checkpoint_store(out).find()
+    try:
+        return json.loads((ck / ft.META_FILE).read_text())["resume"]["step"] if ck else 0
+    except (OSError, ValueError, KeyError):  # replaced while being read
+        return 0
+
+
+def test_finetune_killed_at_random_points_resumes_exactly(tmp_path, ft_setup):
+    """`gptlite finetune --ckpt-minutes` tiny enough to checkpoint after every
+    step (so kills land inside saves, between the two renames of the swap too)
+    is killed with SIGKILL three times; each time a loadable checkpoint remains,
+    and `--resume` ends with weights bit-identical to an uninterrupted run."""
+    from gptlite.cli import main
+    from gptlite.engine.checkpoint import save_model
+    from gptlite.tasks import finetune as ft
+
+    make, tok, _ = ft_setup
+    model_dir = save_model(make(), tmp_path / "model", tokenizer=tok)
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": "abcd"[: 1 + i % 4] * (1 + i % 3), "label": i % 2}) + "\n" for i in range(24)))
+    args = ["finetune", "--task", "classification", "--train", str(train), "--epochs", "2", "--batch-size", "2",
+            "--max-len", "12", "--lr", "1e-3"]
+    assert main(args + ["--model", str(model_dir), "--out", str(tmp_path / "straight"), "--json"]) == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "gptlite"] + args + ["--out", str(out), "--ckpt-minutes", "1e-9", "--json"]
+    rng = random.Random(7)
+    kills = 0
+    for attempt in range(3):
+        before = _ft_saved_step(out)
+        extra = ["--resume"] if ft.checkpoint_store(out).find() else ["--model", str(model_dir)]
+        child = subprocess.Popen(cmd + extra, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        target = before + rng.randint(1, 4)
+        deadline = time.monotonic() + 60
+        while _ft_saved_step(out) < target and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))  # somewhere in the next step or its checkpoint write
+        child.send_signal(signal.SIGKILL)
+        _, err = child.communicate(timeout=60)
+        if child.returncode == 0:
+            break  # finished before the signal came
+        assert child.returncode == -signal.SIGKILL, err
+        kills += 1
+        ck = ft.checkpoint_store(out).find()
+        assert ck is not None, err
+        loaded = ft.load_finetuned(out)  # loadable, through the previous checkpoint if the swap was cut short
+        cfg = ft.FinetuneConfig(task="classification", epochs=2, batch_size=2, max_len=12, lr=1e-3)
+        ft._resume_state(ck, loaded, cfg)
+    assert kills >= 1
+    if _ft_saved_step(out) < 24:
+        assert main(args + ["--out", str(out), "--resume", "--json"]) == 0
+    a, b = ft.load_finetuned(tmp_path / "straight"), ft.load_finetuned(out)
+    assert not np.array_equal(a.model.params["h.0.mlp.c_fc.weight"], make().params["h.0.mlp.c_fc.weight"])  # it trained
+    for k in a.model.params:
+        assert np.array_equal(a.model.params[k], b.model.params[k]), k
+    for k in a.head:
+        assert np.array_equal(a.head[k], b.head[k]), k
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert not list(tmp_path.glob(".killed.*"))  # no staging or old directories left beside it
+
+
+# --- pre-training never deletes what it did not create --------------------------------------
+
+def test_train_out_dir_never_clobbers(tmp_path, capsys):
+    from gptlite.cli import main
+    from gptlite.runlock import OutDirError
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("precious")
+    cfg = _cfg(tmp_path, eval_batches=0, out_dir=str(project), max_steps=2)
+    for overwrite in (False, True):  # not even with overwrite
+        with pytest.raises(OutDirError, match="is not empty and is not a gptlite training run.*notes.txt"):
+            T.Trainer(cfg, overwrite=overwrite, log=lambda m: None)
+    # a train_config.json that is not ours does not make the directory a run
+    (project / "train_config.json").write_text('{"epochs": 3}')
+    cli = ["train", "--config", "tiny", "--set", f"data.data_dir={cfg.data_dir}", "--set", f"run.out_dir={project}",
+           "--set", "run.device=cpu", "--set", "train.max_steps=2", "--set", "train.eval_batches=0",
+           "--set", "train.progress=false"]
+    assert main(cli + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a gptlite training run" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "train_config.json"]
+    assert (project / "notes.txt").read_text() == "precious" and (project / "train_config.json").read_text() == '{"epochs": 3}'
+    # a run killed before its first checkpoint is still a run: --resume has nothing, --overwrite starts it again
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"data_dir": cfg.data_dir, "world_size": 1}))
+    with pytest.raises(FileNotFoundError, match="stopped before its first checkpoint; --overwrite starts it again"):
+        T.Trainer(_cfg(tmp_path, out_dir=str(run)), resume=True, log=lambda m: None)
+    with pytest.raises(OutDirError, match="already holds a training run"):
+        T.Trainer(_cfg(tmp_path, out_dir=str(run)), log=lambda m: None)
+    with pytest.raises(OutDirError, match="give one of them"):
+        T.Trainer(_cfg(tmp_path, out_dir=str(run)), resume=True, overwrite=True, log=lambda m: None)
+
+
+def test_train_rerun_needs_resume_or_overwrite(tmp_path, capsys):
+    from gptlite.cli import main
+    from gptlite.runlock import OutDirError
+
+    fresh = T.Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "fresh")), log=lambda m: None).run()["losses"]
+    cfg = _cfg(tmp_path, lr=1e-2)  # an earlier, different run in out_dir
+    T.Trainer(cfg, log=lambda m: None).run()
+    out = Path(cfg.out_dir)
+    (out / "notes.txt").write_text("mine")  # a user's file inside the run directory
+    state = (out / "ckpt" / T.STATE).read_text()
+    metrics = (out / "metrics.jsonl").read_text()
+    with pytest.raises(OutDirError, match="already holds a training run: pass --resume to continue it, --overwrite to replace it"):
+        T.Trainer(_cfg(tmp_path), log=lambda m: None)
+    cli = ["train", "--config", "tiny", "--set", f"data.data_dir={cfg.data_dir}", "--set", f"run.out_dir={out}",
+           "--set", "run.device=cpu", "--set", "train.progress=false"]
+    assert main(cli) == 2
+    err = capsys.readouterr().err
+    assert "already holds a training run" in err and len(err.strip().splitlines()) == 1
+    assert (out / "ckpt" / T.STATE).read_text() == state and (out / "metrics.jsonl").read_text() == metrics
+    # --overwrite: the run is replaced, trained from scratch (the same losses as in an empty directory)
+    again = T.Trainer(_cfg(tmp_path), overwrite=True, log=lambda m: None)
+    assert again.run()["losses"] == fresh
+    assert (out / "notes.txt").read_text() == "mine"
+    def logged(d):  # (step, loss, val_loss): the timing fields differ run to run
+        return [(r["step"], r.get("loss"), r.get("val_loss")) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+
+    assert logged(out) == logged(tmp_path / "fresh")  # only the new run's lines
+    assert json.loads((out / "ckpt" / T.STATE).read_text())["config"]["lr"] == 3e-3
 
 
 # --- one-line errors from the CLI --------------------------------------------------------------

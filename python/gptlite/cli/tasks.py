@@ -100,6 +100,8 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-len", type=int, default=None, help="longest transformed sequence (default: n_positions)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-minutes", type=float, default=0.0,
+                   help="also checkpoint mid-epoch after this much wall time since the last save (0: only per epoch)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed lines instead of failing")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--json", action="store_true", help="print the per-epoch history as JSON")

@@ -26,6 +26,9 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in out_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the training run already in out_dir (its checkpoint, metrics.jsonl, train_config.json; "
+                        "nothing else there, and never a directory that is not a run)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many more steps (the schedule still spans max_steps)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="float32 matmuls on TF32 tensor cores on the GPU (default: the config's optim.tf32, true)")
@@ -93,7 +96,8 @@ def _cmd_train(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     try:
-        trainer = Trainer(cfg, resume=args.resume)
+        # overwrite only when given: stand-ins for Trainer (tests/test_fused.py) take (cfg, resume)
+        trainer = Trainer(cfg, resume=args.resume, **({"overwrite": True} if args.overwrite else {}))
         result = trainer.run(args.steps)
     except TrainingError as exc:
         raise UserError(str(exc)) from None

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -37,12 +36,13 @@ import numpy as np
 
 from gptlite.engine.backend import device_of
 from gptlite.tasks.datasets import FINETUNE_SCHEMAS, Dataset, DatasetError, read_records
+from gptlite.training.store import OPTIM, read_optimizer
 
 TASKS = tuple(FINETUNE_SCHEMAS)
 SPECIALS = ("start", "delim", "extract")
 HEAD_FILE = "head.safetensors"
 META_FILE = "finetune.json"
-OPTIM_FILE = "optimizer.safetensors"  # AdamW's m and v, for resuming
+OPTIM_FILE = OPTIM  # AdamW's m and v, for resuming
 
 
 @dataclass
@@ -59,6 +59,7 @@ class FinetuneConfig:
     max_grad_norm: float | None = 1.0  # as in OpenAI's finetune-transformer-lm
     max_len: int | None = None  # longest transformed sequence; None = model's n_positions
     seed: int = 0
+    ckpt_minutes: float = 0.0  # with out_dir, also checkpoint mid-epoch when this much wall time passed since the last save; 0: off
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -71,6 +72,8 @@ class FinetuneConfig:
             raise ValueError(f"lm_coef must be >= 0, got {self.lm_coef}")
         if not 0.0 <= self.warmup <= 1.0:
             raise ValueError(f"warmup is a fraction of the updates, in [0, 1]; got {self.warmup}")
+        if not (math.isfinite(self.ckpt_minutes) and self.ckpt_minutes >= 0):
+            raise ValueError(f"ckpt_minutes must be >= 0, got {self.ckpt_minutes}")
 
 
 # ----------------------------------------------------------------------------------
@@ -361,27 +364,34 @@ class Finetuned:
         also what ``finetune(..., resume=True)`` needs to continue exactly."""
         from gptlite.engine.backend import to_numpy
         from gptlite.engine.checkpoint import save_model, write_safetensors
-        from gptlite.fileio import atomic_write_text, staged_dir, swap_dir
+        from gptlite.fileio import atomic_write_text
+        from gptlite.training.store import write_optimizer
 
-        path = Path(path)
-        with staged_dir(path) as tmp:
+        def write(tmp: Path) -> None:
             save_model(self.model, tmp, tokenizer=tokenizer or self.tokenizer)
             write_safetensors(tmp / HEAD_FILE, {k: to_numpy(v) for k, v in self.head.items()})
             meta = {"task": self.task, "labels": self.labels, "special_tokens": self.special_tokens,
                     "max_len": self.max_len, "history": self.history}
             if resume is not None and optimizer is not None:
-                write_safetensors(tmp / OPTIM_FILE, optimizer["tensors"])
+                write_optimizer(tmp, optimizer)
                 meta["resume"] = {**resume, "adamw_t": optimizer["t"]}
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
-            os.chmod(tmp, 0o755)
-            swap_dir(tmp, path)
-        return path
+
+        return checkpoint_store(path).save(write, "fine-tuned model")
+
+
+def checkpoint_store(path):
+    """A fine-tuned model's directory is its own checkpoint slot; files a user put
+    in it are carried over to every new checkpoint."""
+    from gptlite.training.store import Store
+
+    return Store(path, META_FILE, carry=True)
 
 
 def load_finetuned(path, device=None, dtype="float32") -> Finetuned:
     from gptlite.engine.checkpoint import load_model, load_tokenizer, read_safetensors
 
-    path = Path(path)
+    path = checkpoint_store(path).find() or Path(path)  # the previous one, if a save was cut short mid-swap
     if not (path / META_FILE).is_file() or not (path / HEAD_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a fine-tuned checkpoint (needs {META_FILE} and {HEAD_FILE})")
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
@@ -422,6 +432,9 @@ class FinetuneResult:
     skipped: list  # (file, line, reason)
 
 
+_NOT_TRAJECTORY = ("ckpt_minutes",)  # may differ on resume: the updates are the same
+
+
 def _config_dict(cfg: FinetuneConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["betas"] = list(d["betas"])
@@ -431,21 +444,19 @@ def _config_dict(cfg: FinetuneConfig) -> dict:
 def _resume_state(out_dir, ft: Finetuned, cfg: FinetuneConfig) -> dict:
     """The saved loop position and optimizer state of a fine-tuning checkpoint,
     checked against this run's configuration."""
-    from gptlite.engine.checkpoint import read_safetensors
-
     meta = json.loads((Path(out_dir) / META_FILE).read_text(encoding="utf-8"))
     st = meta.get("resume")
     if st is None or not (Path(out_dir) / OPTIM_FILE).is_file():
         raise ValueError(f"{out_dir}: the checkpoint holds no optimizer state or loop position to resume from")
     now = _config_dict(cfg)
-    diff = sorted(k for k in now if st["config"].get(k) != now[k])
+    was = {**_config_dict(FinetuneConfig()), **st["config"]}  # keys added since the checkpoint was written: defaults
+    diff = sorted(k for k in now if k not in _NOT_TRAJECTORY and was.get(k) != now[k])
     if diff:
         raise ValueError(f"{out_dir}: cannot resume with a different configuration: "
                          + ", ".join(f"{k} {st['config'].get(k)!r} -> {now[k]!r}" for k in diff))
     if st["epoch"] >= cfg.epochs:
         raise ValueError(f"{out_dir}: the run already finished its {cfg.epochs} epochs")
-    tensors = read_safetensors(Path(out_dir) / OPTIM_FILE)
-    st["optimizer"] = {"t": st["adamw_t"], "tensors": {k: np.array(v) for k, v in tensors.items()}}
+    st["optimizer"] = read_optimizer(out_dir, st["adamw_t"])
     return st
 
 
@@ -457,10 +468,13 @@ def finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None 
     given with ``resume`` or ``overwrite``: anything else is never replaced."""
     if out_dir is None:
         return _finetune(model, tokenizer, train, valid, config, labels, out_dir, skip_bad, log, resume)
-    from gptlite.runlock import RunLock, check_out_dir
+    from gptlite.runlock import RunLock
+    from gptlite.training.store import claim_out_dir
 
     with RunLock(out_dir, "fine-tuning"):
-        check_out_dir(out_dir, (Path(out_dir) / META_FILE).is_file(), resume, overwrite, "fine-tuned model")
+        checkpoint_store(out_dir).recover()  # a save killed between its two renames
+        # overwrite: the first checkpoint replaces the run (files a user put there are carried over)
+        claim_out_dir(out_dir, (Path(out_dir) / META_FILE).is_file(), resume, overwrite, "fine-tuned model")
         return _finetune(model, tokenizer, train, valid, config, labels, out_dir, skip_bad, log, resume)
 
 
@@ -477,7 +491,8 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
     the same updates, losses and weights as a run that was never interrupted.
     """
     from gptlite.training import distributed
-    from gptlite.training.optim import AdamW, AdamWConfig, Schedule, clip_grads
+    from gptlite.training.optim import AdamWConfig, Schedule
+    from gptlite.training.step import Update
 
     cfg = config or FinetuneConfig()
     cfg.validate()
@@ -538,7 +553,13 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
                      kind="linear")
     params = dict(model.params)
     params.update(ft.head)
-    opt = AdamW(params, AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay))
+    # the step pre-training takes too (training/step.py): flat buffers, clip, AdamW, the schedule
+    update = Update(params, AdamWConfig(lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay),
+                    sched, cfg.max_grad_norm, world)
+    for held in (model.params, ft.head):  # the model and the head read the flat buffer's views
+        for k in held:
+            held[k] = params[k]
+    opt = update.opt
     rng = np.random.default_rng(cfg.seed + 2)  # data order and dropout masks
     history = list(ft.history)
     step, start_epoch, pos, order, sums = 0, 0, 0, None, np.zeros(3)
@@ -558,8 +579,9 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
         if world.is_main:  # every rank holds the same weights
             ft.save(out_dir, tokenizer, resume=state, optimizer=opt.state_dict())
         world.barrier()
+        last_save[0] = time.monotonic()
 
-    flat = distributed.FlatGrads(params) if world.size > 1 else None
+    last_save = [time.monotonic()]
 
     from gptlite.runlock import Stopped, stop_signals
 
@@ -576,14 +598,20 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
                 batch = collate(exs, xp)
                 K_rows = len(exs) * n_seq if cfg.task == "choice" else len(exs)
                 mask = dropout_mask((K_rows, model.config.n_embd), cfg.dropout, rng, xp, model.dtype)
-                if flat is None:
+                update.zero()
+                if world.size == 1:
                     tot, tl, ll, grads = loss_and_grads(model, ft.head, batch, cfg.task, cfg.lm_coef, mask, n_seq)
+                    update.add(grads)
+                    del grads
+                    st = update.apply(step, tot)
                     stopping = bool(stop)
                 else:  # several ranks stop at the step all of them agreed on, so they all save
-                    tot, tl, ll, grads, stopping = _rank_share(world, flat, model, ft.head, exs, batch, mask, cfg,
-                                                               n_seq, xp, bool(stop))
-                clip_grads(grads, cfg.max_grad_norm)
-                opt.step(grads, lr=sched(step))
+                    st = update.apply(step, *_rank_share(update, world, model, ft.head, exs, batch, mask, cfg, n_seq, xp, bool(stop)))
+                    tot, (tl, ll, stopped) = st["loss"], st["scalars"]
+                    ll, stopping = ll if cfg.lm_coef > 0 else float("nan"), stopped > 0
+                if not st["finite"]:
+                    log(f"step {step + 1}: non-finite loss or gradient (loss={st['loss']}, grad_norm={st['grad_norm']}); "
+                        f"update skipped")
                 step += 1
                 sums += (tot, tl, ll if cfg.lm_coef > 0 else 0.0)
                 if stopping:
@@ -593,6 +621,10 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
                         log(f"interrupted ({signal.Signals(signum).name}): saved at epoch {epoch + 1}, step {step} "
                             f"in {out_dir}; continue with --resume")
                     raise Stopped(signum)
+                if out_dir is not None and cfg.ckpt_minutes > 0 and s + cfg.batch_size < len(order):  # (the epoch's end saves anyway)
+                    due = time.monotonic() - last_save[0] >= 60 * cfg.ckpt_minutes
+                    if world.bcast(due):  # rank 0's clock decides, so every rank joins the save
+                        checkpoint(epoch, s + cfg.batch_size, order, sums)
             n = steps_per_epoch
             rec = {"epoch": len(history) + 1, "train_loss": sums[0] / n, "train_task_loss": sums[1] / n,
                    "train_lm_loss": (sums[2] / n) if cfg.lm_coef > 0 else None}
@@ -611,11 +643,13 @@ def _finetune(model, tokenizer, train, valid=None, config: FinetuneConfig | None
     return FinetuneResult(ft, history, len(tr_ex), len(va_ex), n_trunc_tr, n_trunc_va, skipped)
 
 
-def _rank_share(world, flat, model, head, exs, batch, mask, cfg, n_seq, xp, stop):
+def _rank_share(update, world, model, head, exs, batch, mask, cfg, n_seq, xp, stop):
     """This rank's part of a data-parallel step: its contiguous share of the batch's
-    examples, its means weighted by its share of the labels / LM targets, then the
-    flat gradient buffer and the losses summed over ranks (one collective each).
-    Every rank draws the whole batch's dropout mask, so the rng stays in step."""
+    examples, its means weighted by its share of the labels / LM targets, its
+    gradients added to ``update``. Returns what ``update.apply`` takes: this rank's
+    loss and (task loss, LM loss, stop flag), summed there over ranks with the
+    flat gradient buffer (one collective each). Every rank draws the whole
+    batch's dropout mask, so the rng stays in step."""
     from gptlite.training import distributed
 
     r = distributed.shard(len(exs), world)
@@ -623,7 +657,6 @@ def _rank_share(world, flat, model, head, exs, batch, mask, cfg, n_seq, xp, stop
     labels, tgt = batch[3], batch[2]
     n_labels = int((labels != -1).sum())
     n_tokens = int((tgt != -1).sum())
-    grads = flat.zero()
     tot = tl = ll = 0.0
     if len(r):
         mine = collate(exs[r.start:r.stop], xp)
@@ -631,11 +664,9 @@ def _rank_share(world, flat, model, head, exs, batch, mask, cfg, n_seq, xp, stop
         task_w = int((mine[3] != -1).sum()) / max(1, n_labels)
         lm_w = int((mine[2] != -1).sum()) / max(1, n_tokens)
         tot, tl, ll, g = loss_and_grads(model, head, mine, cfg.task, cfg.lm_coef, m, n_seq, task_w, lm_w)
-        flat.add(g, 1.0)
+        update.add(g)
         tot, tl, ll = float(tot), float(tl), float(ll) if cfg.lm_coef > 0 else 0.0
-    flat.reduce(world)
-    tot, tl, ll, stop = world.allreduce_scalars([tot, tl, ll, float(stop)])
-    return tot, tl, ll if cfg.lm_coef > 0 else float("nan"), grads, stop > 0
+    return tot, [tl, ll, float(stop)]
 
 
 def _evaluate_sharded(ft, exs, batch_size, world) -> dict:
@@ -666,14 +697,15 @@ def run_from_args(args) -> int:
         w.use_gpu()  # before any model is loaded: one GPU per rank
     cfg = FinetuneConfig(task=args.task, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                          warmup=args.warmup, lm_coef=args.lm_coef, dropout=args.dropout,
-                         weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed)
+                         weight_decay=args.weight_decay, max_len=args.max_len, seed=args.seed,
+                         ckpt_minutes=args.ckpt_minutes)
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
     labels = args.labels.split(",") if args.labels else None
     if args.resume:
         if args.random_init:
             raise ValueError("--resume continues the saved run; --random-init does not apply")
         res = finetune(None, None, args.train, args.valid, cfg, labels=labels, out_dir=args.out,
-                       skip_bad=args.skip_bad, log=log, resume=True)
+                       skip_bad=args.skip_bad, log=log, resume=True, overwrite=getattr(args, "overwrite", False))
         return _report(args, res) if w.is_main else 0
     d = checkpoint.resolve_model_dir(args.model)  # None: the shipped default model
     if (d / META_FILE).is_file():

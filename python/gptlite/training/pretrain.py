@@ -1,4 +1,8 @@
-"""Generative pre-training: the loop, its config, and resumable checkpoints.
+"""Generative pre-training: the loop and its resumable checkpoints.
+
+The config is training/config.py's, the update after the gradients
+training/step.py's and the checkpoint store training/store.py's, all shared
+with fine-tuning (gptlite.tasks.finetune).
 
 A run lives in ``out_dir``::
 
@@ -8,11 +12,12 @@ A run lives in ``out_dir``::
         optimizer.safetensors            AdamW m and v
         trainer_state.json               step, AdamW t, data position, config, metrics line count
     out_dir/metrics.jsonl           one JSON object per logged step
-    out_dir/train_config.json       the resolved config of the run
+    out_dir/train_config.json       the resolved config of the run (written before the first step:
+                                    with a checkpoint, what makes out_dir a training run)
 
 A checkpoint is written to a temporary sibling directory, fsynced, and only
 then swapped in (``ckpt`` -> ``ckpt.old``, tmp -> ``ckpt``, remove ``ckpt.old``),
-so at every instant one complete checkpoint exists on disk.
+so at every instant one complete checkpoint exists on disk (training/store.py).
 
 The loop has no randomness besides the batch sampler, whose state is one
 integer (see gptlite.data.Batches), so resuming is exact: N steps, save,
@@ -22,15 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import math
-import os
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,288 +41,81 @@ from gptlite import validate
 from gptlite.training import distributed, optim
 from gptlite.data import Batches, TokenData, read_meta
 from gptlite.fileio import atomic_write_text
+from gptlite.runlock import OutDirError
+from gptlite.training.config import (  # noqa: F401  (the config's home is training/config.py; these names stay here too)
+    MODEL_KEYS, PRESETS_DIR, SECTIONS, ModelConfig, TrainConfig, apply_overrides, config_from_dict, load_config, presets)
+from gptlite.training.step import Update
+from gptlite.training.store import OPTIM, Store, claim_out_dir, read_optimizer, write_optimizer  # noqa: F401
 
 
 class TrainingError(RuntimeError):
     """Training cannot continue (diverged, bad checkpoint); the message says why."""
 
 
-# --- config -----------------------------------------------------------------------------
-@dataclass
-class TrainConfig:
-    # [run]
-    out_dir: str = "runs/default"
-    device: str = "auto"  # "cpu" | "cuda" | "auto" (cuda when CuPy sees a GPU)
-    dtype: str = "float32"
-    seed: int = 1337
-    init_from: str = "scratch"  # "scratch" or a model directory to continue from
-    # [data]
-    data_dir: str = ""
-    # [model]
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    n_positions: int = 256
-    vocab_size: int = 0  # 0: the data's tokenizer size
-    n_inner: int = 0  # 0: 4 * n_embd
-    layout: str = "gpt2"
-    # [train]
-    batch_size: int = 8  # sequences per micro-batch
-    block_size: int = 256  # context length of training windows
-    batch_tokens: int = 0  # tokens per optimizer step; 0: one micro-batch (no accumulation)
-    max_steps: int = 1000
-    eval_interval: int = 100
-    eval_batches: int = 20
-    log_interval: int = 10
-    ckpt_interval: int = 500
-    ckpt_minutes: float = 0.0  # also checkpoint when this much wall time passed since the last one; 0: off
-    max_bad_steps: int = 5  # consecutive non-finite steps before stopping
-    peak_flops: float = 0.0  # FLOP/s of the device, for MFU; 0: MFU not reported
-    progress: bool = True
-    # [optim]
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0: no clipping
-    tf32: bool = True  # float32 matmuls on TF32 tensor cores on the GPU (ignored on the CPU)
-
-    @property
-    def grad_accum(self) -> int:
-        per_micro = self.batch_size * self.block_size
-        return 1 if not self.batch_tokens else self.batch_tokens // per_micro
-
-    def validate(self) -> None:
-        def need(cond, msg):
-            if not cond:
-                raise ValueError(f"config: {msg}")
-
-        need(self.device in ("cpu", "cuda", "auto"), f"device must be cpu, cuda or auto, got {self.device!r}")
-        need(self.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}")
-        need(self.layout in ("gpt2", "gpt1"), f"layout must be gpt2 or gpt1, got {self.layout!r}")
-        for k in ("n_layer", "n_head", "n_embd", "n_positions", "batch_size", "block_size", "max_steps",
-                  "eval_interval", "log_interval", "ckpt_interval", "max_bad_steps"):
-            need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("vocab_size", "n_inner", "batch_tokens", "eval_batches", "warmup_steps"):
-            need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
-        need(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        need(self.block_size <= self.n_positions,
-             f"block_size={self.block_size} is longer than the model's n_positions={self.n_positions}")
-        per_micro = self.batch_size * self.block_size
-        need(self.batch_tokens % per_micro == 0,
-             f"batch_tokens={self.batch_tokens} is not a multiple of batch_size*block_size={per_micro}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr], got {self.min_lr}")
-        need(self.schedule in optim.Schedule.KINDS, f"schedule must be one of {', '.join(optim.Schedule.KINDS)}, got {self.schedule!r}")
-        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        need(self.eps > 0, f"eps must be > 0, got {self.eps}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
-        need(self.peak_flops >= 0, f"peak_flops must be >= 0, got {self.peak_flops}")
-        need(math.isfinite(self.ckpt_minutes) and self.ckpt_minutes >= 0, f"ckpt_minutes must be >= 0, got {self.ckpt_minutes}")
-        need(bool(self.data_dir), "data.data_dir is not set: point it at a `gptlite prepare` output directory")
-
-    def model_keys(self) -> dict:
-        return {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "n_inner", "layout")}
-
-
-# TOML sections group the fields; keys are the field names.
-SECTIONS = {
-    "run": ("out_dir", "device", "dtype", "seed", "init_from"),
-    "data": ("data_dir",),
-    "model": ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "layout"),
-    "train": ("batch_size", "block_size", "batch_tokens", "max_steps", "eval_interval", "eval_batches",
-              "log_interval", "ckpt_interval", "ckpt_minutes", "max_bad_steps", "peak_flops", "progress"),
-    "optim": ("lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "tf32"),
-}
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-assert sorted(k for ks in SECTIONS.values() for k in ks) == sorted(_FIELDS)
-
-
-def _coerce(key: str, value, where: str):
-    """Check/convert a value to the field's type (TOML ints are fine for floats)."""
-    default = _FIELDS[key].default
-    typ = type(default)
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ValueError(f"{where}: {key} must be an integer, got {value!r}")
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: {key} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: {key} must be a string, got {value!r}")
-    return value
-
-
-def _toml_loads(text: str, where: str) -> dict:
-    try:
-        import tomllib  # Python 3.11+
-    except ModuleNotFoundError:  # pragma: no cover - older Pythons
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise RuntimeError("reading TOML configs needs Python 3.11+ or the tomli package: "
-                               "pip install 'gptlite[toml]'") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{where}: invalid TOML: {exc}") from None
-
-
-def config_from_dict(d: dict, where: str = "config", base: TrainConfig | None = None) -> TrainConfig:
-    """A TrainConfig from ``{section: {key: value}}`` (or flat keys); unknown keys are errors."""
-    values = dataclasses.asdict(base) if base is not None else {}
-    for sec, body in d.items():
-        if isinstance(body, dict):
-            if sec not in SECTIONS:
-                raise ValueError(f"{where}: unknown section [{sec}] (known: {', '.join(SECTIONS)})")
-            for k, v in body.items():
-                if k not in SECTIONS[sec]:
-                    raise ValueError(f"{where}: unknown key {k!r} in [{sec}] (known: {', '.join(SECTIONS[sec])})")
-                values[k] = _coerce(k, v, where)
-        else:
-            if sec not in _FIELDS:
-                raise ValueError(f"{where}: unknown key {sec!r}")
-            values[sec] = _coerce(sec, body, where)
-    return TrainConfig(**values)
-
-
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"  # shipped in the wheel
-
-
-def presets() -> list[str]:
-    """Names of the shipped configs (``gptlite train --config tiny``)."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
-
-
-def load_config(path, overrides=()) -> TrainConfig:
-    """Read a TOML config (a file, or a shipped preset's name such as "tiny")
-    and apply ``key=value`` overrides (``optim.lr=3e-4`` or ``lr=3e-4``)."""
-    path = Path(path)
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (PRESETS_DIR / f"{path}.toml").is_file():
-        path = PRESETS_DIR / f"{path}.toml"
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path} (presets: {', '.join(presets())})")
-    cfg = config_from_dict(_toml_loads(path.read_text(encoding="utf-8"), str(path)), str(path))
-    return apply_overrides(cfg, overrides)
-
-
-def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
-    values = dataclasses.asdict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if "." in key:
-            sec, k = key.split(".", 1)
-            if sec not in SECTIONS or k not in SECTIONS[sec]:
-                raise ValueError(f"--set: unknown key {key!r}")
-            key = k
-        elif key not in _FIELDS:
-            raise ValueError(f"--set: unknown key {key!r}")
-        try:  # a TOML value (number, bool, quoted string) ...
-            value = _toml_loads(f"v = {raw}", f"--set {key}")["v"]
-        except ValueError:  # ... or a bare string
-            value = raw
-        values[key] = _coerce(key, value, f"--set {key}")
-    return TrainConfig(**values)
-
-
 # --- checkpoints ---------------------------------------------------------------------------
 CKPT = "ckpt"
 STATE = "trainer_state.json"
-OPTIM = "optimizer.safetensors"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+RUN_CONFIG = "train_config.json"
+METRICS = "metrics.jsonl"
+
+
+def checkpoint_store(out_dir) -> Store:
+    # "ckpt.old", not ".ckpt.old": the name earlier versions left mid-swap, so their checkpoints still resume
+    return Store(Path(out_dir) / CKPT, STATE, old_name=CKPT + ".old")
 
 
 def find_checkpoint(out_dir) -> Path | None:
     """The latest complete checkpoint in a run directory (``ckpt``, or ``ckpt.old`` when a
     swap was interrupted between its two renames), or None."""
+    return checkpoint_store(out_dir).find()
+
+
+def is_training_run(out_dir) -> bool:
+    """What marks a directory as a gptlite training run: a checkpoint, or the
+    ``train_config.json`` every run writes before its first step (a run killed
+    before its first checkpoint is still ours). A file of that name that is not
+    our resolved config (a JSON object with ``world_size`` and ``data_dir``) is not."""
     out = Path(out_dir)
-    for name in (CKPT, CKPT + ".old"):
-        p = out / name
-        if (p / STATE).exists():
-            return p
-    return None
+    if find_checkpoint(out) is not None:
+        return True
+    try:
+        cfg = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "world_size" in cfg and "data_dir" in cfg
 
 
 def save_checkpoint(out_dir, model, opt: optim.AdamW, state: dict, tokenizer_dir=None) -> Path:
     """Write a complete checkpoint next to the current one, then swap it in."""
-    from gptlite.engine.checkpoint import save_model, write_safetensors
+    from gptlite.engine.checkpoint import save_model
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in (f".{CKPT}.tmp-*", f"..{CKPT}.tmp-*"):  # left by a killed writer
-        for stale in out.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out / f".{CKPT}.tmp-{os.getpid()}"
-    final, old = out / CKPT, out / (CKPT + ".old")
-    try:
+    ost = opt.state_dict()
+
+    def write(tmp: Path) -> None:
         save_model(model, tmp)  # creates tmp (itself via a temporary + rename)
-        ost = opt.state_dict()
-        write_safetensors(tmp / OPTIM, ost["tensors"], {"format": "gptlite-adamw", "t": str(ost["t"])})
+        write_optimizer(tmp, ost)
         if tokenizer_dir is not None:
             for name in ("encoder.json", "vocab.bpe"):
                 src = Path(tokenizer_dir) / name
                 if src.exists():
                     shutil.copyfile(src, tmp / name)
         (tmp / STATE).write_text(json.dumps({**state, "adamw_t": ost["t"]}, indent=2) + "\n", encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            kept = f"; the previous checkpoint {final} is kept" if find_checkpoint(out) else ""
-            why = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise OSError(exc.errno, f"could not write checkpoint to {out}: {why}{kept}") from exc
-        raise
-    # Swap: after the first rename only ckpt.old exists (find_checkpoint falls back to it).
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    return checkpoint_store(out_dir).save(write)
 
 
 def load_checkpoint_state(ckpt_dir) -> tuple[dict, dict]:
     """(trainer_state, optimizer_state) of a checkpoint directory."""
-    from gptlite.engine.checkpoint import read_safetensors
-
     ckpt = Path(ckpt_dir)
     try:
         state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise TrainingError(f"checkpoint {ckpt} is unreadable ({exc})") from None
-    tensors = read_safetensors(ckpt / OPTIM)
     if not isinstance(state, dict):
         raise TrainingError(f"checkpoint {ckpt}: {STATE} is not a JSON object")
-    return state, {"t": state.get("adamw_t"), "tensors": {k: np.array(v) for k, v in tensors.items()}}
+    return state, read_optimizer(ckpt, state.get("adamw_t"))
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -332,9 +127,9 @@ class Trainer:
     saves a checkpoint at the end.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None, overwrite: bool = False):
         from gptlite.engine.backend import get_xp
-        from gptlite.engine.model import GPT, GPTConfig
+        from gptlite.engine.model import GPT
 
         cfg.validate()
         self.world = distributed.world()
@@ -347,7 +142,8 @@ class Trainer:
         meta = read_meta(cfg.data_dir)
         self.meta = meta
         self.tokenizer_dir = Path(cfg.data_dir) / meta["tokenizer"]["dir"]
-        vocab = cfg.vocab_size or meta["n_vocab"]
+        mcfg = cfg.model.resolve(meta["n_vocab"])
+        vocab = mcfg.vocab_size
         if vocab < meta["n_vocab"]:
             raise ValueError(f"config: vocab_size={vocab} is smaller than the data's tokenizer ({meta['n_vocab']} tokens)")
         self.train_data = TokenData(cfg.data_dir, "train")
@@ -362,40 +158,44 @@ class Trainer:
 
             fused.set_tf32(cfg.tf32)
 
-        existing = find_checkpoint(self.out)
-        if existing is not None and not resume:
-            raise ValueError(f"{self.out} already holds a checkpoint ({existing}): pass --resume to continue it, or choose another out_dir")
-        if resume and existing is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.out}")
+        # checked again under the run's lock in run(); here so a refused run fails before building a model
+        from gptlite.runlock import check_out_dir
 
-        mcfg = GPTConfig(vocab_size=vocab, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                         n_head=cfg.n_head, n_inner=cfg.n_inner or None, layout=cfg.layout)
+        self._resume, self._overwrite = resume, overwrite
+        if resume and overwrite:
+            raise OutDirError("--resume continues the run in out_dir, --overwrite replaces it: give one of them")
+        existing = find_checkpoint(self.out)
+        if resume and existing is None:
+            hint = (": the run there stopped before its first checkpoint; --overwrite starts it again"
+                    if is_training_run(self.out) else "")
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.out}{hint}")
+        check_out_dir(self.out, is_training_run(self.out), resume, overwrite, "training run")
+
         if resume:
             from gptlite.engine.checkpoint import load_model
 
             self._check_shape(existing, mcfg)
             self.model = load_model(existing, device=self.device, dtype=cfg.dtype)
+            self._check_model(existing, self.model, mcfg)
         elif cfg.init_from != "scratch":
             from gptlite.engine.checkpoint import load_model
 
             self.model = load_model(cfg.init_from, device=self.device, dtype=cfg.dtype)
             self._check_shape(Path(cfg.init_from), mcfg, what="init_from model")
+            self._check_model(Path(cfg.init_from), self.model, mcfg, what="init_from model")
         else:
             try:
                 self.model = GPT(mcfg, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
             except MemoryError:
-                raise TrainingError(f"config: not enough memory for a model with vocab_size={vocab}, n_embd={cfg.n_embd}, "
-                                    f"n_layer={cfg.n_layer}, n_positions={cfg.n_positions}") from None
+                raise TrainingError(f"config: not enough memory for a model with vocab_size={vocab}, n_embd={mcfg.n_embd}, "
+                                    f"n_layer={mcfg.n_layer}, n_positions={mcfg.n_positions}") from None
 
-        # one flat buffer each for weights, gradients, AdamW m and v: one allreduce per step,
-        # two vectorised AdamW passes
-        self.flat_grads = distributed.FlatGrads(self.model.params)
-        self.flat_grads.adopt_params(self.model.params)
-        self.opt = optim.AdamW(self.model.params, optim.AdamWConfig(
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay))
-        self.opt.use_flat(self.flat_grads)
         self.schedule = optim.Schedule(peak=cfg.lr, total=cfg.max_steps, warmup=cfg.warmup_steps,
                                        min_lr=cfg.min_lr, kind=cfg.schedule)
+        self.update = Update(self.model.params, optim.AdamWConfig(  # the model's params become flat-buffer views
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay),
+            self.schedule, cfg.grad_clip, self.world)
+        self.opt, self.flat_grads = self.update.opt, self.update.flat
         self.batches = Batches(self.train_data, cfg.batch_size, cfg.block_size, seed=cfg.seed)
         self.step = 0
         self.bad_steps = 0
@@ -412,17 +212,15 @@ class Trainer:
                 raise TrainingError(f"checkpoint {existing}: trainer_state.json field 'data' is corrupt ({exc})") from None
             self.tokens_seen = int(state.get("tokens_seen", 0))
             self.last_val = state.get("val_loss")
-            self._metrics_fix = ("truncate", self.step)
+            self._resume_step = self.step
             self.log(f"resumed from {existing} at step {self.step}")
-        else:
-            self._metrics_fix = ("drop", 0)  # lines of an earlier run that never saved a checkpoint
 
         self.flops_per_token = float(self.model.flops_per_token(cfg.block_size))  # the one formula: GPT.flops_per_token
         self._stop_requested = False
         self._stop_agreed = False  # several ranks: the stop all of them saw in the last step's reduction
         self._stop_signum = signal.SIGINT
         self._in_step = False
-        self._have_ckpt = existing is not None  # a checkpoint in out_dir is ours to replace
+        self._claimed = False  # out_dir checked and taken under the lock (the first run())
         validate.shard_ids(self.train_data, self.val_data, vocab, cfg.data_dir)
         self.world.barrier()  # every rank checked the run directory before rank 0 writes to it
 
@@ -436,6 +234,19 @@ class Trainer:
             if key in want and key in saved and saved[key] != want[key]:
                 raise ValueError(f"{what} {ckpt} has {key}={saved[key]} but the config asks for {key}={want[key]}: "
                                  f"a resumed model must have the same shape")
+
+    @staticmethod
+    def _check_model(ckpt: Path, model, mcfg, what: str = "checkpoint") -> None:
+        """The loaded model is the configured one in every [model] field, not only in shape."""
+        import dataclasses as dc
+
+        have = dc.replace(model.config, n_inner=model.config.d_ff)
+        want = dc.replace(mcfg, n_inner=mcfg.d_ff)  # None and 4 * n_embd are one model
+        for f in dc.fields(want):
+            a, b = getattr(have, f.name), getattr(want, f.name)
+            if a != b:
+                raise ValueError(f"{what} {ckpt} has {f.name}={a!r} but the config asks for {f.name}={b!r}: "
+                                 f"set model.{f.name} to match it")
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -454,7 +265,6 @@ class Trainer:
         path = self.out / CKPT
         if self.world.is_main:
             path = save_checkpoint(self.out, self.model, self.opt, self.state(), self.tokenizer_dir)
-        self._have_ckpt = True
         self._last_save = time.monotonic()
         self.world.barrier()
         return path
@@ -466,7 +276,7 @@ class Trainer:
     # -- metrics -------------------------------------------------------------------------
     @property
     def metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
+        return self.out / METRICS
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines logged after the checkpoint we resume from."""
@@ -505,77 +315,65 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------
     def train_step(self) -> dict:
-        """Forward/backward over ``grad_accum`` micro-batches, clip, update. Returns step stats.
+        """Forward/backward over ``grad_accum`` micro-batches, then the shared update
+        (training/step.py: clip, AdamW, schedule). Returns step stats.
 
         With several ranks each does its contiguous share of the step's
         micro-batches (micro-batch k is the same window whatever the world
-        size); the flat gradient buffer and the loss are then summed over ranks."""
+        size); the update sums the gradients and the loss over ranks."""
         cfg, xp = self.cfg, self.xp
         accum = cfg.grad_accum
-        lr = self.schedule(self.step)
         loss = 0.0
-        grads = self.flat_grads.zero()
+        self.update.zero()
         first = self.batches.position
         for j in distributed.shard(accum, self.world):
             x, y = self.batches.batch(first + j)
             # host batches: ids and targets are range-checked on the host, then uploaded
             l, g = self.model.loss_and_grads(x, y)
-            self.flat_grads.add(g, 1.0 / accum)
+            self.update.add(g, 1.0 / accum)
             del g
             if xp is not np and self.world.size == 1:
                 loss = l / accum + loss  # stays on the device
             else:
                 loss += float(l) / accum
         self.batches.position = first + accum
-        if self.world.size > 1:
-            self.flat_grads.reduce(self.world)
-            loss, stop = self.world.allreduce_scalars([loss, float(self._stop_requested)])
-            self._stop_agreed = stop > 0
-        elif xp is not np:
-            return self._finish_step_on_device(loss, lr, accum)
-        norm = optim.clip_grads(grads, cfg.grad_clip or None)
-        finite = math.isfinite(loss) and math.isfinite(norm)
-        if finite:
-            self.opt.step(grads, lr)
+        several = self.world.size > 1
+        st = self.update.apply(self.step, loss, [float(self._stop_requested)] if several else [])
+        if several:  # the stop every rank saw in this step's reduction
+            self._stop_agreed = st["scalars"][0] > 0
         self.step += 1
         self.tokens_seen += accum * cfg.batch_size * cfg.block_size
-        return {"loss": loss, "grad_norm": norm, "lr": lr, "finite": finite}
-
-    def _finish_step_on_device(self, loss, lr, accum) -> dict:
-        """Clip and update on the GPU: squared norm (one reduction), clip coefficient
-        and non-finite flag (one kernel), AdamW over the flat buffer (one kernel,
-        skipped on the device when the flag is set); then the step's one host read,
-        of loss, norm and flag together."""
-        from gptlite.engine import fused
-
-        xp = self.xp
-        norm, scale, flag = fused.clip_scale(fused.grad_sumsq(self.flat_grads.buf), self.cfg.grad_clip or 0.0)
-        flag |= (~xp.isfinite(loss)).astype(np.int32).reshape(1)
-        self.opt.step_flat_device(scale, flag, lr)
-        host = xp.concatenate([loss.astype(np.float64).reshape(1), norm.astype(np.float64), flag.astype(np.float64)]).get()
-        finite = not host[2]
-        if not finite:
-            self.opt.t -= 1  # the kernel skipped the update: the step count stays
-        self.step += 1
-        self.tokens_seen += accum * self.cfg.batch_size * self.cfg.block_size
-        return {"loss": float(host[0]), "grad_norm": float(host[1]), "lr": lr, "finite": finite}
+        return {k: st[k] for k in ("loss", "grad_norm", "lr", "finite")}
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, steps: int | None = None) -> dict:
         from gptlite.runlock import RunLock
 
         with RunLock(self.out, "training"):
-            if not self._have_ckpt and find_checkpoint(self.out) is not None:  # written by another run since __init__
-                raise ValueError(f"{self.out} now holds a checkpoint written by another run: pass --resume to continue it, or choose another out_dir")
-            # metrics.jsonl is edited only under the lock: a second Trainer must not touch a running one's
-            if self._metrics_fix is not None:
-                how, step = self._metrics_fix
-                if how == "truncate":
-                    self._truncate_metrics(step)
-                elif self.metrics_path.exists():
-                    self.metrics_path.unlink()
-                self._metrics_fix = None
+            if not self._claimed:
+                self._claim()
             return self._run(steps)
+
+    def _saved_step(self):
+        ck = find_checkpoint(self.out)
+        try:
+            return json.loads((ck / STATE).read_text(encoding="utf-8")).get("step") if ck else None
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _claim(self) -> None:
+        """The out_dir rules, under the lock: what __init__ saw may have changed since
+        (another run wrote a checkpoint); ``overwrite`` removes only what a run writes."""
+        store = checkpoint_store(self.out)
+        if self._resume and self._saved_step() != self._resume_step:
+            raise OutDirError(f"{self.out}: another run saved a checkpoint since this one read it (step {self._resume_step}): "
+                              f"start the --resume again")
+        if self.world.is_main:
+            claim_out_dir(self.out, is_training_run(self.out), self._resume, self._overwrite, "training run",
+                          ours=[store, self.metrics_path, self.out / RUN_CONFIG])
+            if self._resume:  # drop metric lines logged after the checkpoint (only under the lock)
+                self._truncate_metrics(self._resume_step)
+        self._claimed = True
 
     def _run(self, steps: int | None) -> dict:
         from gptlite.runlock import Stopped, stop_signals
@@ -584,7 +382,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self._last_save = time.monotonic()
         if self.world.is_main:
-            atomic_write_text(self.out / "train_config.json",
+            atomic_write_text(self.out / RUN_CONFIG,
                               json.dumps({**dataclasses.asdict(cfg), "world_size": self.world.size}, indent=2) + "\n")
         end = cfg.max_steps if steps is None else min(cfg.max_steps, self.step + steps)
         tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.block_size
@@ -679,9 +477,9 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def train(cfg: TrainConfig, resume: bool = False, steps: int | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, steps: int | None = None, overwrite: bool = False) -> dict:
     with distributed.fail_fast(distributed.world()):
-        return Trainer(cfg, resume=resume).run(steps)
+        return Trainer(cfg, resume=resume, overwrite=overwrite).run(steps)
 
 
 # --- held-out evaluation and the unigram baseline ----------------------------------------

@@ -1,0 +1,90 @@
+"""The update of one training step, shared by pre-training and fine-tuning.
+
+A loop computes its loss and gradients its own way (pre-training: micro-batches
+of windows; fine-tuning: the task head and the auxiliary LM loss) and adds the
+gradients to an :class:`Update`; :meth:`Update.apply` does the rest, the same
+for both:
+
+1. with several ranks, sum the flat gradient buffer (one collective) and the
+   loss with the loop's other scalars (one more);
+2. clip by global norm (torch's ``clip_grad_norm_`` formula);
+3. AdamW over the flat buffer at the schedule's rate for this step index,
+   skipped (the step count stays) when the loss or the norm is not finite.
+
+The weights, gradients and AdamW's m and v are each one contiguous buffer in
+one layout (``distributed.FlatGrads``, weight-decayed tensors first), so the
+update is two vectorised passes. On the GPU with one process, steps 2-3 are
+fused kernels whose only host read is the loss, norm and flag together.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gptlite.engine.backend import xp_of
+from gptlite.training import distributed, optim
+
+
+class Update:
+    """``Update(params, adamw, schedule, grad_clip, world)``.
+
+    ``params``' values are replaced by views of one flat weight buffer (the
+    same numbers): a caller that keeps the tensors elsewhere too (a model's
+    dict, a task head) points those at ``params[k]`` again."""
+
+    def __init__(self, params: dict, adamw: optim.AdamWConfig, schedule: optim.Schedule,
+                 grad_clip: float | None, world: distributed.World):
+        self.flat = distributed.FlatGrads(params)
+        self.flat.adopt_params(params)
+        self.opt = optim.AdamW(params, adamw)
+        self.opt.use_flat(self.flat)
+        self.schedule = schedule
+        self.grad_clip = grad_clip or None  # 0: no clipping
+        self.world = world
+        self.xp = xp_of(self.flat.buf)
+
+    def zero(self) -> dict:
+        """Start a step: the gradient buffer zeroed; returns its per-parameter views."""
+        return self.flat.zero()
+
+    def add(self, grads: dict, scale: float = 1.0) -> None:
+        self.flat.add(grads, scale)
+
+    def apply(self, step: int, loss, scalars=()) -> dict:
+        """Finish step number ``step`` (0-based; it picks the learning rate).
+
+        ``loss``: this rank's share of the step's loss (a float, or a device
+        scalar on the GPU); ``scalars``: more floats to sum over ranks in the
+        same collective (a stop flag, partial losses). Returns ``loss``,
+        ``grad_norm``, ``lr``, ``finite`` and the summed ``scalars``."""
+        lr = self.schedule(step)
+        if self.world.size > 1:
+            self.flat.reduce(self.world)
+            loss, *scalars = self.world.allreduce_scalars([float(loss), *scalars])
+        elif self.xp is not np:
+            return self._apply_on_device(loss, lr, list(scalars))
+        loss = float(loss)
+        norm = optim.clip_grads(self.flat.views, self.grad_clip)
+        finite = math.isfinite(loss) and math.isfinite(norm)
+        if finite:
+            self.opt.step(self.flat.views, lr)
+        return {"loss": loss, "grad_norm": norm, "lr": lr, "finite": finite, "scalars": list(scalars)}
+
+    def _apply_on_device(self, loss, lr: float, scalars: list) -> dict:
+        """Clip and update on the GPU: squared norm (one reduction), clip coefficient
+        and non-finite flag (one kernel), AdamW over the flat buffer (one kernel,
+        skipped on the device when the flag is set); then the step's one host read,
+        of loss, norm and flag together."""
+        from gptlite.engine import fused
+
+        xp = self.xp
+        loss = xp.asarray(loss)
+        norm, scale, flag = fused.clip_scale(fused.grad_sumsq(self.flat.buf), self.grad_clip or 0.0)
+        flag |= (~xp.isfinite(loss)).astype(np.int32).reshape(1)
+        self.opt.step_flat_device(scale, flag, lr)
+        host = xp.concatenate([loss.astype(np.float64).reshape(1), norm.astype(np.float64), flag.astype(np.float64)]).get()
+        finite = not host[2]
+        if not finite:
+            self.opt.t -= 1  # the kernel skipped the update: the step count stays
+        return {"loss": float(host[0]), "grad_norm": float(host[1]), "lr": lr, "finite": finite, "scalars": scalars}
