@@ -203,7 +203,7 @@ def test_tf32_switch_from_cli_and_config(monkeypatch, tmp_path):
     from gptlite.training import pretrain
 
     seen = []
-    monkeypatch.setattr(pretrain, "Trainer", lambda cfg, resume=False: seen.append(cfg.tf32) or (_ for _ in ()).throw(
+    monkeypatch.setattr(pretrain, "Trainer", lambda cfg, resume=False, **kw: seen.append(cfg.tf32) or (_ for _ in ()).throw(
         pretrain.TrainingError("stop here")))
     cfgfile = tmp_path / "c.toml"
     cfgfile.write_text("[optim]\ntf32 = true\n")

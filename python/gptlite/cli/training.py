@@ -96,8 +96,7 @@ def _cmd_train(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     try:
-        # overwrite only when given: stand-ins for Trainer (tests/test_fused.py) take (cfg, resume)
-        trainer = Trainer(cfg, resume=args.resume, **({"overwrite": True} if args.overwrite else {}))
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         result = trainer.run(args.steps)
     except TrainingError as exc:
         raise UserError(str(exc)) from None
