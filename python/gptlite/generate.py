@@ -17,6 +17,13 @@ end-of-text and streaming need. Greedy output is the CPU's exactly; sampled
 output is reproducible per seed on the GPU, but its draws (SplitMix64 on the
 device) are not the CPU's (NumPy's PCG64), so a seed gives different text on
 the two devices.
+
+The per-token step is launched eagerly, not replayed from a CUDA graph: its
+launches take the position as host values that change every token (the cache
+column written, the position embedding's row, the split-K decode kernel's
+filled length and its grid, which grows with the context), so a captured step
+would replay the token it was captured at. A graph needs those read from a
+device scalar first, in engine/attention.py's decode kernels and the embedding.
 """
 from __future__ import annotations
 
