@@ -496,6 +496,37 @@ def test_kv_cache_allocated_once(monkeypatch, device):
     assert [c[6] for c in calls] == [0] + list(range(T0, T0 + 6))
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_decode_position_bound_with_pad(monkeypatch, device):
+    """Left padding lets a row's cache hold n_positions + its pad columns: decode's
+    bound on the largest position (kept on the host) is exact, for a pad given on
+    the host, on the device, or set on the cache by hand."""
+    import fake_cupy
+
+    if device == "cuda":
+        fake_cupy.install(monkeypatch)
+    m = GPT(SMALL, dtype="float64", seed=3, device=device)
+    n_pos = SMALL.n_positions
+    for how in ("host", "device", "by hand"):
+        pad = np.array([3, 5])
+        kv = m.kv_cache(2, n_pos + 6)
+        first = np.ones((2, n_pos), np.int64)
+        if how == "by hand":
+            kv.pad = m.xp.asarray(pad)
+            m.decode(first, kv)
+        else:
+            m.decode(first, kv, pad=pad if how == "host" else m.xp.asarray(pad))
+        m.decode(np.ones((2, 1), np.int64), kv)
+        m.decode(np.ones((2, 1), np.int64), kv)
+        m.decode(np.ones((2, 1), np.int64), kv)  # column n_pos + 2: row 0's position n_pos - 1
+        with pytest.raises(ValueError, match=f"past the model's n_positions={n_pos}"):
+            m.decode(np.ones((2, 1), np.int64), kv)
+    kv = m.kv_cache(2, n_pos + 6)
+    m.decode(np.ones((2, n_pos), np.int64), kv, pad=np.array([3, 0]))
+    with pytest.raises(ValueError, match="past the model's n_positions"):
+        m.decode(np.ones((2, 1), np.int64), kv)  # row 1 has no padding
+
+
 def _ptx_signatures(ptx: str) -> dict:
     import re
 

@@ -191,7 +191,7 @@ class KVCache:
     v: object
     length: int = 0
     pad: object = None
-    pad_min: int = 0
+    pad_min: Optional[int] = None
 
     @property
     def max_len(self) -> int:
@@ -589,6 +589,8 @@ class GPT:
         cols = xp.arange(start, start + t)  # absolute columns of the new tokens
         S = start + t
         pos = cols if kv.pad is None else xp.maximum(cols[None, :] - kv.pad[:, None], 0)  # (t,) or (B,t)
+        if kv.pad is not None and kv.pad_min is None:  # a pad set on the cache by hand
+            kv.pad_min = int(kv.pad.min())
         # pos.max(), from host values: a read of the device per token would stall the GPU's queue
         if max(S - 1 - (kv.pad_min if kv.pad is not None else 0), 0) >= self.config.n_positions:
             raise ValueError(f"decoding past the model's n_positions={self.config.n_positions}")
