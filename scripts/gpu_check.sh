@@ -44,6 +44,14 @@ timeout 120 python3 benches/bench_attention.py --batch 8 --context 1024 --heads 
     --out "$OUTDIR/bench_attention.json" 2>&1 | tail -12 | tee -a "$RES"
 say "bench exit: ${PIPESTATUS[0]}"
 
+say "## generation: the real sampling kernel vs its NumPy twin, sampled generation on the GPU; the stand-in's generation tests"
+timeout 90 python3 -m pytest -q -rs tests/test_generate.py -k "device or real or kv_cache or ptx" 2>&1 | tail -15 | tee -a "$RES"
+say "pytest exit: ${PIPESTATUS[0]}"
+
+say "## bench: generation 124M, batch-1 latency (ms/token) and batch-32 throughput (tokens/s), gptlite (CuPy) vs HF generate (torch CUDA)"
+timeout 150 python3 benches/bench_generate.py --device cuda --out "$OUTDIR/bench_generate.json" 2>&1 | tail -12 | tee -a "$RES"
+say "bench exit: ${PIPESTATUS[0]}"
+
 say "## CuPy-path tests on the real GPU's neighbours (stand-in, NVRTC compile)"
 timeout 90 python3 -m pytest -q tests/test_cuda_compile.py tests/test_fused.py 2>&1 | tail -5 | tee -a "$RES"
 

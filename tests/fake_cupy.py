@@ -11,8 +11,10 @@ formulas; the kernels of engine/fused.py run as their NumPy twins
 (``fused.KERNEL_TWINS``) after ``fused.check_launch`` has checked block size and
 shared memory against the kernel's declared needs, and the flash-attention
 kernels of engine/attention.py (``fa_*``) as theirs (``attention.run_twin``),
-after ``attention.check_launch``. ``COUNTS`` counts launches and
-host syncs, ``KERNEL_LAUNCHES`` the launches of each custom kernel by name. What
+after ``attention.check_launch``, and the sampling kernels of gptlite/generate.py
+(``gs_*``) as ``generate.sample_kernel_twin``. ``COUNTS`` counts launches and
+host syncs, ``KERNEL_LAUNCHES`` the launches of each custom kernel by name,
+``TRANSFERS`` the arrays copied to the host. What
 this can catch: errors in the CuPy-only branches (names, shapes, in-place
 aliasing, missing synchronisation helpers). What it cannot: CUDA compilation, numerics of the real kernels, host/device mixing (NumPy
 accepts mixed inputs where CuPy raises) — those need a GPU run.
@@ -39,6 +41,7 @@ COUNTS = {"launches": 0, "syncs": 0}
 SYNC_SITES = []  # (file, line) of the caller of each counted sync since reset_counts()
 KERNEL_LAUNCHES = {}  # custom kernel name (gl_ln_fwd_f32, gptlite_gelu_tanh_fwd, ...) -> launches
 KERNEL_ARGS = {}  # RawModule kernel name (gl_*, fa_*) -> the argument tuple of its latest launch, as passed
+TRANSFERS = []  # (shape, dtype) of each device array copied to the host (.get(), asnumpy) since reset_counts()
 
 
 def reset_counts():
@@ -46,6 +49,11 @@ def reset_counts():
     SYNC_SITES.clear()
     KERNEL_LAUNCHES.clear()
     KERNEL_ARGS.clear()
+    TRANSFERS.clear()
+
+
+def _transfer(a):
+    TRANSFERS.append((tuple(a.shape), np.dtype(a.dtype)))
 
 
 def _kernel_launch(name):
@@ -62,6 +70,7 @@ def _sync():
 class DeviceArray(np.ndarray):
     def get(self):
         _sync()
+        _transfer(self)
         return np.array(self).view(np.ndarray)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -182,6 +191,20 @@ class _RawModule:
                 attention.run_twin(name, grid, block, tuple(_host(a) for a in args))
 
             return launch
+        if name.startswith("gs_"):  # gptlite.generate's device sampler: its twin, after the same launch checks
+            import importlib
+
+            gen = importlib.import_module("gptlite.generate")
+            if name not in gen.SAMPLE_KERNELS.values():
+                raise KeyError(name)
+
+            def launch(grid, block, args, shared_mem=0):
+                _kernel_launch(name)
+                KERNEL_ARGS[name] = tuple(args)
+                gen.check_sample_launch(name, grid, block, shared_mem)
+                gen.sample_kernel_twin(name, grid, block, tuple(_host(a) for a in args))
+
+            return launch
         if name not in ("softmax_f32", "softmax_f64"):
             raise KeyError(name)
 
@@ -267,7 +290,7 @@ def make_modules() -> dict:
     cp.asarray = _asarray
     cp.array = _asarray
     cp.ascontiguousarray = lambda a, dtype=None: _dev(np.ascontiguousarray(_asarray(a), dtype=dtype))
-    cp.asnumpy = lambda a: (_sync(), np.array(a).view(np.ndarray))[1] if isinstance(a, DeviceArray) else np.array(a)
+    cp.asnumpy = lambda a: (_sync(), _transfer(a), np.array(a).view(np.ndarray))[2] if isinstance(a, DeviceArray) else np.array(a)
     cp.ElementwiseKernel = lambda in_params, out_params, operation, name, **kw: _counted(KERNELS[name], name)
     cp.ReductionKernel = lambda *args, **kw: _counted(REDUCTIONS[args[6] if len(args) > 6 else kw["name"]],
                                                       args[6] if len(args) > 6 else kw["name"])

@@ -328,3 +328,284 @@ def test_shipped_default_model(capsys):
     assert len(lines) >= 3 and all(ln[0].isupper() for ln in lines[:3])  # verse: short capitalised lines
     rc2, out2, _ = _run(["generate", "--seed", "1", "--max-new-tokens", "60", "ROMEO:"], capsys)
     assert (rc2, out2) == (0, out)  # deterministic with --seed
+
+
+# --------------------------------------------------------------------------------
+# Generation on the GPU: the CuPy path on the NumPy stand-in (tests/fake_cupy.py)
+# --------------------------------------------------------------------------------
+SMALL = GPTConfig(n_layer=2, n_embd=32, n_head=4, n_positions=40, vocab_size=97)
+SMALL_PROMPTS = [[3, 5, 7, 9, 11], [40, 2, 13], [8]]
+
+
+def _device_sample(cp, logits, cfg, seed=0, step=0):
+    from gptlite.generate import sample_next_device
+
+    return cp.asnumpy(sample_next_device(cp.asarray(logits), cfg, seed, step))
+
+
+def _draws(cp, logits, cfg, n=4000, seed=11):
+    """n draws from one row of logits: n rows in one launch (the rows get different counters)."""
+    return _device_sample(cp, np.repeat(np.asarray(logits)[None], n, axis=0), cfg, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_device_greedy_equals_cpu(monkeypatch, dtype):
+    import fake_cupy
+
+    cpu = GPT(SMALL, dtype=dtype, seed=3, device="cpu")
+    want = generate(cpu, SMALL_PROMPTS, 9, temperature=0)
+    eot = want[0][4]
+    want_eot = generate(cpu, SMALL_PROMPTS, 9, temperature=0, eot_token=eot)
+    fake_cupy.install(monkeypatch)
+    gpu = GPT(SMALL, dtype=dtype, seed=3, device="cuda")
+    assert generate(gpu, SMALL_PROMPTS, 9, temperature=0) == want
+    assert generate(gpu, SMALL_PROMPTS, 9, temperature=0.7, top_k=1, seed=4) == want  # top-k 1 is greedy
+    assert generate(gpu, SMALL_PROMPTS, 9, temperature=0, eot_token=eot) == want_eot
+    assert list(generate(gpu, SMALL_PROMPTS[1], 9, temperature=0, stream=True)) == want[1]
+
+
+def test_device_sampler_keeps_only_allowed_tokens(monkeypatch):
+    """Logits whose allowed set is known: every draw lies in it, and (over many
+    draws) every allowed token is drawn, in about the filtered proportions."""
+    import fake_cupy
+
+    cp = fake_cupy.install(monkeypatch)
+    perm = np.random.default_rng(0).permutation(50)
+    p = np.full(50, 1e-3)
+    p[perm[:5]] = [0.4, 0.3, 0.15, 0.1, 0.05]
+    logits = np.log(p / p.sum())
+
+    def freq(cfg, n=4000):
+        ids = _draws(cp, logits, cfg, n)
+        assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 50
+        return np.bincount(ids, minlength=50) / n
+
+    f = freq(SamplingConfig(1.0, top_k=2))  # the two largest, renormalised
+    assert set(np.flatnonzero(f)) == set(perm[:2])
+    np.testing.assert_allclose(f[perm[:2]], [4 / 7, 3 / 7], atol=0.03)
+    f = freq(SamplingConfig(1.0, top_p=0.7 * p[perm[:5]].sum() / p.sum()))  # the smallest set reaching 0.7 of it
+    assert set(np.flatnonzero(f)) == set(perm[:2])
+    f = freq(SamplingConfig(1.0, top_k=4, top_p=0.8))  # top-k first, then top-p of what is left: 3 tokens
+    assert set(np.flatnonzero(f)) == set(perm[:3])
+    np.testing.assert_allclose(f[perm[:3]], np.array([0.4, 0.3, 0.15]) / 0.85, atol=0.03)
+    f = freq(SamplingConfig(0.5))  # temperature alone (the unsorted path): p^2, renormalised
+    q = p ** 2 / (p ** 2).sum()
+    np.testing.assert_allclose(f, q, atol=0.03)
+    assert set(np.flatnonzero(freq(SamplingConfig(1.0, top_p=1e-6), n=300))) == {perm[0]}
+    # ties at the top-k cut stay, as on the CPU; -inf is never drawn
+    tied = np.array([0.0, 2.0, -np.inf, 2.0, 2.0, 1.0])
+    assert set(_draws(cp, tied, SamplingConfig(1.0, top_k=2), 600)) == {1, 3, 4}
+    assert 2 not in set(_draws(cp, tied, SamplingConfig(3.0), 600))
+
+
+def test_device_sampler_batched_rows_and_seeds(monkeypatch):
+    """Each row draws from its own logits; a (seed, step) pair gives the same ids,
+    another seed or step other ids; the kernel is launched once per call."""
+    import fake_cupy
+
+    cp = fake_cupy.install(monkeypatch)
+    rng = np.random.default_rng(1)
+    B, V = 16, 300
+    logits = rng.standard_normal((B, V)) * 3
+    cfg = SamplingConfig(0.9, top_k=7, top_p=0.9)
+    fake_cupy.reset_counts()
+    a = _device_sample(cp, logits, cfg, seed=5, step=3)
+    assert sum(fake_cupy.KERNEL_LAUNCHES.values()) == 1 and fake_cupy.KERNEL_LAUNCHES["gs_sample_f64"] == 1
+    top7 = np.argsort(-logits, axis=1)[:, :7]
+    assert all(a[b] in top7[b] for b in range(B))
+    assert np.array_equal(a, _device_sample(cp, logits, cfg, seed=5, step=3))
+    others = [_device_sample(cp, logits, cfg, seed=s, step=t) for s, t in ((6, 3), (5, 4))]
+    assert all(not np.array_equal(a, o) for o in others)
+    f32 = _device_sample(cp, logits.astype(np.float32), cfg, seed=5, step=3)
+    assert "gs_sample_f32" in fake_cupy.KERNEL_LAUNCHES and all(f32[b] in top7[b] for b in range(B))
+
+
+def test_device_sampling_generation(monkeypatch):
+    import fake_cupy
+
+    fake_cupy.install(monkeypatch)
+    gpu = GPT(SMALL, dtype="float64", seed=3, device="cuda")
+    kw = dict(temperature=0.9, top_k=12, top_p=0.95)
+    a = generate(gpu, SMALL_PROMPTS, 10, seed=21, **kw)
+    assert a == generate(gpu, SMALL_PROMPTS, 10, seed=21, **kw)
+    assert a != generate(gpu, SMALL_PROMPTS, 10, seed=22, **kw)
+    assert all(len(r) == 10 and all(0 <= t < SMALL.vocab_size for t in r) for r in a)
+    assert list(generate(gpu, SMALL_PROMPTS, 10, seed=21, stream=True, **kw)) == [list(s) for s in zip(*a)]
+    # a Generator as the seed moves on between calls, and replays from the same state
+    g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+    x = generate(gpu, SMALL_PROMPTS[0], 8, seed=g1, **kw)
+    assert x == generate(gpu, SMALL_PROMPTS[0], 8, seed=g2, **kw)
+    assert generate(gpu, SMALL_PROMPTS[0], 8, seed=g1, **kw) != x
+    # each step's token is one of the top 12 of the logits it was drawn from (the CPU model, float64)
+    cpu = GPT(SMALL, dtype="float64", seed=3, device="cpu")
+    for prompt, row in zip(SMALL_PROMPTS, a):
+        ids = list(prompt)
+        for t in row:
+            top = np.argsort(-cpu.logits(np.array([ids]))[0, -1])[:12]
+            assert t in top
+            ids.append(t)
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_device_generation_reads_only_ids(monkeypatch, greedy):
+    """Per token, one host read: the B chosen ids (no logits, no scalar checks)."""
+    import fake_cupy
+
+    import gptlite.generate as gen_mod
+
+    cp = fake_cupy.install(monkeypatch)
+    # the stand-in's arrays are NumPy arrays, which backend.to_numpy would hand back
+    # as they are: count what generate reads through it as the copy it is under CuPy
+    monkeypatch.setattr(gen_mod, "to_numpy", lambda a: cp.asnumpy(a) if isinstance(a, fake_cupy.DeviceArray) else a)
+    gpu = GPT(SMALL, dtype="float64", seed=3, device="cuda")
+    kw = dict(temperature=0) if greedy else dict(temperature=1.0, top_p=0.9, seed=2)
+    seen = {}
+    for n in (3, 9):
+        fake_cupy.reset_counts()
+        out = generate(gpu, SMALL_PROMPTS, n, **kw)
+        assert all(len(r) == n for r in out)
+        seen[n] = (list(fake_cupy.TRANSFERS), list(fake_cupy.SYNC_SITES))
+    transfers, sites = seen[9]
+    assert transfers == [((len(SMALL_PROMPTS),), np.dtype(np.int64))] * 9
+    assert len(sites) == 9 and {f for f, _ in sites} == {"generate.py"}
+    assert len(seen[3][0]) == 3
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_kv_cache_allocated_once(monkeypatch, device):
+    """The cache holds every column the generation can fill from the start: the
+    same arrays (same device memory) at every step, never grown."""
+    import fake_cupy
+
+    if device == "cuda":
+        fake_cupy.install(monkeypatch)
+    m = GPT(SMALL, dtype="float64", seed=3, device=device)
+    calls = []
+    decode = m.decode
+
+    def recording_decode(idx, kv, **kw):
+        calls.append((id(kv), id(kv.k), id(kv.v), kv.k.ctypes.data, kv.v.ctypes.data, kv.k.shape, kv.length))
+        return decode(idx, kv, **kw)
+
+    monkeypatch.setattr(m, "decode", recording_decode)
+    generate(m, SMALL_PROMPTS, 7, temperature=0)
+    assert len(calls) == 7  # the prompt, then 6 fed-back tokens
+    assert len({c[:6] for c in calls}) == 1
+    T0 = max(len(p) for p in SMALL_PROMPTS)
+    assert calls[0][5] == (SMALL.n_layer, len(SMALL_PROMPTS), SMALL.n_head, T0 + 6, SMALL.n_embd // SMALL.n_head)
+    assert [c[6] for c in calls] == [0] + list(range(T0, T0 + 6))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_decode_position_bound_with_pad(monkeypatch, device):
+    """Left padding lets a row's cache hold n_positions + its pad columns: decode's
+    bound on the largest position (kept on the host) is exact, for a pad given on
+    the host, on the device, or set on the cache by hand."""
+    import fake_cupy
+
+    if device == "cuda":
+        fake_cupy.install(monkeypatch)
+    m = GPT(SMALL, dtype="float64", seed=3, device=device)
+    n_pos = SMALL.n_positions
+    for how in ("host", "device", "by hand"):
+        pad = np.array([3, 5])
+        kv = m.kv_cache(2, n_pos + 6)
+        first = np.ones((2, n_pos), np.int64)
+        if how == "by hand":
+            kv.pad = m.xp.asarray(pad)
+            m.decode(first, kv)
+        else:
+            m.decode(first, kv, pad=pad if how == "host" else m.xp.asarray(pad))
+        m.decode(np.ones((2, 1), np.int64), kv)
+        m.decode(np.ones((2, 1), np.int64), kv)
+        m.decode(np.ones((2, 1), np.int64), kv)  # column n_pos + 2: row 0's position n_pos - 1
+        with pytest.raises(ValueError, match=f"past the model's n_positions={n_pos}"):
+            m.decode(np.ones((2, 1), np.int64), kv)
+    kv = m.kv_cache(2, n_pos + 6)
+    m.decode(np.ones((2, n_pos), np.int64), kv, pad=np.array([3, 0]))
+    with pytest.raises(ValueError, match="past the model's n_positions"):
+        m.decode(np.ones((2, 1), np.int64), kv)  # row 1 has no padding
+
+
+def _ptx_signatures(ptx: str) -> dict:
+    import re
+
+    return {m.group(1): re.findall(r"\.param \.(\w+)", m.group(2))
+            for m in re.finditer(r"\.entry (\w+)\(\s*(.*?)\)", ptx, re.S)}
+
+
+def test_sampling_kernel_launch_matches_ptx(monkeypatch):
+    """The arguments the CuPy path passes (recorded by the stand-in) fit the compiled
+    kernels' parameter lists: count, pointer or scalar, and each scalar's width."""
+    import cuda_sources as cs
+    import fake_cupy
+
+    if cs.nvrtc() is None:
+        pytest.skip("cupy / nvidia-cuda-nvrtc not installed")
+    from gptlite.engine import kernels
+
+    ptx = cs.compile_source(kernels._PREAMBLE + kernels.source("sampling"), "sampling.cu", "90")
+    sigs = _ptx_signatures(ptx.decode() if isinstance(ptx, bytes) else ptx)
+    widths = {np.int32: "u32", np.uint32: "u32", np.int64: "u64", np.uint64: "u64", np.float32: "f32", np.float64: "f64"}
+    cp = fake_cupy.install(monkeypatch)
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        for cfg in (SamplingConfig(0.8), SamplingConfig(0.8, top_k=3, top_p=0.5)):
+            fake_cupy.reset_counts()
+            _device_sample(cp, rng.standard_normal((4, 40)).astype(dt), cfg, seed=0, step=0)
+            (name, args), = fake_cupy.KERNEL_ARGS.items()
+            got = ["u64" if isinstance(a, np.ndarray) else widths[type(a)] for a in args]
+            assert got == sigs[name], name
+
+
+
+# -- the real sampling kernel (a GPU; run by scripts/gpu_check.sh) -----------------------
+
+from gptlite.engine import backend as _backend  # noqa: E402
+
+needs_gpu = pytest.mark.skipif(not _backend.cuda_available(), reason="no CUDA device (CuPy + driver + GPU)")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_real_sampling_kernel_matches_twin(dtype):
+    """The compiled kernel draws the ids its NumPy twin draws from the same sorted
+    rows, seed and step (GPT-2's vocabulary, 32 rows)."""
+    import cupy as cp
+
+    from gptlite.generate import SAMPLE_KERNELS, SAMPLE_THREADS, sample_kernel_twin, sample_next_device
+
+    B, V = 32, 50257
+    x = cp.asarray((np.random.default_rng(3).standard_normal((B, V)) * 3).astype(dtype))
+    for cfg in (SamplingConfig(1.0), SamplingConfig(0.7, top_k=50), SamplingConfig(1.0, top_p=0.9),
+                SamplingConfig(0.8, top_k=200, top_p=0.5), SamplingConfig(1.3, top_p=1e-6)):
+        for seed, step in ((0, 0), (12345, 7), (2 ** 63 + 5, 2 ** 40)):
+            got = cp.asnumpy(sample_next_device(x, cfg, seed, step))
+            k = V if cfg.top_k is None else cfg.top_k
+            top_p = 1.0 if cfg.top_p is None else cfg.top_p
+            if k < V or top_p < 1.0:
+                ids = cp.argsort(-x, axis=-1)
+                vals, ids = cp.asnumpy(cp.take_along_axis(x, ids, axis=-1)), cp.asnumpy(ids)
+            else:
+                vals, ids = cp.asnumpy(x), None
+            want = np.empty(B, np.int64)
+            sample_kernel_twin(SAMPLE_KERNELS[np.dtype(dtype)], (B,), (SAMPLE_THREADS,),
+                               (vals, ids, want, V, k, 1.0 / cfg.temperature, top_p, seed, step))
+            assert np.array_equal(got, want), (cfg, seed, step, got, want)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_real_device_sampling_generation():
+    cpu = GPT(SMALL, dtype="float64", seed=3, device="cpu")
+    gpu = GPT(SMALL, dtype="float64", seed=3, device="cuda")
+    assert generate(gpu, SMALL_PROMPTS, 9, temperature=0) == generate(cpu, SMALL_PROMPTS, 9, temperature=0)
+    kw = dict(temperature=0.9, top_k=12, top_p=0.95)
+    a = generate(gpu, SMALL_PROMPTS, 10, seed=21, **kw)
+    assert a == generate(gpu, SMALL_PROMPTS, 10, seed=21, **kw) != generate(gpu, SMALL_PROMPTS, 10, seed=22, **kw)
+    for prompt, row in zip(SMALL_PROMPTS, a):
+        ids = list(prompt)
+        for t in row:
+            assert t in np.argsort(-cpu.logits(np.array([ids]))[0, -1])[:12]
+            ids.append(t)

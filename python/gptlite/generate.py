@@ -9,6 +9,21 @@ Batched prompts of different lengths are left-padded to a common length; the
 model's ``pad`` argument (per-row count of leading pad slots) masks the pad
 keys and starts each row's positions at 0, so a row gives the same tokens as
 when run alone.
+
+On the GPU the next token is chosen on the device (``sample_next_device``: an
+argmax, or the sampling kernel of engine/cuda/sampling.cu over the row sorted
+once), so per token only the B chosen ids reach the host — what stopping at
+end-of-text and streaming need. Greedy output is the CPU's exactly; sampled
+output is reproducible per seed on the GPU, but its draws (SplitMix64 on the
+device) are not the CPU's (NumPy's PCG64), so a seed gives different text on
+the two devices.
+
+The per-token step is launched eagerly, not replayed from a CUDA graph: its
+launches take the position as host values that change every token (the cache
+column written, the position embedding's row, the split-K decode kernel's
+filled length and its grid, which grows with the context), so a captured step
+would replay the token it was captured at. A graph needs those read from a
+device scalar first, in engine/attention.py's decode kernels and the embedding.
 """
 from __future__ import annotations
 
@@ -16,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gptlite.engine.backend import to_numpy
+from gptlite.engine.backend import to_numpy, xp_of
 
 from gptlite.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
 
@@ -74,6 +89,88 @@ def sample_next(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generato
         # float round-off at the top end: fall back to the last token with probability > 0
         out[b] = i if i < V and p[b, i] > 0 else int(np.flatnonzero(p[b])[-1])
     return out
+
+
+# --- sampling on the GPU -----------------------------------------------------------
+
+SAMPLE_THREADS = 256  # threads per row of the sampling kernel (a power of two: its block reductions)
+SAMPLE_KERNELS = {np.dtype(np.float32): "gs_sample_f32", np.dtype(np.float64): "gs_sample_f64"}
+_MASK64 = (1 << 64) - 1
+
+
+def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int):
+    """Next token per row, chosen on the device: logits (B, V) a CuPy array ->
+    (B,) int64 device ids. Greedy is the argmax (the CPU's choice exactly); else
+    the filters of ``sample_next`` (temperature, top-k, top-p) and one uniform
+    draw per row, SplitMix64 of (``seed``, ``step`` * B + row), in one kernel
+    launch after one sort of the rows (skipped when no filter needs the order)."""
+    xp = xp_of(logits)
+    if cfg.greedy:
+        return logits.argmax(axis=-1)
+    B, V = logits.shape
+    if np.dtype(logits.dtype) not in SAMPLE_KERNELS:
+        logits = logits.astype(np.float32)
+    k = V if cfg.top_k is None else min(int(cfg.top_k), V)
+    top_p = 1.0 if cfg.top_p is None else float(cfg.top_p)
+    if k < V or top_p < 1.0:
+        # descending order: the top-k cut and the top-p prefix are prefixes of the sorted row
+        ids = xp.ascontiguousarray(xp.argsort(-logits, axis=-1))
+        vals = xp.ascontiguousarray(xp.take_along_axis(logits, ids, axis=-1))
+    else:
+        vals, ids = xp.ascontiguousarray(logits), np.uint64(0)  # a null pointer: the column is the id
+    out = xp.empty(B, dtype=xp.int64)
+    name = SAMPLE_KERNELS[np.dtype(vals.dtype)]
+    grid, block, shared = (B,), (SAMPLE_THREADS,), SAMPLE_THREADS * 8
+    check_sample_launch(name, grid, block, shared)
+    from gptlite.engine import kernels
+
+    kernels.kernel("sampling").get_function(name)(
+        grid, block, (vals, ids, out, np.int32(V), np.int32(k), np.float64(1.0 / cfg.temperature), np.float64(top_p),
+                      np.uint64(seed & _MASK64), np.uint64(step & _MASK64)), shared_mem=shared)
+    return out
+
+
+def check_sample_launch(name, grid, block, shared_mem) -> None:
+    """Raise if a launch of the sampling kernel ``name`` is not the one it is written
+    for (checked on every launch, and by the test stand-in for CuPy)."""
+    if name not in SAMPLE_KERNELS.values():
+        raise KeyError(f"unknown sampling kernel {name!r}: expected one of {sorted(SAMPLE_KERNELS.values())}")
+    if tuple(block) != (SAMPLE_THREADS,) or shared_mem != SAMPLE_THREADS * 8:
+        raise ValueError(f"{name}: block {tuple(block)} with {shared_mem} bytes of shared memory; the kernel is written "
+                         f"for ({SAMPLE_THREADS},) and {SAMPLE_THREADS * 8}")
+    if len(grid) != 1 or not 1 <= grid[0] < 2 ** 31:
+        raise ValueError(f"{name}: grid {tuple(grid)} is not (rows,)")
+
+
+def splitmix_uniform(seed: int, counter: int) -> float:
+    """The sampling kernel's uniform draw in [0, 1) for (seed, counter), on the host."""
+    z = (seed + (counter + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return (z >> 11) * (1.0 / (1 << 53))
+
+
+def sample_kernel_twin(name, grid, block, args) -> None:
+    """The sampling kernel in NumPy (for the CuPy stand-in): the same filters and
+    draw, row by row. A null pointer or a zero unsigned scalar arrives as None."""
+    vals, ids, out, V, k, inv_temp, top_p, seed, step = args
+    V, k = int(V), int(k)
+    seed, step = (0 if a is None else int(a) for a in (seed, step))
+    B = int(grid[0])
+    x = np.asarray(vals).reshape(B, V).astype(np.float64)
+    res = np.asarray(out)
+    for b in range(B):
+        kth = x[b, k - 1] if k < V else -np.inf
+        p = np.where(x[b] >= kth, np.exp((x[b] - x[b].max()) * float(inv_temp)), 0.0)
+        if float(top_p) < 1.0:
+            drop = np.flatnonzero(np.cumsum(p) - p >= float(top_p) * p.sum())
+            if drop.size:
+                p[drop[0]:] = 0.0
+        c = np.cumsum(p)
+        hit = np.flatnonzero((c > splitmix_uniform(seed, step * B + b) * c[-1]) & (p > 0))
+        j = int(hit[0]) if hit.size else int(np.flatnonzero(p)[-1])
+        res[b] = j if ids is None else np.asarray(ids).reshape(B, V)[b, j]
 
 
 def kept_prompt_len(n_positions: int, max_new_tokens: int) -> int:
@@ -134,15 +231,20 @@ def _steps(model, rows, max_new_tokens, cfg, rng, eot_token):
     idx = np.zeros((B, T0), dtype=np.int64)  # pad slots hold token 0; the model masks them
     for b, r in enumerate(rows):
         idx[b, pad[b]:] = r
-    kv = model.kv_cache(B, max_len)
+    kv = model.kv_cache(B, max_len)  # every column the generation can fill, allocated once
     pad_arg = None if not pad.any() else pad
-    logits = model.decode(xp.asarray(idx), kv, pad=pad_arg, last_only=True)[:, -1, :]
+    logits = model.decode(idx, kv, pad=pad_arg, last_only=True)[:, -1, :]  # host ids and pad: checked on the host
     done = np.zeros(B, dtype=bool)
     fed = T0
-    step_in = xp.empty((B, 1), dtype=xp.int64)
+    on_device = xp is not np
+    # one draw from the host stream seeds the device's: reproducible per seed, and a
+    # Generator passed as the seed still moves on between calls
+    dev_seed = int(rng.integers(0, 1 << 64, dtype=np.uint64)) if on_device and not cfg.greedy else 0
     for step in range(max_new_tokens):
-        if cfg.greedy:
-            # argmax on the device: only B ids cross to the host
+        if on_device:
+            # chosen on the device: only B ids cross to the host
+            nxt = xp.asnumpy(sample_next_device(logits, cfg, dev_seed, step)).astype(np.int64)
+        elif cfg.greedy:
             nxt = to_numpy(logits.argmax(axis=-1)).astype(np.int64)
         else:
             nxt = sample_next(to_numpy(logits), cfg, rng)
@@ -152,8 +254,8 @@ def _steps(model, rows, max_new_tokens, cfg, rng, eot_token):
             done |= nxt == eot_token
         if done.all() or step == max_new_tokens - 1 or fed >= max_len:
             return  # all rows stopped, or the budget / the context is used up
-        step_in[:, 0] = xp.asarray(np.where(done, 0, nxt))
-        logits = model.decode(step_in, kv, last_only=True)[:, -1, :]  # the cache remembers pad
+        # host ids: decode checks them on the host, so the step reads nothing back from the device
+        logits = model.decode(np.where(done, 0, nxt)[:, None], kv, last_only=True)[:, -1, :]  # the cache remembers pad
         fed += 1
 
 

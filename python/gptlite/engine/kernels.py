@@ -23,7 +23,7 @@ _ELEMENTWISE = {
     "gelu_tanh_fwd": ("T x", "T y, T t"),
     "gelu_tanh_bwd": ("T x, T t, T dy", "T dx"),
 }
-_RAW = ("softmax_rows",)
+_RAW = ("softmax_rows", "sampling")  # sampling: gptlite.generate's device sampler
 
 # the GELU constants are defined here once and handed to the kernels as macros
 _PREAMBLE = f"#define GELU_K {GELU_TANH_K!r}\n#define GELU_A {GELU_TANH_A!r}\n"

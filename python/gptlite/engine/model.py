@@ -183,12 +183,15 @@ class KVCache:
     """Preallocated keys/values of every layer: k, v (L, B, H, max_len, hs).
 
     ``length`` columns are filled; ``pad`` (B,) holds each row's left-padding
-    (its real tokens start at column pad[b]) or None for no padding.
+    (its real tokens start at column pad[b]) or None for no padding, and
+    ``pad_min`` its smallest entry, on the host (a decoding step's largest
+    position, without reading the device).
     """
     k: object
     v: object
     length: int = 0
     pad: object = None
+    pad_min: Optional[int] = None
 
     @property
     def max_len(self) -> int:
@@ -571,19 +574,25 @@ class GPT:
         if B != kv.batch:
             raise ValueError(f"idx_new has batch {B} but the KV cache was made for batch {kv.batch}")
         if pad is not None:
+            host_pad = pad if type(pad) is np.ndarray else None  # host pads are checked on the host: no device sync
             pad = xp.asarray(pad)
             if pad.shape != (B,) or pad.dtype.kind not in "iu":
                 raise ValueError(f"pad must be a (batch,) integer array, got shape {tuple(pad.shape)} dtype {pad.dtype}")
-            if bool((pad < 0).any()):
+            pad_min = int(host_pad.min() if host_pad is not None else pad.min())
+            if pad_min < 0:
                 raise ValueError("pad lengths must be >= 0")
             if kv.pad is not None and not bool((kv.pad == pad).all()):
                 raise ValueError("pad differs from the pad this KV cache was started with")
             kv.pad = pad.astype(xp.int64)
+            kv.pad_min = pad_min
         start = kv.length
         cols = xp.arange(start, start + t)  # absolute columns of the new tokens
         S = start + t
         pos = cols if kv.pad is None else xp.maximum(cols[None, :] - kv.pad[:, None], 0)  # (t,) or (B,t)
-        if int(pos.max()) >= self.config.n_positions:
+        if kv.pad is not None and kv.pad_min is None:  # a pad set on the cache by hand
+            kv.pad_min = int(kv.pad.min())
+        # pos.max(), from host values: a read of the device per token would stall the GPU's queue
+        if max(S - 1 - (kv.pad_min if kv.pad is not None else 0), 0) >= self.config.n_positions:
             raise ValueError(f"decoding past the model's n_positions={self.config.n_positions}")
         bias = None  # the flash kernels mask causally and the padding themselves
         if not self._kv_flash(B, start, t):
