@@ -161,7 +161,7 @@ def matmul(a, b, out=None):
 # bits do not depend on the choice (same blocks, same single-threaded kernel),
 # so decoding stays deterministic whatever the machine's load.
 _GEMV_BLOCKED_MIN = 1 << 18  # multiply-adds; below it one sgemv is cheaper than any split
-_GEMV_BLOCKS = 8  # fixed, not per core count: the block edges (and so the bits) depend on the shape only
+_GEMV_BLOCKS = 4  # fixed, not per core count: the block edges (and so the bits) depend on the shape only
 _GEMV_EXPLORE = 16  # every 16th call of a shape tries the strategy not in use
 
 
