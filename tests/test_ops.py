@@ -371,3 +371,37 @@ def test_residual_layernorm_and_its_backward_with_the_residual_gradient():
     assert_close_grad(db, numgrad(loss, b))
     _, pending, _ = ops.linear_branch_forward(x, RNG.standard_normal((8, 3)), fb[:3])
     assert pending is None  # NumPy adds the bias itself
+
+
+@pytest.mark.parametrize("M,K,N,transposed", [(1, 768, 2304, False), (3, 512, 1000, False), (1, 768, 5003, True), (16, 64, 4100, False)])
+def test_decode_gemv_gives_the_same_bits_inline_and_on_the_pool(monkeypatch, M, K, N, transposed):
+    """Decoding GEMVs run their fixed column blocks inline or over the pool, whichever
+    was faster lately; the result must not depend on which (determinism under load)."""
+    from gptlite.engine import cpu
+
+    rng = np.random.default_rng(M + K + N)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K)).astype(np.float32).T if transposed else rng.standard_normal((K, N)).astype(np.float32)
+    assert M * N * K >= cpu._GEMV_BLOCKED_MIN
+    outs = []
+    for which in (0, 1):
+        monkeypatch.setattr(cpu._GemvChoice, "pick", lambda self, w=which: w)
+        monkeypatch.setattr(cpu, "workers", lambda: 2)
+        outs.append(cpu.matmul(a, b))
+    assert np.array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4, atol=1e-4 * math.sqrt(K))
+    edges = cpu._gemv_edges(N)
+    assert edges[0][0] == 0 and edges[-1][1] == N and all(e[1] == f[0] for e, f in zip(edges, edges[1:]))
+    assert all(j0 % 64 == 0 for j0, _ in edges)
+
+
+def test_decode_gemv_strategy_follows_the_measured_time():
+    from gptlite.engine import cpu
+
+    c = cpu._GemvChoice()
+    assert c.pick() == 0  # nothing measured: try inline first
+    c.record(0, 1.0)
+    assert c.pick() == 1  # then the pool
+    c.record(1, 0.1)
+    picks = [c.pick() for _ in range(cpu._GEMV_EXPLORE * 2)]
+    assert picks.count(1) > picks.count(0) >= 1  # mostly the faster one, and the other now and then

@@ -22,7 +22,9 @@ def _rand_weight(rng, n_in, n_out):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 7, 5), (3, 17, 33), (2, 100, 70), (1, 768, 97), (9, 33, 129), (64, 48, 31)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 7, 5), (3, 17, 33), (2, 100, 70), (1, 768, 97), (9, 33, 129), (64, 48, 31),
+                                   # wide: tasks of more than 32 rows, a short last task, prefetch past its end
+                                   (1, 40, 64 * 44 + 11), (5, 24, 64 * 36 + 3)])
 def test_kernel_matches_numpy_dequantized_reference(isa, m, k, n):
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
     qw = QuantizedWeight.from_float(_rand_weight(rng, k, n), "in_out")

@@ -133,9 +133,9 @@ def matmul(a, b, out=None):
         out = np.empty((M, N), dtype=np.result_type(a, b))
     nw = workers()
     if M <= 16:
-        # decoding (one or a few rows): a memory-bound GEMV, where the pool's
-        # hand-off would cost more than it saves; OpenBLAS splits it itself
-        return np.matmul(a, b, out=out)
+        if M * N * K < _GEMV_BLOCKED_MIN:
+            return np.matmul(a, b, out=out)
+        return _gemv_blocked(a, b, out)
     if nw == 1 or M * N * K < (1 << 21):
         parallel_slices(lambda i: np.matmul(a, b, out=out), 1)
         return out
@@ -148,6 +148,85 @@ def matmul(a, b, out=None):
     else:
         bounds = np.linspace(0, N, nb + 1).astype(int)
         parallel_slices(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]], out=out[:, bounds[i]:bounds[i + 1]]), nb)
+    return out
+
+
+# Decoding (one or a few rows against a weight matrix) is a memory-bound GEMV.
+# OpenBLAS's own threads spin-wait for each other, so when another process holds
+# a core they collapse (124M float32 decoding fell from ~40 to under 5 tok/s
+# with the machine busy). Instead the columns are cut into blocks fixed by the
+# shape alone, each one single-threaded sgemv, and the blocks run either inline
+# on this thread or over the pool, whichever has been faster lately for this
+# shape: the pool when the cores are free, inline when they are contended. The
+# bits do not depend on the choice (same blocks, same single-threaded kernel),
+# so decoding stays deterministic whatever the machine's load.
+_GEMV_BLOCKED_MIN = 1 << 18  # multiply-adds; below it one sgemv is cheaper than any split
+_GEMV_BLOCKS = 4  # fixed, not per core count: the block edges (and so the bits) depend on the shape only
+_GEMV_EXPLORE = 16  # every 16th call of a shape tries the strategy not in use
+
+
+class _GemvChoice:
+    __slots__ = ("ema", "calls")
+
+    def __init__(self):
+        self.ema = [None, None]  # seconds per call: [inline, pool]
+        self.calls = 0
+
+    def pick(self) -> int:
+        self.calls += 1
+        inline, pool = self.ema
+        if inline is None or pool is None:
+            return 0 if inline is None else 1
+        best = 0 if inline <= pool else 1
+        return 1 - best if self.calls % _GEMV_EXPLORE == 0 else best
+
+    def record(self, which: int, seconds: float) -> None:
+        old = self.ema[which]
+        self.ema[which] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+
+_gemv_choices: dict = {}
+
+
+def _gemv_edges(N: int):
+    step = -(-N // _GEMV_BLOCKS)
+    step = -(-step // 64) * 64  # block starts on 64-column (256-byte) boundaries
+    return [(j, min(N, j + step)) for j in range(0, N, step)]
+
+
+def _gemv_blocked(a, b, out):
+    import time
+
+    global _blas_threads
+    M, K = a.shape
+    N = b.shape[1]
+    key = (M, K, N, b.strides)
+    choice = _gemv_choices.get(key)
+    if choice is None:
+        choice = _gemv_choices[key] = _GemvChoice()
+    edges = _gemv_edges(N)
+
+    def block(i):
+        j0, j1 = edges[i]
+        np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])
+
+    which = choice.pick() if workers() > 1 else 0
+    t0 = time.perf_counter()
+    if which == 1:
+        parallel_slices(block, len(edges))
+    else:
+        if _blas_threads is None:
+            _blas_threads = _BlasThreads()
+        prev = _blas_threads.get() if _blas_threads.get else None
+        if prev is not None and prev != 1:
+            _blas_threads.set(1)
+        try:
+            for i in range(len(edges)):
+                block(i)
+        finally:
+            if prev is not None and prev != 1:
+                _blas_threads.set(prev)
+    choice.record(which, time.perf_counter() - t0)
     return out
 
 
