@@ -344,7 +344,7 @@ def test_cli_train(tmp_path, capsys):
     assert rc == 0
     summary = capsys.readouterr().out
     assert "bytes/token on the training text" in summary and "unique" in summary
-    assert sorted(f.name for f in out.iterdir()) == ["encoder.json", "tok.tiktoken", "vocab.bpe"]
+    assert sorted(f.name for f in out.iterdir()) == ["encoder.json", "tok.tiktoken", "tokenizer_train.json", "vocab.bpe"]
     from gptlite.tokenizer.encoding import Tokenizer
 
     tok = Tokenizer.from_files(out)
@@ -418,12 +418,17 @@ def test_cli_interrupt_leaves_no_output(tmp_path, monkeypatch, capsys):
     assert cli_main(["tokenizer", "train", "--vocab-size", "600", "--out", str(out), str(a)]) == 0
     (out / "notes.txt").write_text("mine")
     before = {f.name: f.read_bytes() for f in out.iterdir()}
-    assert cli_main(["tokenizer", "train", "--vocab-size", "700", "--out", str(out), str(a)]) == 0
+    assert "tokenizer_train.json" in before
+    # an earlier training's output is replaced only with --overwrite
+    assert cli_main(["tokenizer", "train", "--vocab-size", "700", "--out", str(out), str(a)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert cli_main(["tokenizer", "train", "--vocab-size", "700", "--out", str(out), "--overwrite", str(a)]) == 0
     after = {f.name: f.read_bytes() for f in out.iterdir()}
     assert after.keys() == before.keys() and after["notes.txt"] == b"mine"
     assert after["vocab.bpe"] != before["vocab.bpe"]
     monkeypatch.setattr(tokmod.Tokenizer, "save", save_then_die)
-    assert cli_main(["tokenizer", "train", "--vocab-size", "900", "--out", str(out), str(a)]) == 130
+    assert cli_main(["tokenizer", "train", "--vocab-size", "900", "--out", str(out), "--overwrite", str(a)]) == 130
     assert {f.name: f.read_bytes() for f in out.iterdir()} == after
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "tok"]
 
@@ -453,3 +458,37 @@ def test_progress_bar_draws_both_phases(tmp_path):
     assert last_count.startswith("counting: 100%") and ("kB" in last_count or "MB" in last_count)
     last_merge = merge[0].rstrip().split("\r")[-1]
     assert last_merge.startswith("merging: 100%") and "143/143" in last_merge and "tokens" in last_merge  # 400 - 256 bytes - 1 special
+
+
+def test_tokenizer_train_never_writes_over_a_directory_it_did_not_make(tmp_path, capsys):
+    """A directory holding someone's own vocabulary (or anything else) is refused, even
+    with --overwrite; a format not asked for again leaves with the earlier training."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("low lower lowest newer wider " * 40, encoding="utf-8")
+    theirs = tmp_path / "gpt2-vocab"
+    theirs.mkdir()
+    (theirs / "vocab.bpe").write_text("#version: 0.2\nl o\n")
+    (theirs / "encoder.json").write_text("{}")
+    before = {f.name: f.read_bytes() for f in theirs.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        assert cli_main(["tokenizer", "train", "--vocab-size", "280", "--out", str(theirs), "--quiet", *extra, str(corpus)]) == 2
+        err = capsys.readouterr().err
+        assert "is not empty and is not a gptlite trained tokenizer" in err and len(err.strip().splitlines()) == 1
+        assert {f.name: f.read_bytes() for f in theirs.iterdir()} == before
+    # a forged or broken record does not make a directory ours either
+    (theirs / "tokenizer_train.json").write_text('{"kind": "something else", "files": ["vocab.bpe"]}')
+    assert cli_main(["tokenizer", "train", "--vocab-size", "280", "--out", str(theirs), "--quiet", "--overwrite", str(corpus)]) == 2
+    assert (theirs / "vocab.bpe").read_bytes() == before["vocab.bpe"]
+
+    out = tmp_path / "mine"
+    assert cli_main(["tokenizer", "train", "--vocab-size", "280", "--out", str(out), "--quiet",
+                     "--format", "gpt2", "--format", "hf", str(corpus)]) == 0
+    import json
+
+    rec = json.loads((out / "tokenizer_train.json").read_text())
+    assert rec["kind"] == "gptlite tokenizer train" and rec["vocab_size"] == 280
+    assert sorted(rec["files"]) == sorted(f.name for f in out.iterdir() if f.name != "tokenizer_train.json")
+    assert {"encoder.json", "vocab.bpe", "merges.txt", "vocab.json"} <= set(rec["files"])
+    assert cli_main(["tokenizer", "train", "--vocab-size", "290", "--out", str(out), "--quiet", "--overwrite",
+                     "--format", "gpt2", str(corpus)]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["encoder.json", "tokenizer_train.json", "vocab.bpe"]

@@ -392,6 +392,8 @@ def _add_tokenizer_train_commands(sub) -> None:
                    help="invalid UTF-8: fail naming file and offset (strict) or substitute U+FFFD")
     p.add_argument("--threads", type=int, default=None, help="counting threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a tokenizer an earlier `gptlite tokenizer train` wrote into --out (other files stay)")
     p.set_defaults(func=_cmd_tokenizer_train)
 
 
@@ -414,6 +416,7 @@ def _tokenizer_train(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
+    _check_tokenizer_out(out, getattr(args, "overwrite", False))
     from gptlite.training import distributed
 
     world = distributed.world()
@@ -435,9 +438,12 @@ def _tokenizer_train(args) -> int:
     with staged_dir(out) as tmp:
         for fmt in formats:
             tok.save(tmp, format=fmt)
+        written = sorted(f.name for f in tmp.iterdir())
+        _write_train_record(tmp, args, formats, specials, written)
         publish_modes(tmp)
-        # an existing --out keeps its other files; the directory changes in one rename
-        swap_dir(tmp, out, replaced={f.name for f in tmp.iterdir()})
+        # an earlier training's files go (a format not asked for again included); anything
+        # else in --out stays; the directory changes in one rename
+        swap_dir(tmp, out, replaced=set(written) | _earlier_outputs(out) | {TRAIN_RECORD})
     st = result.stats
     n_merged = len(result.tokens) - 256
     print(f"trained {args.pattern} byte-level BPE in {st['seconds']:.2f}s "
@@ -453,6 +459,66 @@ def _tokenizer_train(args) -> int:
               f"({st['training_tokens']:,} tokens)")
     print(f"  saved:        {out}/ ({', '.join(formats)}): {', '.join(sorted(f.name for f in out.iterdir()))}")
     return 0
+
+
+# Written beside the vocabulary files by every `tokenizer train`: how it was trained,
+# and what marks the directory as ours to replace (with --overwrite).
+TRAIN_RECORD = "tokenizer_train.json"
+
+
+def _earlier_outputs(out) -> set:
+    try:
+        rec = _read_train_record(out)
+    except UserError:
+        return set()
+    return set(rec.get("files", [])) if rec else set()
+
+
+def _read_train_record(out):
+    import json
+    from pathlib import Path
+
+    path = Path(out) / TRAIN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable tokenizer training record ({exc})") from None
+    if not (isinstance(rec, dict) and rec.get("kind") == "gptlite tokenizer train"
+            and isinstance(rec.get("files"), list) and all(isinstance(f, str) and "/" not in f for f in rec["files"])):
+        raise UserError(f"{path}: not a gptlite tokenizer training record")
+    return rec
+
+
+def _check_tokenizer_out(out, overwrite: bool) -> None:
+    """--out must be new, empty, or an earlier `tokenizer train` output (replaced only
+    with --overwrite): a directory holding someone's own vocab.bpe is never written over."""
+    from gptlite.runlock import OutDirError, check_out_dir
+
+    try:
+        is_ours = _read_train_record(out) is not None
+    except UserError:
+        is_ours = False
+    try:
+        check_out_dir(out, is_ours, resume=False, overwrite=overwrite, what="trained tokenizer")
+    except OutDirError as exc:
+        raise UserError(str(exc).replace("pass --resume to continue it, --overwrite", "pass --overwrite")) from None
+
+
+def _write_train_record(directory, args, formats, specials, files) -> None:
+    import json
+    from pathlib import Path
+
+    from gptlite import __version__
+
+    rec = {
+        "kind": "gptlite tokenizer train", "gptlite": __version__, "files": files,
+        "vocab_size": args.vocab_size, "pattern": args.pattern, "special_tokens": list(specials),
+        "min_frequency": args.min_frequency, "formats": formats, "errors": args.errors,
+        "corpus": [str(f) for f in args.files],
+    }
+    (Path(directory) / TRAIN_RECORD).write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
 
 
 def _tokenizer_train_sharded(world, trainer, args, specials):
