@@ -306,36 +306,58 @@ impl Bpe {
     }
 
     /// Array-scan merge for short pieces: O(n^2) comparisons of integers, with
-    /// only the two neighbouring pair lookups redone after each merge.
+    /// only the two neighbouring pair lookups redone after each merge. On the
+    /// stack (no allocation per piece), sized for the common short piece.
     fn merge_small(&self, piece: &[u8], out: &mut Vec<u32>) {
-        let mut ids: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
-        // prio[i]: priority of merging ids[i], ids[i+1] (u32::MAX: none)
-        let mut prio: Vec<(u32, u32)> = (0..ids.len().saturating_sub(1))
-            .map(|i| self.pair(ids[i], ids[i + 1]).unwrap_or((u32::MAX, 0)))
-            .collect();
+        match piece.len() {
+            0 => {}
+            1 => out.push(self.byte_ids[piece[0] as usize]),
+            n if n <= 24 => self.merge_array::<24>(piece, out),
+            _ => self.merge_array::<HEAP_MIN_LEN>(piece, out),
+        }
+    }
+
+    /// `merge_small` for pieces of at most N bytes.
+    #[inline(always)]
+    fn merge_array<const N: usize>(&self, piece: &[u8], out: &mut Vec<u32>) {
+        debug_assert!(piece.len() <= N && piece.len() >= 2);
+        const NONE: u64 = u64::MAX;
+        // prio[i]: (priority << 32 | merged id) of merging ids[i], ids[i+1];
+        // priorities are unique, so the smallest word is the leftmost best merge
+        let pack = |m: Option<(u32, u32)>| m.map_or(NONE, |(p, id)| (p as u64) << 32 | id as u64);
+        let mut ids = [0u32; N];
+        let mut prio = [NONE; N];
+        let mut n = piece.len();
+        for (i, &b) in piece.iter().enumerate() {
+            ids[i] = self.byte_ids[b as usize];
+        }
+        for i in 0..n - 1 {
+            prio[i] = pack(self.pair(ids[i], ids[i + 1]));
+        }
         loop {
-            let mut best = u32::MAX;
+            let mut best = NONE;
             let mut at = 0;
-            for (i, p) in prio.iter().enumerate() {
-                if p.0 < best {
-                    best = p.0;
+            for (i, &p) in prio[..n - 1].iter().enumerate() {
+                if p < best {
+                    best = p;
                     at = i;
                 }
             }
-            if best == u32::MAX {
+            if best == NONE {
                 break;
             }
-            ids[at] = prio[at].1;
-            ids.remove(at + 1);
-            prio.remove(at);
-            if at + 1 < ids.len() {
-                prio[at] = self.pair(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0));
+            ids[at] = best as u32;
+            ids.copy_within(at + 2..n, at + 1);
+            prio.copy_within(at + 1..n - 1, at);
+            n -= 1;
+            if at + 1 < n {
+                prio[at] = pack(self.pair(ids[at], ids[at + 1]));
             }
             if at > 0 {
-                prio[at - 1] = self.pair(ids[at - 1], ids[at]).unwrap_or((u32::MAX, 0));
+                prio[at - 1] = pack(self.pair(ids[at - 1], ids[at]));
             }
         }
-        out.extend_from_slice(&ids);
+        out.extend_from_slice(&ids[..n]);
     }
 
     /// Heap merge for long pieces: a doubly linked list of symbols and a min-heap
