@@ -541,7 +541,17 @@ fn o_peek(b: &[u8], i: usize) -> Option<(u8, u32, usize)> {
 /// match ends after the last Y character of the X-run. None if there is none.
 #[inline]
 fn o_lower_end(b: &[u8], j: usize) -> Option<usize> {
-    let mut k = j;
+    // ASCII first (most text): there X is [A-Z] and Y is [a-z], disjoint, so
+    // no backtracking; the general loop takes over at the first non-ASCII byte.
+    let mut k = ascii_run_end(b, j, u8::is_ascii_uppercase);
+    match b.get(k) {
+        Some(c) if c.is_ascii_lowercase() => {
+            let e = ascii_run_end(b, k + 1, u8::is_ascii_lowercase);
+            return if b.get(e).map_or(true, |&c| c < 0x80) { Some(e) } else { Some(o_run_end(b, e, o_in_y)) };
+        }
+        Some(&c) if c >= 0x80 => {} // the X-run may go on; the uppercase letters so far are not Y
+        _ => return None,
+    }
     let mut after_last_y = None;
     loop {
         match o_peek(b, k) {
@@ -560,12 +570,28 @@ fn o_lower_end(b: &[u8], j: usize) -> Option<usize> {
 /// `X+Y*` from `j` (both greedy; X+ then Y* never needs to backtrack).
 #[inline]
 fn o_upper_end(b: &[u8], j: usize) -> Option<usize> {
-    let k = o_run_end(b, j, o_in_x);
-    if k == j {
-        None
-    } else {
-        Some(o_run_end(b, k, o_in_y))
+    let mut k = ascii_run_end(b, j, u8::is_ascii_uppercase);
+    if b.get(k).map_or(false, |&c| c >= 0x80) {
+        k = o_run_end(b, k, o_in_x);
     }
+    if k == j {
+        return None;
+    }
+    let e = ascii_run_end(b, k, u8::is_ascii_lowercase);
+    if b.get(e).map_or(false, |&c| c >= 0x80) {
+        Some(o_run_end(b, e, o_in_y))
+    } else {
+        Some(e)
+    }
+}
+
+/// End of the run of ASCII bytes with `keep` from `i`.
+#[inline(always)]
+fn ascii_run_end(b: &[u8], mut i: usize, keep: impl Fn(&u8) -> bool) -> usize {
+    while i < b.len() && keep(&b[i]) {
+        i += 1;
+    }
+    i
 }
 
 #[inline(always)]
@@ -871,6 +897,8 @@ mod tests {
             "http://x.y/z?a=1\r\n/\n",
             " \u{301}",
             "ABC'S abc'",
+            // ASCII runs that go on in non-ASCII letters (the o200k ASCII fast path)
+            "ABCé ABCÉd abcé aBÉ ÉAbc HTTPÉcole xǅy Xʰ ABʰc ab\u{301}c AB\u{301}",
         ] {
             check(t);
         }

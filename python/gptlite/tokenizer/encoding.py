@@ -235,11 +235,15 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text``; special-token text is encoded as ordinary text."""
-        _check_text(text)
+        # The hottest call of all (one per document): the type is checked only
+        # when the core refuses the argument.
         try:
             return self._core.encode_ordinary(text)
         except UnicodeEncodeError:
             return self._core.encode_ordinary(_fix_surrogates(text))
+        except TypeError:
+            _check_text(text)
+            raise
 
     def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
@@ -434,6 +438,10 @@ class Encoding(Tokenizer):
         self._pat_str = pat_str
         self._regex = regex
         self._ranks_dict = mergeable_ranks
+        if regex is not None:
+            # shadows Tokenizer.encode_ordinary, which the scanner patterns call
+            # without a detour (it is the per-document hot path)
+            self.encode_ordinary = self._encode_ordinary_regex
 
     @classmethod
     def _from_core(cls, name: str, core, special_tokens: dict) -> "Encoding":
@@ -469,9 +477,7 @@ class Encoding(Tokenizer):
     def _regex_encode(self, text: str, allowed: list[str]) -> list[int]:
         return self._core.encode_regex(_utf8_safe(text), self._regex, allowed)
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        if self._regex is None:
-            return Tokenizer.encode_ordinary(self, text)
+    def _encode_ordinary_regex(self, text: str) -> list[int]:
         return self._regex_encode(_check_text(text), [])
 
     def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
