@@ -32,7 +32,8 @@ use crate::pretokenize::{for_each_piece, Pattern};
 
 /// Pieces longer than this go to the heap merge (shorter: array scan).
 const HEAP_MIN_LEN: usize = 128;
-/// Pieces up to this length are cached; the cache is cleared when it is full.
+/// Pieces up to this length are cached, at most CACHE_MAX_ENTRIES of them over
+/// two generations (see the turnover in `encode_ordinary_into`).
 const CACHE_MAX_PIECE: usize = 64;
 const CACHE_MAX_ENTRIES: usize = 1 << 15;
 
@@ -433,6 +434,7 @@ impl Bpe {
                 cache.uid = self.uid;
                 cache.map.clear();
                 cache.short.clear();
+                cache.short_old.clear();
             }
             let b = text.as_bytes();
             for_each_piece(text, self.pattern, |s, e| {
@@ -455,15 +457,24 @@ impl Bpe {
                         out.extend_from_slice(&ids[..*n as usize]);
                         return;
                     }
+                    if let Some(&(n, ids)) = cache.short_old.get(&k) {
+                        out.extend_from_slice(&ids[..n as usize]);
+                        cache.short.insert(k, (n, ids)); // still in use: survives the next turnover
+                        return;
+                    }
                 } else if let Some(ids) = cache.map.get(piece) {
                     out.extend_from_slice(ids);
                     return;
                 }
                 let start = out.len();
                 self.merge_small(piece, out);
-                if cache.map.len() + cache.short.len() >= CACHE_MAX_ENTRIES {
+                if cache.map.len() + cache.short.len() >= CACHE_MAX_ENTRIES / 2 {
+                    // Turnover: the current generation becomes the old one (what
+                    // is still used moves back on its next hit), the previous old
+                    // one goes. Clearing everything at once dropped the hot
+                    // pieces too, and text re-merged them straight away.
                     cache.map.clear();
-                    cache.short.clear();
+                    cache.short_old = std::mem::take(&mut cache.short);
                 }
                 let ids = &out[start..];
                 match key {
@@ -784,11 +795,13 @@ struct Cache {
     /// Pieces of at most SHORT_MAX bytes merging to at most SHORT_IDS ids, key
     /// and ids inline (no pointer chase on a hit).
     short: FxMap<Short, (u8, [u32; SHORT_IDS])>,
+    /// The previous generation of `short` (see the turnover in `encode_ordinary_into`).
+    short_old: FxMap<Short, (u8, [u32; SHORT_IDS])>,
 }
 
 thread_local! {
     static CACHE: RefCell<Cache> =
-        RefCell::new(Cache { uid: 0, map: FxMap::default(), short: FxMap::default() });
+        RefCell::new(Cache { uid: 0, map: FxMap::default(), short: FxMap::default(), short_old: FxMap::default() });
 }
 
 #[inline(always)]
