@@ -248,9 +248,23 @@ impl CoreBPE {
     }
 
     fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<PyObject> {
+        // One output buffer per thread, reused: no allocation (and no page
+        // faults for a large text's first touch) per call, the hot path.
+        thread_local! {
+            static OUT: std::cell::RefCell<Vec<u32>> = std::cell::RefCell::new(Vec::new());
+        }
         let inner = &self.inner;
-        let ids = py.allow_threads(|| guard(|| inner.encode_ordinary(text)))?;
-        self.to_list(py, &ids)
+        OUT.with(|out| {
+            let mut out = out.try_borrow_mut().map_err(|_| PyRuntimeError::new_err("re-entrant encode_ordinary"))?;
+            out.clear();
+            let buf = &mut *out;
+            py.allow_threads(|| guard(|| inner.encode_ordinary_into(text, buf)))?;
+            let list = self.to_list(py, buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new(); // do not keep a huge text's buffer for good
+            }
+            list
+        })
     }
 
     /// Encode, turning the `allowed` special tokens into their ids.
