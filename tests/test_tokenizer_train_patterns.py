@@ -114,6 +114,12 @@ def test_saved_files_record_the_pattern(tmp_path, o200k_trained, fmt):
     with pytest.raises(ValueError, match=r"merges.txt|vocab.bpe") as e:
         Tokenizer.from_files(tmp_path, pattern="gpt2")
     assert "'o200k'" in str(e.value)
+    if fmt == "hf":  # HF tokenizers reads the header line as the version line it skips
+        hf = pytest.importorskip("tokenizers")
+        hf_tok = hf.Tokenizer(hf.models.BPE.from_file(str(tmp_path / "vocab.json"), str(merges)))
+        assert len(hf_tok.get_vocab()) == tok.n_vocab
+        for word in ("the", "Which", "Project", "Gutenberg", "Holmes"):  # ASCII: GPT-2's byte map is the identity
+            assert hf_tok.encode(word).ids == tok.encode_ordinary(word), word
 
 
 def test_gpt2_pattern_files_name_no_pattern(tmp_path, gpt2_dir):
