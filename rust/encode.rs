@@ -32,7 +32,8 @@ use crate::pretokenize::{for_each_piece, Pattern};
 
 /// Pieces longer than this go to the heap merge (shorter: array scan).
 const HEAP_MIN_LEN: usize = 128;
-/// Pieces up to this length are cached; the cache is cleared when it is full.
+/// Pieces up to this length are cached, at most CACHE_MAX_ENTRIES of them over
+/// two generations (see the turnover in `encode_ordinary_into`).
 const CACHE_MAX_PIECE: usize = 64;
 const CACHE_MAX_ENTRIES: usize = 1 << 15;
 
@@ -64,9 +65,9 @@ pub struct Bpe {
     /// Tokens whose own bytes encode to themselves (the whole-piece fast path).
     whole: FxMap<Box<[u8]>, u32>,
     /// The same for tokens of at most SHORT_MAX bytes, keyed by the bytes packed
-    /// into a u128: a lookup without a pointer chase to a boxed key and memcmp,
+    /// into two words: a lookup without a pointer chase to a boxed key and memcmp,
     /// which was the encoder's largest cost on real text.
-    whole_short: FxMap<u128, u32>,
+    whole_short: FxMap<Short, u32>,
     /// Decoding table: bytes of id i are dec_bytes[dec_off[i]..dec_off[i+1]];
     /// `dec_known[i]` is false for ids that name no token (gaps).
     dec_bytes: Vec<u8>,
@@ -306,36 +307,58 @@ impl Bpe {
     }
 
     /// Array-scan merge for short pieces: O(n^2) comparisons of integers, with
-    /// only the two neighbouring pair lookups redone after each merge.
+    /// only the two neighbouring pair lookups redone after each merge. On the
+    /// stack (no allocation per piece), sized for the common short piece.
     fn merge_small(&self, piece: &[u8], out: &mut Vec<u32>) {
-        let mut ids: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
-        // prio[i]: priority of merging ids[i], ids[i+1] (u32::MAX: none)
-        let mut prio: Vec<(u32, u32)> = (0..ids.len().saturating_sub(1))
-            .map(|i| self.pair(ids[i], ids[i + 1]).unwrap_or((u32::MAX, 0)))
-            .collect();
+        match piece.len() {
+            0 => {}
+            1 => out.push(self.byte_ids[piece[0] as usize]),
+            n if n <= 24 => self.merge_scan(piece, &mut [0; 24], &mut [0; 24], out),
+            n if n <= HEAP_MIN_LEN => self.merge_scan(piece, &mut [0; HEAP_MIN_LEN], &mut [0; HEAP_MIN_LEN], out),
+            // (the encoder sends these to merge_heap; tests compare the two)
+            n => self.merge_scan(piece, &mut vec![0; n], &mut vec![0; n], out),
+        }
+    }
+
+    /// `merge_small` in the scratch arrays `ids` and `prio` (at least as long as the piece).
+    #[inline(always)]
+    fn merge_scan(&self, piece: &[u8], ids: &mut [u32], prio: &mut [u64], out: &mut Vec<u32>) {
+        debug_assert!(piece.len() <= ids.len() && piece.len() <= prio.len() && piece.len() >= 2);
+        const NONE: u64 = u64::MAX;
+        // prio[i]: (priority << 32 | merged id) of merging ids[i], ids[i+1];
+        // priorities are unique, so the smallest word is the leftmost best merge
+        let pack = |m: Option<(u32, u32)>| m.map_or(NONE, |(p, id)| (p as u64) << 32 | id as u64);
+        let mut n = piece.len();
+        for (i, &b) in piece.iter().enumerate() {
+            ids[i] = self.byte_ids[b as usize];
+        }
+        for i in 0..n - 1 {
+            prio[i] = pack(self.pair(ids[i], ids[i + 1]));
+        }
         loop {
-            let mut best = u32::MAX;
+            let mut best = NONE;
             let mut at = 0;
-            for (i, p) in prio.iter().enumerate() {
-                if p.0 < best {
-                    best = p.0;
+            for (i, &p) in prio[..n - 1].iter().enumerate() {
+                if p < best {
+                    best = p;
                     at = i;
                 }
             }
-            if best == u32::MAX {
+            if best == NONE {
                 break;
             }
-            ids[at] = prio[at].1;
-            ids.remove(at + 1);
-            prio.remove(at);
-            if at + 1 < ids.len() {
-                prio[at] = self.pair(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0));
+            ids[at] = best as u32;
+            ids.copy_within(at + 2..n, at + 1);
+            prio.copy_within(at + 1..n - 1, at);
+            n -= 1;
+            if at + 1 < n {
+                prio[at] = pack(self.pair(ids[at], ids[at + 1]));
             }
             if at > 0 {
-                prio[at - 1] = self.pair(ids[at - 1], ids[at]).unwrap_or((u32::MAX, 0));
+                prio[at - 1] = pack(self.pair(ids[at - 1], ids[at]));
             }
         }
-        out.extend_from_slice(&ids);
+        out.extend_from_slice(&ids[..n]);
     }
 
     /// Heap merge for long pieces: a doubly linked list of symbols and a min-heap
@@ -411,11 +434,12 @@ impl Bpe {
                 cache.uid = self.uid;
                 cache.map.clear();
                 cache.short.clear();
+                cache.short_old.clear();
             }
             let b = text.as_bytes();
             for_each_piece(text, self.pattern, |s, e| {
                 let piece = &b[s..e];
-                let key = pack_short(piece);
+                let key = pack_short_in(b, s, e);
                 let hit = match key {
                     Some(k) => self.whole_short.get(&k),
                     None => self.whole.get(piece),
@@ -433,15 +457,24 @@ impl Bpe {
                         out.extend_from_slice(&ids[..*n as usize]);
                         return;
                     }
+                    if let Some(&(n, ids)) = cache.short_old.get(&k) {
+                        out.extend_from_slice(&ids[..n as usize]);
+                        cache.short.insert(k, (n, ids)); // still in use: survives the next turnover
+                        return;
+                    }
                 } else if let Some(ids) = cache.map.get(piece) {
                     out.extend_from_slice(ids);
                     return;
                 }
                 let start = out.len();
                 self.merge_small(piece, out);
-                if cache.map.len() + cache.short.len() >= CACHE_MAX_ENTRIES {
+                if cache.map.len() + cache.short.len() >= CACHE_MAX_ENTRIES / 2 {
+                    // Turnover: the current generation becomes the old one (what
+                    // is still used moves back on its next hit), the previous old
+                    // one goes. Clearing everything at once dropped the hot
+                    // pieces too, and text re-merged them straight away.
                     cache.map.clear();
-                    cache.short.clear();
+                    cache.short_old = std::mem::take(&mut cache.short);
                 }
                 let ids = &out[start..];
                 match key {
@@ -704,20 +737,53 @@ pub(crate) fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> 
     Some(p)
 }
 
+/// A short byte string packed by `pack_short`, as two words rather than a
+/// u128: the tables' entries then align to 8 bytes, not 16 (24 bytes with a
+/// u32 value instead of 32), so more of the vocabulary fits in the cache.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Short {
+    lo: u64,
+    hi: u64,
+}
+
 /// Longest token or piece packed by `pack_short`.
 const SHORT_MAX: usize = 15;
 
 /// `b` (at most SHORT_MAX bytes) as one integer: the bytes, zero-padded, and the
 /// length in the top byte, so that different byte strings never collide.
 #[inline(always)]
-fn pack_short(b: &[u8]) -> Option<u128> {
+fn pack_short(b: &[u8]) -> Option<Short> {
     if b.len() > SHORT_MAX {
         return None;
     }
     let mut buf = [0u8; 16];
     buf[..b.len()].copy_from_slice(b);
     buf[15] = b.len() as u8;
-    Some(u128::from_le_bytes(buf))
+    let w = u128::from_le_bytes(buf);
+    Some(Short { lo: w as u64, hi: (w >> 64) as u64 })
+}
+
+/// `pack_short(&text[s..e])`, but from two unaligned word loads when 16 bytes
+/// from `s` lie inside `text`: copying the piece into a zeroed buffer and
+/// reading it back as words stalls on store forwarding, which made the copy
+/// cost as much as the table lookup it feeds.
+#[inline(always)]
+fn pack_short_in(text: &[u8], s: usize, e: usize) -> Option<Short> {
+    let n = e - s;
+    if n > SHORT_MAX {
+        return None;
+    }
+    if s + 16 > text.len() {
+        return pack_short(&text[s..e]);
+    }
+    let lo = u64::from_le_bytes(text[s..s + 8].try_into().unwrap());
+    let hi = u64::from_le_bytes(text[s + 8..s + 16].try_into().unwrap());
+    let (lo, hi) = if n >= 8 {
+        (lo, hi & ((1u64 << ((n - 8) * 8)) - 1))
+    } else {
+        (lo & ((1u64 << (n * 8)) - 1), 0)
+    };
+    Some(Short { lo, hi: hi | (n as u64) << 56 })
 }
 
 /// Most ids a short piece's cache entry holds inline.
@@ -728,12 +794,14 @@ struct Cache {
     map: FxMap<Box<[u8]>, Box<[u32]>>,
     /// Pieces of at most SHORT_MAX bytes merging to at most SHORT_IDS ids, key
     /// and ids inline (no pointer chase on a hit).
-    short: FxMap<u128, (u8, [u32; SHORT_IDS])>,
+    short: FxMap<Short, (u8, [u32; SHORT_IDS])>,
+    /// The previous generation of `short` (see the turnover in `encode_ordinary_into`).
+    short_old: FxMap<Short, (u8, [u32; SHORT_IDS])>,
 }
 
 thread_local! {
     static CACHE: RefCell<Cache> =
-        RefCell::new(Cache { uid: 0, map: FxMap::default(), short: FxMap::default() });
+        RefCell::new(Cache { uid: 0, map: FxMap::default(), short: FxMap::default(), short_old: FxMap::default() });
 }
 
 #[inline(always)]
@@ -814,6 +882,16 @@ pub fn derive_merges(ranks: &[(Vec<u8>, u32)]) -> Result<Vec<(u32, u32)>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_short_in_equals_pack_short() {
+        let text: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(1)).collect();
+        for s in 0..text.len() {
+            for e in s + 1..=text.len().min(s + 20) {
+                assert_eq!(pack_short_in(&text, s, e), pack_short(&text[s..e]), "{s}..{e}");
+            }
+        }
+    }
 
     /// A tiny vocabulary: bytes as ids 0..255, merges a+b, ab+c, b+c, then specials.
     fn tiny() -> Bpe {

@@ -1,10 +1,14 @@
 //! Pre-tokenization: cutting text into the pieces that BPE merges within.
 //!
-//! Two patterns, each implemented as a hand-written scanner that reproduces the
+//! Three patterns, each implemented as a hand-written scanner that reproduces the
 //! leftmost-first alternation semantics of the regex exactly:
 //!
 //! - `Gpt2`:   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 //! - `Cl100k`: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+//! - `O200k`:  `O200K_REGEX` below: cl100k's shape with letters split by case
+//!   (`X*Y+` / `X+Y*` over cased-letter classes that take in marks), the
+//!   contractions as an optional case-insensitive suffix of letters, and `/`
+//!   after punctuation runs (see the o200k section).
 //!
 //! A regex engine tries the alternatives in order at each position and takes the
 //! first that matches; every alternative here is a greedy run of one character
@@ -40,6 +44,11 @@ impl Pattern {
 
     /// Every pattern with a scanner, for the Python side's registry.
     pub const ALL: [Pattern; 3] = [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k];
+
+    /// The names of `ALL`, quoted, for error messages: `'gpt2', 'cl100k', 'o200k'`.
+    pub fn known_names() -> String {
+        Pattern::ALL.iter().map(|p| format!("'{}'", p.name())).collect::<Vec<_>>().join(", ")
+    }
 
     /// The scanner for a regex given as text: either the form documented here or
     /// tiktoken's (possessive, faster in a backtracking engine, same matches).
@@ -532,7 +541,17 @@ fn o_peek(b: &[u8], i: usize) -> Option<(u8, u32, usize)> {
 /// match ends after the last Y character of the X-run. None if there is none.
 #[inline]
 fn o_lower_end(b: &[u8], j: usize) -> Option<usize> {
-    let mut k = j;
+    // ASCII first (most text): there X is [A-Z] and Y is [a-z], disjoint, so
+    // no backtracking; the general loop takes over at the first non-ASCII byte.
+    let mut k = ascii_run_end(b, j, u8::is_ascii_uppercase);
+    match b.get(k) {
+        Some(c) if c.is_ascii_lowercase() => {
+            let e = ascii_run_end(b, k + 1, u8::is_ascii_lowercase);
+            return if b.get(e).map_or(true, |&c| c < 0x80) { Some(e) } else { Some(o_run_end(b, e, o_in_y)) };
+        }
+        Some(&c) if c >= 0x80 => {} // the X-run may go on; the uppercase letters so far are not Y
+        _ => return None,
+    }
     let mut after_last_y = None;
     loop {
         match o_peek(b, k) {
@@ -551,12 +570,28 @@ fn o_lower_end(b: &[u8], j: usize) -> Option<usize> {
 /// `X+Y*` from `j` (both greedy; X+ then Y* never needs to backtrack).
 #[inline]
 fn o_upper_end(b: &[u8], j: usize) -> Option<usize> {
-    let k = o_run_end(b, j, o_in_x);
-    if k == j {
-        None
-    } else {
-        Some(o_run_end(b, k, o_in_y))
+    let mut k = ascii_run_end(b, j, u8::is_ascii_uppercase);
+    if b.get(k).map_or(false, |&c| c >= 0x80) {
+        k = o_run_end(b, k, o_in_x);
     }
+    if k == j {
+        return None;
+    }
+    let e = ascii_run_end(b, k, u8::is_ascii_lowercase);
+    if b.get(e).map_or(false, |&c| c >= 0x80) {
+        Some(o_run_end(b, e, o_in_y))
+    } else {
+        Some(e)
+    }
+}
+
+/// End of the run of ASCII bytes with `keep` from `i`.
+#[inline(always)]
+fn ascii_run_end(b: &[u8], mut i: usize, keep: impl Fn(&u8) -> bool) -> usize {
+    while i < b.len() && keep(&b[i]) {
+        i += 1;
+    }
+    i
 }
 
 #[inline(always)]
@@ -637,6 +672,90 @@ pub fn o200k_next(b: &[u8], i: usize) -> usize {
             whitespace_end(b, i, n)
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Streaming: where text may be cut
+
+/// Whether text may be cut at byte `i` without changing its pre-tokenization,
+/// whatever follows: once a piece ends at `i` in the whole text, the pieces on
+/// each side are the pieces of the whole (the scanners look only forward, and
+/// the only look-ahead, `\s+(?!\S)`, never reaches `i` from before a
+/// non-whitespace character). The rule, per pattern:
+///
+/// - all: before a space after a non-whitespace character (no piece takes in
+///   a following space: a space only ever leads a piece or sits in a
+///   whitespace run), and before ASCII whitespace after a letter or number
+///   (letter, number and contraction pieces never take in whitespace);
+/// - gpt2: also before ASCII whitespace after any non-whitespace character
+///   (no gpt2 piece holds a non-whitespace character followed by whitespace);
+/// - cl100k and o200k: also before a letter or number after CR/LF (their
+///   optional letter prefix `[^\r\n\p{L}\p{N}]` excludes CR/LF, so CR/LF never
+///   joins the letters or digits after it; punctuation before CR/LF is no cut,
+///   as `[\r\n]*` (o200k: `[\r\n/]*`) keeps them together). o200k's finer
+///   letter classes (cased letters, marks) change nothing here: every `\p{L}`
+///   is in one of its letter classes, and a mark (not `\p{L}`) is never taken
+///   for a letter by this rule.
+///
+/// Every cut is next to an ASCII byte, so it never splits a UTF-8 sequence,
+/// valid or not; a neighbouring character that is not valid UTF-8 means no cut.
+/// This is the one statement of the rule: the trainer's file streaming and the
+/// CLI's streamed encoding (through `_core.safe_cut`) both use it.
+#[inline]
+pub fn is_safe_cut(b: &[u8], i: usize, pattern: Pattern) -> bool {
+    if i == 0 || i >= b.len() {
+        return false;
+    }
+    let (cur, prev) = (b[i], b[i - 1]);
+    if cur == b' ' && prev > b' ' && prev < 0x7f {
+        return true; // the common case, without decoding
+    }
+    let ascii_ws = matches!(cur, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    if ascii_ws {
+        let Some(cp) = char_before(b, i) else { return false };
+        let class = class_of(cp);
+        return match pattern {
+            Pattern::Gpt2 => class != SPACE,
+            Pattern::Cl100k | Pattern::O200k => {
+                class == LETTER || class == NUMBER || (cur == b' ' && class != SPACE)
+            }
+        };
+    }
+    if matches!(pattern, Pattern::Cl100k | Pattern::O200k) && (prev == b'\n' || prev == b'\r') {
+        let Some(cp) = char_at(b, i) else { return false };
+        return matches!(class_of(cp), LETTER | NUMBER);
+    }
+    false
+}
+
+/// The code point ending at byte `i` (exclusive), if `b[..i]` ends in valid UTF-8.
+fn char_before(b: &[u8], i: usize) -> Option<u32> {
+    let start = (i.saturating_sub(4)..i).rev().find(|&k| b[k] & 0xC0 != 0x80)?;
+    let c = std::str::from_utf8(&b[start..i]).ok()?.chars().next()?;
+    Some(c as u32)
+}
+
+/// The code point starting at byte `i`, if valid UTF-8 starts there.
+fn char_at(b: &[u8], i: usize) -> Option<u32> {
+    let end = (i + 4).min(b.len());
+    let valid = match std::str::from_utf8(&b[i..end]) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&b[i..i + e.valid_up_to()]).ok()?,
+    };
+    valid.chars().next().map(|c| c as u32)
+}
+
+/// The last safe cut `p` with `lo <= p < hi` (byte offsets), or None.
+pub fn last_safe_cut(b: &[u8], lo: usize, hi: usize, pattern: Pattern) -> Option<usize> {
+    let lo = lo.max(1);
+    let mut i = hi.min(b.len());
+    while i > lo {
+        i -= 1;
+        if is_safe_cut(b, i, pattern) {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Iterator over the pre-tokens of a text.
@@ -778,6 +897,8 @@ mod tests {
             "http://x.y/z?a=1\r\n/\n",
             " \u{301}",
             "ABC'S abc'",
+            // ASCII runs that go on in non-ASCII letters (the o200k ASCII fast path)
+            "ABCé ABCÉd abcé aBÉ ÉAbc HTTPÉcole xǅy Xʰ ABʰc ab\u{301}c AB\u{301}",
         ] {
             check(t);
         }
@@ -805,6 +926,53 @@ mod tests {
             }
             check(&s);
         }
+    }
+
+    #[test]
+    fn every_safe_cut_keeps_the_pieces_for_every_pattern() {
+        // every kind of neighbour: letters of each case (o200k splits by case),
+        // digits, punctuation, '/', CJK, combining marks, emoji, U+001C, NBSP and
+        // ideographic spaces, CR/LF, tabs, contractions in either case
+        let alphabet = [
+            "a", "Z", "7", ".", "!", "'s", "'S", "'ll", "/", " ", "  ", "\t", "\n", "\r\n", "\r", "\u{3000}", "\u{a0}",
+            "日", "本", "。", "\u{301}", "👍", "\u{1c}", "\u{b}", "x", "É", "ǅ", "ʰ", "\u{903}", "٣",
+        ];
+        let mut seed = 12345u64;
+        for _ in 0..400 {
+            let mut text = String::new();
+            for _ in 0..60 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                text.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            let b = text.as_bytes();
+            for pattern in Pattern::ALL {
+                let whole: Vec<&str> = split(&text, pattern).collect();
+                let mut cuts = 0;
+                for i in 1..b.len() {
+                    if is_safe_cut(b, i, pattern) {
+                        cuts += 1;
+                        let mut parts: Vec<&str> = split(&text[..i], pattern).collect();
+                        parts.extend(split(&text[i..], pattern));
+                        assert_eq!(parts, whole, "{pattern:?} cut at {i} of {text:?}");
+                    }
+                }
+                assert!(cuts > 0, "{pattern:?}: no cut in {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn last_safe_cut_bounds() {
+        let t = b"ab cd ef";
+        assert_eq!(last_safe_cut(t, 0, t.len(), Pattern::O200k), Some(5));
+        assert_eq!(last_safe_cut(t, 0, 5, Pattern::O200k), Some(2));
+        assert_eq!(last_safe_cut(t, 3, 5, Pattern::O200k), None);
+        assert_eq!(last_safe_cut(t, 0, 100, Pattern::Gpt2), Some(5));
+        // o200k: a letter after a newline, not after punctuation + newline
+        assert!(is_safe_cut(b"x\ny", 2, Pattern::O200k));
+        assert!(!is_safe_cut(b"x\ny", 2, Pattern::Gpt2));
+        assert!(is_safe_cut(b"!\ny", 2, Pattern::O200k)); // "!\n" | "y"
+        assert!(!is_safe_cut(b"!\n/", 2, Pattern::O200k));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyLong, PyTuple};
 
 use crate::encode::{Bpe, EncodeError, Split};
-use crate::pretokenize::{split, Pattern};
+use crate::pretokenize::{is_safe_cut, split, Pattern};
 use crate::vocab::{self, VocabError, VocabParts};
 
 fn vocab_err(e: VocabError) -> PyErr {
@@ -26,7 +26,8 @@ fn vocab_err(e: VocabError) -> PyErr {
 fn pattern_of(name: &str) -> PyResult<Pattern> {
     Pattern::from_name(name).or_else(|| Pattern::from_regex(name)).ok_or_else(|| {
         PyValueError::new_err(format!(
-            "unknown pre-tokenization pattern {name:?} (use 'gpt2', 'cl100k' or 'o200k', or one of their regexes)"
+            "unknown pre-tokenization pattern {name:?} (use one of {}, or one of their regexes)",
+            Pattern::known_names()
         ))
     })
 }
@@ -138,9 +139,13 @@ fn encode_err(e: EncodeError) -> PyErr {
 #[pymethods]
 impl CoreBPE {
     /// Load `encoder.json` + `vocab.bpe` (or `vocab.json` + `merges.txt`).
+    /// `pattern`: None for the one the files name (GPT-2's when they name
+    /// none); a pattern that contradicts the files' is refused, since encoding
+    /// would then split text unlike training did.
     #[staticmethod]
-    fn from_gpt2_files(py: Python<'_>, encoder_path: &str, merges_path: &str, pattern: &str) -> PyResult<Self> {
-        let pattern = pattern_of(pattern)?;
+    #[args(pattern = "None")]
+    fn from_gpt2_files(py: Python<'_>, encoder_path: &str, merges_path: &str, pattern: Option<&str>) -> PyResult<Self> {
+        let asked = pattern.map(pattern_of).transpose()?;
         let parts = py.allow_threads(|| {
             guard(|| -> Result<VocabParts, VocabError> {
                 let enc = vocab::read_file(Path::new(encoder_path))?;
@@ -150,6 +155,18 @@ impl CoreBPE {
         })?;
         let origin = format!("{encoder_path} + {merges_path}");
         let parts = parts.map_err(vocab_err)?;
+        let pattern = match (asked, parts.pattern) {
+            (Some(a), Some(f)) if a != f => {
+                return Err(PyValueError::new_err(format!(
+                    "{merges_path}: the vocabulary was trained with pre-tokenization pattern '{}', not '{}' \
+                     (leave the pattern out to use the file's)",
+                    f.name(),
+                    a.name()
+                )))
+            }
+            (Some(a), _) => a,
+            (None, f) => f.unwrap_or(Pattern::Gpt2),
+        };
         let bpe = py.allow_threads(|| guard(|| build(parts, pattern, &origin)))??;
         Ok(wrap(py, bpe))
     }
@@ -190,7 +207,7 @@ impl CoreBPE {
     ) -> PyResult<Self> {
         let pattern = pattern_of(pattern)?;
         let tokens: Vec<(Vec<u8>, u32)> = tokens.into_iter().map(|(b, r)| (b.to_vec(), r)).collect();
-        let bpe = py.allow_threads(|| guard(|| build(VocabParts { tokens, merges, specials }, pattern, "vocabulary")))??;
+        let bpe = py.allow_threads(|| guard(|| build(VocabParts { tokens, merges, specials, pattern: None }, pattern, "vocabulary")))??;
         Ok(wrap(py, bpe))
     }
 
@@ -231,9 +248,23 @@ impl CoreBPE {
     }
 
     fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<PyObject> {
+        // One output buffer per thread, reused: no allocation (and no page
+        // faults for a large text's first touch) per call, the hot path.
+        thread_local! {
+            static OUT: std::cell::RefCell<Vec<u32>> = std::cell::RefCell::new(Vec::new());
+        }
         let inner = &self.inner;
-        let ids = py.allow_threads(|| guard(|| inner.encode_ordinary(text)))?;
-        self.to_list(py, &ids)
+        OUT.with(|out| {
+            let mut out = out.try_borrow_mut().map_err(|_| PyRuntimeError::new_err("re-entrant encode_ordinary"))?;
+            out.clear();
+            let buf = &mut *out;
+            py.allow_threads(|| guard(|| inner.encode_ordinary_into(text, buf)))?;
+            let list = self.to_list(py, buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new(); // do not keep a huge text's buffer for good
+            }
+            list
+        })
     }
 
     /// Encode, turning the `allowed` special tokens into their ids.
@@ -445,6 +476,7 @@ impl CoreBPE {
             tokens: self.inner.tokens().to_vec(),
             merges: self.inner.merge_list().to_vec(),
             specials: self.inner.specials().to_vec(),
+            pattern: Some(self.inner.pattern),
         };
         vocab::write_gpt2(&parts).map_err(PyValueError::new_err)
     }
@@ -511,7 +543,49 @@ fn patterns() -> Vec<(&'static str, &'static str, &'static str)> {
     Pattern::ALL.iter().map(|p| (p.name(), p.tiktoken_regex(), p.regex())).collect()
 }
 
+/// `safe_cut(text, lo, hi, pattern) -> int`: the largest character index p,
+/// lo <= p < hi, where `text` may be cut for streamed encoding under
+/// `pattern` (see `pretokenize::is_safe_cut`): text[:p] and text[p:] encode to
+/// the ids of the whole, whatever is appended later. 0 when there is none.
+#[pyfunction]
+fn safe_cut(text: &str, lo: usize, hi: usize, pattern: &str) -> PyResult<usize> {
+    let pattern = pattern_of(pattern)?;
+    let b = text.as_bytes();
+    // byte offset of character `hi` (or the end)
+    let mut chars = 0usize;
+    let mut i = 0usize;
+    while i < b.len() && chars < hi {
+        i += utf8_len(b[i]);
+        chars += 1;
+    }
+    // walk back one character at a time; cuts lie next to ASCII bytes, so
+    // checking character boundaries only misses none
+    let lo = lo.max(1);
+    while chars > lo {
+        i -= 1;
+        while b[i] & 0xC0 == 0x80 {
+            i -= 1;
+        }
+        chars -= 1;
+        if is_safe_cut(b, i, pattern) {
+            return Ok(chars);
+        }
+    }
+    Ok(0)
+}
+
+#[inline]
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0..=0x7F => 1,
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        _ => 4,
+    }
+}
+
 pub fn register(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(safe_cut, m)?)?;
     m.add_class::<CoreBPE>()?;
     m.add_class::<PyRegex>()?;
     m.add_function(wrap_pyfunction!(patterns, m)?)?;

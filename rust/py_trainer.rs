@@ -38,7 +38,7 @@ fn to_pyerr(e: TrainError, pending: Option<PyErr>) -> PyErr {
 
 fn parse_pattern(name: &str) -> PyResult<Pattern> {
     Pattern::from_name(name)
-        .ok_or_else(|| PyValueError::new_err(format!("unknown pre-tokenization pattern {name:?} (use \"gpt2\" or \"cl100k\")")))
+        .ok_or_else(|| PyValueError::new_err(format!("unknown pre-tokenization pattern {name:?} (use one of {})", Pattern::known_names())))
 }
 
 fn parse_errors(errors: &str) -> PyResult<bool> {

@@ -4,6 +4,11 @@
 //!   `merges.txt`; same formats). Token strings are bytes mapped to printable
 //!   characters by GPT-2's `bytes_to_unicode`; `vocab.bpe` starts with a
 //!   `#version` line, then one merge `left right` per line in priority order.
+//!   A vocabulary trained with another pre-tokenization pattern than GPT-2's
+//!   names it on that line (`#version: 0.2 pattern: o200k`), so that loading
+//!   the files encodes as training split; readers that only check the
+//!   `#version` prefix (GPT-2's encoder.py, HF tokenizers) are unaffected, and
+//!   GPT-2-pattern files stay byte-identical to GPT-2's.
 //!   Entries of `encoder.json` that are neither a byte nor a merge's result are
 //!   special tokens (GPT-2's `<|endoftext|>`), kept as literal text.
 //! - tiktoken's `.tiktoken` rank files: `base64(token bytes) rank` per line.
@@ -15,6 +20,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use crate::pretokenize::Pattern;
+
 /// A vocabulary as files describe it: regular tokens, merges in priority order,
 /// special tokens.
 #[derive(Debug, Default, Clone)]
@@ -22,6 +29,26 @@ pub struct VocabParts {
     pub tokens: Vec<(Vec<u8>, u32)>,
     pub merges: Vec<(u32, u32)>,
     pub specials: Vec<(String, u32)>,
+    /// The pre-tokenization pattern the files name, if they name one.
+    pub pattern: Option<Pattern>,
+}
+
+/// The `#version` line of a `vocab.bpe` for a vocabulary of `pattern`.
+fn version_line(pattern: Pattern) -> String {
+    match pattern {
+        Pattern::Gpt2 => "#version: 0.2".to_string(),
+        p => format!("#version: 0.2 pattern: {}", p.name()),
+    }
+}
+
+/// The pattern named on a `#version` line (None: GPT-2's files name none).
+fn pattern_of_version_line(line: &str, bpe_name: &str) -> Result<Option<Pattern>, VocabError> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let Some((_, name)) = line.split_once(" pattern: ") else { return Ok(None) };
+    let name = name.trim();
+    Pattern::from_name(name).map(Some).ok_or_else(|| {
+        invalid(bpe_name, Some(1), format!("unknown pre-tokenization pattern {name:?} (known: {})", Pattern::known_names()))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,13 +292,13 @@ pub fn parse_gpt2(enc: &[u8], enc_name: &str, bpe: &[u8], bpe_name: &str) -> Res
         invalid(bpe_name, Some(line), "not valid UTF-8")
     })?;
     let mut lines = bpe_text.split('\n').enumerate();
-    match lines.next() {
-        Some((_, l)) if l.starts_with("#version") => {}
+    let pattern = match lines.next() {
+        Some((_, l)) if l.starts_with("#version") => pattern_of_version_line(l, bpe_name)?,
         Some((_, l)) => {
             return Err(invalid(bpe_name, Some(1), format!("expected a '#version' header line, found {:?}", trunc(l))))
         }
         None => return Err(invalid(bpe_name, Some(1), "empty file")),
-    }
+    };
     let mut merges = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, raw) in lines {
@@ -328,7 +355,7 @@ pub fn parse_gpt2(enc: &[u8], enc_name: &str, bpe: &[u8], bpe_name: &str) -> Res
         .map(|(s, id)| (s.to_string(), *id))
         .collect();
     specials.sort_by_key(|s| s.1);
-    Ok(VocabParts { tokens, merges, specials })
+    Ok(VocabParts { tokens, merges, specials, pattern })
 }
 
 fn regular_has(tokens: &[(Vec<u8>, u32)], id: u32) -> bool {
@@ -339,7 +366,8 @@ fn trunc(s: &str) -> String {
     s.chars().take(60).collect()
 }
 
-/// Write `(encoder.json, vocab.bpe)` contents.
+/// Write `(encoder.json, vocab.bpe)` contents; `vocab.bpe` names `parts.pattern`
+/// unless it is GPT-2's (or None).
 pub fn write_gpt2(parts: &VocabParts) -> Result<(String, String), String> {
     let b2c = byte_to_char();
     let to_s = |b: &[u8]| -> String { b.iter().map(|&x| b2c[x as usize]).collect() };
@@ -373,7 +401,8 @@ pub fn write_gpt2(parts: &VocabParts) -> Result<(String, String), String> {
         enc.push_str(&id.to_string());
     }
     enc.push('}');
-    let mut bpe = String::from("#version: 0.2\n");
+    let mut bpe = version_line(parts.pattern.unwrap_or(Pattern::Gpt2));
+    bpe.push('\n');
     for (a, b) in &parts.merges {
         let (sa, sb) = match (by_id.get(a), by_id.get(b)) {
             (Some(x), Some(y)) => (x, y),
@@ -531,6 +560,27 @@ mod tests {
         assert_eq!(p.tokens, q.tokens);
         assert_eq!(p.merges, q.merges);
         assert_eq!(p.specials, q.specials);
+        assert_eq!(p.pattern, None);
+        assert!(b2.starts_with("#version: 0.2\n"), "GPT-2-pattern files name no pattern");
+    }
+
+    #[test]
+    fn gpt2_files_record_the_pattern() {
+        let (enc, bpe) = tiny_files();
+        let mut p = parse_gpt2(enc.as_bytes(), "encoder.json", bpe.as_bytes(), "vocab.bpe").unwrap();
+        for pat in Pattern::ALL {
+            p.pattern = Some(pat);
+            let (e2, b2) = write_gpt2(&p).unwrap();
+            let q = parse_gpt2(e2.as_bytes(), "e", b2.as_bytes(), "b").unwrap();
+            assert_eq!(q.pattern, if pat == Pattern::Gpt2 { None } else { Some(pat) });
+            assert_eq!(q.merges, p.merges);
+        }
+        let crlf = bpe.replacen("#version: 0.2\n", "#version: 0.2 pattern: cl100k\r\n", 1);
+        let q = parse_gpt2(enc.as_bytes(), "e", crlf.as_bytes(), "b").unwrap();
+        assert_eq!(q.pattern, Some(Pattern::Cl100k));
+        let bad = bpe.replacen("#version: 0.2\n", "#version: 0.2 pattern: nope\n", 1);
+        let e = parse_gpt2(enc.as_bytes(), "encoder.json", bad.as_bytes(), "vocab.bpe").unwrap_err().to_string();
+        assert!(e.contains("vocab.bpe, line 1: unknown pre-tokenization pattern \"nope\""), "{e}");
     }
 
     #[test]

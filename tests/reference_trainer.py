@@ -1,7 +1,8 @@
 """A naive byte-level BPE trainer: the oracle for gptlite's Rust trainer.
 
 Deliberately simple and independent of gptlite: pre-tokenization with the
-`regex` package and the published patterns, and every pair recounted from
+`regex` package and the published patterns (GPT-2's, cl100k_base's and
+o200k_base's, spelled as tiktoken spells them), and every pair recounted from
 scratch at every step. Same documented semantics as rust/train.rs:
 
 - base vocabulary = the 256 bytes, ids 0..255 in byte order;
@@ -21,6 +22,18 @@ import regex
 PATTERNS = {
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
     "cl100k": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    # o200k_base's pat_str exactly as tiktoken_ext/openai_public.py builds it
+    "o200k": "|".join(
+        [
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""\p{N}{1,3}""",
+            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+            r"""\s*[\r\n]+""",
+            r"""\s+(?!\S)""",
+            r"""\s+""",
+        ]
+    ),
 }
 
 

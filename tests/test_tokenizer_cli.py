@@ -134,8 +134,8 @@ def test_offline_message(tmp_path, monkeypatch, capsysbinary):
     assert rc == 2 and "GPTLITE_GPT2_DIR" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "cl100k"])
-def test_stream_cuts_keep_ids_for_both_patterns(gpt2_dir, pattern):
+@pytest.mark.parametrize("pattern", ["gpt2", "cl100k", "o200k"])
+def test_stream_cuts_keep_ids_for_every_pattern(gpt2_dir, pattern):
     # (alphabet: every kind of cut candidate - whitespace after letters, digits,
     # punctuation and whitespace; CR/LF before letters; U+001C which Python
     # counts as whitespace and the patterns do not; contractions; a special)
@@ -144,7 +144,7 @@ def test_stream_cuts_keep_ids_for_both_patterns(gpt2_dir, pattern):
 
     tok = Tokenizer.from_files(gpt2_dir, pattern=pattern)
     rng = np.random.default_rng(0)
-    alphabet = list("ab Z9.,!'\t\n\r ") + ["\u3000", "\u00a0", "日", "本", "語", "。", "\u0301", "👍", "\x1c", "'s", "'ll", "<|endoftext|>"]
+    alphabet = list("ab Z9.,!'/\t\n\r ") + ["'S", "É", "ǅ", "\u3000", "\u00a0", "日", "本", "語", "。", "\u0301", "👍", "\x1c", "'s", "'ll", "<|endoftext|>"]
     for trial in range(30):
         text = "".join(rng.choice(alphabet, 400))
         for size in (1, 3, 17):
@@ -161,7 +161,7 @@ def test_stream_memory_bounded_without_spaces():
     line = "日本語の文章は空白を使わずに書かれる。" * 5 + "\n"
     text = line * 20_000  # ~2 MB, no U+0020 at all
     chunks = [text[i:i + 4096] for i in range(0, len(text), 4096)]
-    for pattern in ("gpt2", "cl100k"):
+    for pattern in ("gpt2", "cl100k", "o200k"):
         sizes = [len(p) for p in cli._stream_pieces(chunks, ["<|endoftext|>"], pattern)]
         assert sum(sizes) == len(text)
         assert max(sizes) <= 4096 + len(line), pattern

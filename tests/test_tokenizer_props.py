@@ -114,6 +114,9 @@ def test_cl100k_case_insensitive_contractions(s):
     assert _core.split(s, "cl100k") == regex.findall(CL100K_PAT, s)
 
 
+PATTERN_NAMES = [name for name, _tk, _re in _core.patterns()]
+
+
 def _cut_ok(s: str, p: int, pattern: str) -> bool:
     from gptlite.cli import _safe_cut
 
@@ -125,7 +128,7 @@ def _cut_ok(s: str, p: int, pattern: str) -> bool:
 def test_streaming_cut_rule(gpt2_tokenizer, s):
     """Every cut the CLI may make for a pattern (see cli._safe_cut) leaves that
     pattern's pre-tokenization, and so the ids, unchanged."""
-    for pattern in ("gpt2", "cl100k"):
+    for pattern in PATTERN_NAMES:
         for p in [p for p in range(1, len(s)) if _cut_ok(s, p, pattern)]:
             assert _core.split(s[:p], pattern) + _core.split(s[p:], pattern) == _core.split(s, pattern), (p, pattern)
             if pattern == "gpt2":
@@ -137,6 +140,7 @@ def test_streaming_cut_rule_rejects_unsafe_cuts():
     # inside a whitespace run; after whitespace in gpt2 (its \s+(?!\S) looks ahead);
     # between punctuation and CR/LF in cl100k (the punctuation piece takes them)
     for s, p, pattern in [("a   b", 2, "gpt2"), ("a \n b", 2, "gpt2"), ("  \nb", 3, "gpt2"),
-                          ("!\nx", 1, "cl100k"), ("\x00\n", 1, "cl100k")]:
+                          ("!\nx", 1, "cl100k"), ("\x00\n", 1, "cl100k"), ("!\n/", 2, "o200k"),
+                          ("ab'S", 2, "o200k"), ("a\u0301", 1, "o200k")]:
         assert _core.split(s[:p], pattern) + _core.split(s[p:], pattern) != _core.split(s, pattern), (s, p)
         assert not _cut_ok(s, p, pattern), (s, p, pattern)

@@ -70,52 +70,32 @@ def _format_of(explicit, path) -> str:
     return "text"
 
 
-# Where text may be cut for streaming, per pre-tokenization pattern. Python's
-# \s also matches U+001C..U+001F, which the tokenizer's patterns treat as
-# punctuation, so whitespace is written [^\S\x1c-\x1f].
-_CUTS = {
-    # gpt2: before whitespace that follows non-whitespace
-    "gpt2": re.compile(r"(?<=\S)[^\S\x1c-\x1f]"),
-    # cl100k: before whitespace that follows a letter or number, before a
-    # space that follows non-whitespace, and before a letter or number that
-    # follows CR/LF
-    "cl100k": re.compile(r"(?<=[^\W_])[^\S\x1c-\x1f]|(?<=\S) |(?<=[\r\n])[^\W_]"),
-}
-
-
 def _safe_cut(buf: str, specials, lo: int = 1, pattern: str = "gpt2") -> int:
     """The largest position p >= lo where ``buf`` can be cut so that encoding
     buf[:p] and buf[p:] separately gives the same ids as encoding buf, and
     that stays so whatever text is appended to buf later (0: none).
 
-    Why the cuts of ``_CUTS`` are safe. gpt2: no piece runs from non-whitespace
-    into whitespace (its pieces are letter, number, other and contraction
-    runs, each with at most one *leading* space, or whitespace runs), so a
-    piece ends at p whether or not more text follows. Not the other way round:
-    after whitespace, the ``\\s+(?!\\S)`` lookahead depends on what follows.
-    cl100k: letter and number pieces never take in following whitespace, and
-    no piece takes in a following space; punctuation pieces take trailing
-    CR/LF (so no cut after punctuation before a newline), and CR/LF never joins
-    the letters or digits after it. In both, the scanners are memoryless, so
-    the pieces from p on are the same when scanning starts at p. A special
-    token never straddles the cut, and the last max-special-length characters
-    are not cut (a special could still be completed by text appended later).
-    Scans from the end in growing windows: cheap when a cut is near the end.
+    Where a pattern's pre-tokenization may be cut is the Rust core's rule
+    (``_core.safe_cut``, rust/pretokenize.rs ``is_safe_cut``), the same one its
+    trainer streams files by. On top of it: a special token never straddles
+    the cut, and the last max-special-length characters are not cut (a special
+    could still be completed by text appended later).
     """
-    cut = _CUTS[pattern]
+    from gptlite import _core
+
     hi = len(buf) - max((len(s) for s in specials), default=1) + 1
     lo = max(1, lo)
-    width = 4096
+    try:
+        buf.encode("utf-8")
+    except UnicodeEncodeError:
+        # lone surrogates (from argv): U+FFFD in their place keeps the indices,
+        # and is what the encoder makes of them
+        buf = re.sub("[\ud800-\udfff]", "\ufffd", buf)
     while hi > lo:
-        a = max(lo, hi - width)
-        best = 0
-        for m in cut.finditer(buf, a, hi + 1):
-            p = m.start()
-            if p < hi and not any(_straddles(buf, s, p) for s in specials):
-                best = p
-        if best:
-            return best
-        hi, width = a, width * 4
+        p = _core.safe_cut(buf, lo, hi, pattern)
+        if not p or not any(_straddles(buf, s, p) for s in specials):
+            return p
+        hi = p
     return 0
 
 
@@ -366,6 +346,12 @@ def _shift_position(msg: str, offset: int) -> str:
 
 
 # --- tokenizer training ------------------------------------------------------------
+def _trainer_patterns() -> tuple:
+    from gptlite.tokenizer.bpe_train import PATTERNS
+
+    return PATTERNS
+
+
 def _add_tokenizer_train_commands(sub) -> None:
     # `gptlite tokenizer train`: reuse a `tokenizer` group if another area made one.
     group = sub.choices.get("tokenizer")
@@ -385,7 +371,8 @@ def _add_tokenizer_train_commands(sub) -> None:
                    help="special token appended after the merges (repeatable; default <|endoftext|>)")
     p.add_argument("--no-special", action="store_true", help="no special tokens at all")
     p.add_argument("--min-frequency", type=int, default=1, help="stop when the best pair occurs fewer times")
-    p.add_argument("--pattern", choices=["gpt2", "cl100k"], default="gpt2", help="pre-tokenization pattern")
+    p.add_argument("--pattern", choices=_trainer_patterns(), default="gpt2",
+                   help="pre-tokenization pattern (gpt2: GPT-2's; cl100k, o200k: those of cl100k_base, o200k_base)")
     p.add_argument("--format", action="append", choices=["gpt2", "hf", "tiktoken"], default=None,
                    help="output format(s) (repeatable; default: gpt2 and tiktoken)")
     p.add_argument("--errors", choices=["strict", "replace"], default="strict",
@@ -458,6 +445,8 @@ def _tokenizer_train(args) -> int:
         print(f"  compression:  {st['corpus_bytes'] / st['training_tokens']:.3f} bytes/token on the training text "
               f"({st['training_tokens']:,} tokens)")
     print(f"  saved:        {out}/ ({', '.join(formats)}): {', '.join(sorted(f.name for f in out.iterdir()))}")
+    if args.pattern != "gpt2" and not set(formats) & {"gpt2", "hf"}:
+        print(f"  note:         .tiktoken files do not record the pattern: load with pattern={args.pattern!r}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Semantics (docs/design.md, rust/train.rs): the base vocabulary is the 256
 single bytes, ids 0-255 in byte order; text is pre-tokenized (GPT-2's pattern
-by default) and merges never cross pre-token boundaries; each step merges the
+by default; any of ``PATTERNS``: gpt2, cl100k, o200k) and merges never cross pre-token boundaries; each step merges the
 pair with the highest total count, ties going to the smallest (left id, right
 id); the new token gets the next id; special tokens come after the merges.
 Same corpus and options give the same merges on any number of threads.
@@ -28,7 +28,8 @@ PathLike = Union[str, os.PathLike]
 Progress = Union[bool, Callable[[str, int, Optional[int]], None], None]
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>",)
-PATTERNS = ("gpt2", "cl100k")
+# The pre-tokenization patterns, as the Rust core names them (the one list of them).
+PATTERNS = tuple(name for name, _tiktoken_regex, _regex in _core.patterns())
 
 
 @dataclass

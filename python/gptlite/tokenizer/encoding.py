@@ -123,16 +123,21 @@ class Tokenizer:
         return checkpoint.model_tokenizer(d, checkpoint.read_vocab_size(d))
 
     @classmethod
-    def from_files(cls, path_or_dir, special_tokens=None, pattern: str = "gpt2", name: str | None = None) -> "Tokenizer":
+    def from_files(cls, path_or_dir, special_tokens=None, pattern: str | None = None,
+                   name: str | None = None) -> "Tokenizer":
         """Load ``encoder.json`` + ``vocab.bpe``, ``vocab.json`` + ``merges.txt``, or a ``.tiktoken`` file.
 
         ``path_or_dir``: a directory holding one of these, or the path of one file
         of the pair (its partner is looked up next to it), or a ``.tiktoken`` file.
         ``special_tokens`` (``.tiktoken`` only, which stores none): default
         ``{"<|endoftext|>": <one past the last rank>}``, as GPT-2 and our trainer have.
+        ``pattern``: the pre-tokenization pattern; by default the one ``vocab.bpe``
+        names (``save`` records it for a pattern other than GPT-2's), else GPT-2's.
+        A ``.tiktoken`` file names none: pass the pattern it was made with.
         """
         p = Path(path_or_dir)
-        _check_pattern(pattern)
+        if pattern is not None:
+            _check_pattern(pattern)
         if p.is_dir():
             pairs = [("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")]
             for enc, bpe in pairs:
@@ -150,7 +155,7 @@ class Tokenizer:
                 # capped so an out-of-range rank is reported by the file's parser, with its line
                 special_tokens = {ENDOFTEXT: min(_max_rank(p) + 1, 2**32 - 2)}
             specials = _checked_specials(special_tokens, f"{p}: special_tokens")
-            core = _core.CoreBPE.from_tiktoken_file(str(p), specials, pattern)
+            core = _core.CoreBPE.from_tiktoken_file(str(p), specials, pattern or "gpt2")
             return cls(core, name or p.stem)
         partner = {"encoder.json": "vocab.bpe", "vocab.bpe": "encoder.json",
                    "vocab.json": "merges.txt", "merges.txt": "vocab.json"}.get(p.name)
@@ -230,11 +235,15 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text``; special-token text is encoded as ordinary text."""
-        _check_text(text)
+        # The hottest call of all (one per document): the type is checked only
+        # when the core refuses the argument.
         try:
             return self._core.encode_ordinary(text)
         except UnicodeEncodeError:
             return self._core.encode_ordinary(_fix_surrogates(text))
+        except TypeError:
+            _check_text(text)
+            raise
 
     def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
@@ -355,7 +364,9 @@ class Tokenizer:
 
         ``gpt2``: encoder.json + vocab.bpe; ``hf``: vocab.json + merges.txt (the same
         formats under HF's names); ``tiktoken``: ``<name>.tiktoken`` (regular tokens
-        only: such files hold no special tokens).
+        only: such files hold no special tokens, nor the pattern).
+        ``vocab.bpe`` / ``merges.txt`` name the pre-tokenization pattern on their
+        ``#version`` line when it is not GPT-2's, so ``from_files`` uses it again.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -427,6 +438,10 @@ class Encoding(Tokenizer):
         self._pat_str = pat_str
         self._regex = regex
         self._ranks_dict = mergeable_ranks
+        if regex is not None:
+            # shadows Tokenizer.encode_ordinary, which the scanner patterns call
+            # without a detour (it is the per-document hot path)
+            self.encode_ordinary = self._encode_ordinary_regex
 
     @classmethod
     def _from_core(cls, name: str, core, special_tokens: dict) -> "Encoding":
@@ -462,9 +477,7 @@ class Encoding(Tokenizer):
     def _regex_encode(self, text: str, allowed: list[str]) -> list[int]:
         return self._core.encode_regex(_utf8_safe(text), self._regex, allowed)
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        if self._regex is None:
-            return Tokenizer.encode_ordinary(self, text)
+    def _encode_ordinary_regex(self, text: str) -> list[int]:
         return self._regex_encode(_check_text(text), [])
 
     def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
