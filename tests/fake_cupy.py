@@ -42,6 +42,8 @@ SYNC_SITES = []  # (file, line) of the caller of each counted sync since reset_c
 KERNEL_LAUNCHES = {}  # custom kernel name (gl_ln_fwd_f32, gptlite_gelu_tanh_fwd, ...) -> launches
 KERNEL_ARGS = {}  # RawModule kernel name (gl_*, fa_*) -> the argument tuple of its latest launch, as passed
 TRANSFERS = []  # (shape, dtype) of each device array copied to the host (.get(), asnumpy) since reset_counts()
+UPLOADS = []  # (shape, on a side stream?) of each ndarray.set() host -> device copy since reset_counts()
+WAITS = []  # events streams were told to wait for (device-side waits, not host syncs)
 
 
 def reset_counts():
@@ -50,6 +52,8 @@ def reset_counts():
     KERNEL_LAUNCHES.clear()
     KERNEL_ARGS.clear()
     TRANSFERS.clear()
+    UPLOADS.clear()
+    WAITS.clear()
 
 
 def _transfer(a):
@@ -101,6 +105,10 @@ class DeviceArray(np.ndarray):
     def item(self, *args):
         _sync()
         return self.view(np.ndarray).item(*args)
+
+    def set(self, arr, stream=None):  # host -> device copy (asynchronous on a stream in CuPy)
+        UPLOADS.append((tuple(np.shape(arr)), stream is not None and stream is not _DEFAULT_STREAM))
+        np.copyto(self.view(np.ndarray), arr)
 
     @property
     def data(self):  # CuPy's MemoryPointer: .ptr is the device address
@@ -269,8 +277,33 @@ class _Nccl:
         return tuple(range(128))
 
 
+class _Event:
+    """Work on the stand-in is done when it is issued."""
+
+    done = True
+
+    def synchronize(self):
+        pass
+
+
 class _Stream:
-    ptr = 0
+    def __init__(self, non_blocking=False, ptr=0):
+        self.ptr = ptr
+
+    def record(self, event=None):
+        return event or _Event()
+
+    def wait_event(self, event):
+        WAITS.append(event)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+_DEFAULT_STREAM = _Stream()
 
 
 def _numpy_attr(name):
@@ -299,7 +332,9 @@ def make_modules() -> dict:
     cp.cuda = types.SimpleNamespace(
         Device=_Device,
         nccl=_Nccl(),
-        get_current_stream=lambda: _Stream(),
+        Stream=_Stream,
+        Event=_Event,
+        get_current_stream=lambda: _DEFAULT_STREAM,
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                       getDeviceProperties=lambda i: {"name": b"fake CuPy (NumPy)"}))
     core = types.ModuleType("cupy._core")
@@ -311,6 +346,7 @@ def make_modules() -> dict:
     cp._core = core
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = lambda out, index, values: np.add.at(out, index, values)
+    cupyx.empty_pinned = lambda shape, dtype=np.float64: np.empty(shape, dtype)  # page-locked host memory in CuPy
     scipy = types.ModuleType("cupyx.scipy")
     special = types.ModuleType("cupyx.scipy.special")
     special.erf = lambda x: _dev(np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype))

@@ -219,6 +219,42 @@ def test_training_float32_on_fake_cupy_one_sync_per_step(monkeypatch, tmp_path):
     assert linalg.compute_types[np.dtype(np.float32)] == linalg.COMPUTE_TYPE_FP32
 
 
+def test_training_batches_upload_on_a_side_stream_during_the_previous_step(monkeypatch, tmp_path):
+    """Batch k+1 is copied from pinned memory on a side stream while step k runs: each
+    step after the first finds its batch uploaded, waits for it on the device only, and
+    still reads the device once; the losses are the CPU's (float64); a bad id in a
+    prefetched batch is still refused before any device value is read."""
+    import test_train as tt
+    from gptlite.engine.backend import Uploaded
+    from gptlite.training import pretrain as T
+
+    cpu = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "cpu"), dtype="float64", batch_tokens=64),
+                    log=lambda m: None).run()["losses"]
+    fake_cupy.install(monkeypatch)
+    tr = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "a"), device="cuda", dtype="float64", batch_tokens=64),
+                   log=lambda m: None)
+    assert tr.cfg.grad_accum == 2
+    np.testing.assert_allclose(tr.run()["losses"], cpu, rtol=1e-9)
+    B, T_ = tr.cfg.batch_size, tr.cfg.block_size
+    fake_cupy.reset_counts()
+    k = tr.batches.position
+    assert any(s.k == k for s in tr.prefetch.slots)  # the next micro-batch was already on its way
+    tr.train_step()
+    # this step's micro-batches were found prefetched; what it uploaded is the next ones, on the side stream
+    assert fake_cupy.UPLOADS and all(side for _, side in fake_cupy.UPLOADS)
+    assert [shape for shape, _ in fake_cupy.UPLOADS] == [(B, T_)] * 2 * tr.cfg.grad_accum  # x and y of each
+    assert len(fake_cupy.WAITS) >= 2 and fake_cupy.COUNTS["syncs"] == 1, fake_cupy.SYNC_SITES
+    x, y = tr.prefetch.batch(tr.batches.position)
+    assert isinstance(x, Uploaded) and np.array_equal(x.host, tr.batches.batch(tr.batches.position)[0])
+    np.testing.assert_array_equal(np.asarray(x.dev), x.host)
+    bad = x.host.copy()
+    bad[1, 2] = tr.model.config.vocab_size + 5
+    fake_cupy.reset_counts()
+    with pytest.raises(ValueError, match=r"token id \d+ at position \(batch 1, time 2\)"):
+        tr.model.loss_and_grads(Uploaded(bad, x.dev), y)
+    assert fake_cupy.COUNTS["syncs"] == 0
+
+
 def _fused_launches():
     return {k: v for k, v in fake_cupy.KERNEL_LAUNCHES.items() if k != "gl_sumsq"}
 

@@ -180,3 +180,23 @@ def keep_freed_memory() -> bool:
     ok = mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2 ** 31 - 1)) == 1 and ok
     _malloc_tuned = ok
     return ok
+
+
+class Uploaded:
+    """A host array and its device copy, made by an asynchronous upload (see
+    training/prefetch.py). Checks of the values (token ids in range, targets
+    counted) read ``host``, so they cost no device sync; the maths uses ``dev``."""
+
+    __slots__ = ("host", "dev")
+
+    def __init__(self, host: np.ndarray, dev):
+        if tuple(host.shape) != tuple(dev.shape):
+            raise ValueError(f"Uploaded: host shape {tuple(host.shape)} differs from device shape {tuple(dev.shape)}")
+        self.host, self.dev = host, dev
+
+    shape = property(lambda self: self.host.shape)
+    ndim = property(lambda self: self.host.ndim)
+    dtype = property(lambda self: self.host.dtype)
+
+    def reshape(self, *shape) -> "Uploaded":
+        return Uploaded(self.host.reshape(*shape), self.dev.reshape(*shape))

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from gptlite.engine.backend import backend_of
+from gptlite.engine.backend import Uploaded, backend_of
 
 CU_FILE = os.path.join(os.path.dirname(__file__), "cuda", "fused_kernels.cu")
 BLOCK = 256  # threads per block of the row kernels: a power of two, as block_sum needs
@@ -368,6 +368,9 @@ def lm_head_cross_entropy(h, wte, targets, dwte=None, ignore_index=-1, chunk=LM_
     xp = be.xp
     N, C = h.shape
     V = wte.shape[0]
+    uploaded = None
+    if isinstance(targets, Uploaded):  # checked and counted on its host copy; the device copy is used
+        uploaded, targets = targets.dev.reshape(-1), targets.host
     targets = targets.reshape(-1).astype(np.int64)
     if targets.shape[0] != N:
         raise ValueError(f"lm_head_cross_entropy: {N} rows of h but {targets.shape[0]} targets")
@@ -381,7 +384,7 @@ def lm_head_cross_entropy(h, wte, targets, dwte=None, ignore_index=-1, chunk=LM_
                              f"and is not ignore_index={ignore_index}")
         if n_valid is None:  # counted on the host: the scale becomes a kernel argument
             n_valid = int(keep.sum())
-        targets = xp.asarray(targets)
+        targets = xp.asarray(targets) if uploaded is None else uploaded.astype(xp.int64, copy=False)
     if n_valid is None:
         n_valid = (targets != ignore_index).sum()  # stays on the device under CuPy
     on_host = isinstance(n_valid, (int, np.integer))

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from gptlite.engine import attention, ops
-from gptlite.engine.backend import get_backend, keep_freed_memory, to_numpy
+from gptlite.engine.backend import Uploaded, get_backend, keep_freed_memory, to_numpy
 
 _HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
 
@@ -306,6 +306,9 @@ class GPT:
 
     def _check_idx(self, idx, what="idx", max_pos=None):
         xp = self.xp
+        uploaded = idx if isinstance(idx, Uploaded) else None
+        if uploaded is not None:  # checked on its host copy; the device copy is what runs
+            idx = uploaded.host
         if not hasattr(idx, "dtype") or not hasattr(idx, "ndim"):
             idx = np.asarray(idx)
         if idx.ndim != 2:
@@ -326,6 +329,8 @@ class GPT:
         if bool(bad.any()):
             b, t = (int(i) for i in m.argwhere(bad)[0])
             raise ValueError(f"token id {int(idx[b, t])} at position (batch {b}, time {t}) is outside the vocabulary [0, {V})")
+        if uploaded is not None:
+            return uploaded.dev.astype(xp.int64, copy=False)
         return xp.asarray(idx).astype(xp.int64, copy=False)
 
     # ------------------------------------------------------------------
@@ -504,16 +509,21 @@ class GPT:
         self._check_trainable()
         idx = self._check_idx(idx)
         B, T = idx.shape
-        host_targets = targets
-        targets = self.xp.asarray(targets)
-        if tuple(targets.shape) != (B, T):
-            raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
+        if isinstance(targets, Uploaded):  # an asynchronous upload: its host copy is checked
+            if tuple(targets.shape) != (B, T):
+                raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
+            tg = targets.reshape(-1)
+        else:
+            host_targets = targets
+            targets = self.xp.asarray(targets)
+            if tuple(targets.shape) != (B, T):
+                raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
+            tg = (host_targets if type(host_targets) is np.ndarray else targets).reshape(-1)
         h, cache = self._trunk(idx, keep=True)
         # the tied head and cross-entropy, forward and backward (on the GPU chunked
         # over rows, so no (B,T,V) logits, the loss a 0-d device array; host
         # targets are range-checked on the host)
-        tg = host_targets if type(host_targets) is np.ndarray else targets
-        loss, dh, dwte_head = ops.lm_head_cross_entropy(h, self.params["wte.weight"], tg.reshape(-1),
+        loss, dh, dwte_head = ops.lm_head_cross_entropy(h, self.params["wte.weight"], tg,
                                                         ignore_index=ignore_index, be=self.backend)
         del h
         grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head)

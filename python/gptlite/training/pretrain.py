@@ -197,6 +197,9 @@ class Trainer:
             self.schedule, cfg.grad_clip, self.world)
         self.opt, self.flat_grads = self.update.opt, self.update.flat
         self.batches = Batches(self.train_data, cfg.batch_size, cfg.block_size, seed=cfg.seed)
+        from gptlite.training.prefetch import Prefetcher
+
+        self.prefetch = Prefetcher(self.batches, self.model.backend)  # on CuPy: batch k+1 uploads during step k
         self.step = 0
         self.bad_steps = 0
         self.tokens_seen = 0
@@ -327,8 +330,9 @@ class Trainer:
         self.update.zero()
         first = self.batches.position
         for j in distributed.shard(accum, self.world):
-            x, y = self.batches.batch(first + j)
-            # host batches: ids and targets are range-checked on the host, then uploaded
+            x, y = self.prefetch.batch(first + j)
+            # ids and targets are range-checked on the host (on CuPy: on the pinned copy
+            # already uploading), so no device value is read to check them
             l, g = self.model.loss_and_grads(x, y)
             self.update.add(g, 1.0 / accum)
             del g
