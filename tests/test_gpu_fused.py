@@ -131,3 +131,17 @@ def test_ten_step_trajectory_and_bitexact_resume_on_gpu(cp, tmp_path):
                      resume=True, log=lambda m: None).run()["losses"]
     assert full == part1 + rest  # the same bits on the GPU too
     assert all(math.isfinite(v) for v in full)
+
+
+def test_memory_pool_reaches_a_steady_state_after_step_two(cp, tmp_path):
+    """No allocation grows step by step: after step 2 the pool holds the same bytes,
+    with the next batch's prefetch slots (pinned host + device) in place."""
+    tr = _trainer(tmp_path, "pool", device="cuda", max_steps=8, batch_tokens=64)
+    pool = cp.get_default_memory_pool()
+    sizes = []
+    for _ in range(6):
+        tr.train_step()
+        cp.cuda.get_current_stream().synchronize()
+        sizes.append(pool.total_bytes())
+    assert len(set(sizes[1:])) == 1, sizes
+    assert any(s.k == tr.batches.position for s in tr.prefetch.slots)
