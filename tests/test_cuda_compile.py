@@ -109,7 +109,7 @@ def test_every_raw_launch_matches_its_ptx_signature(monkeypatch):
         P, G, M, V = (cp.asarray(rng.standard_normal(10).astype(dt)) for _ in range(4))
         V = abs(V)  # a second moment
         norm, scale, flag = fused.clip_scale(fused.grad_sumsq(G), 1.0)
-        fused.adamw_flat(P, G, M, V, scale, flag, n_decay=6, lr=1e-3, step=1)
+        fused.adamw_flat(P, G, M, V, scale, flag, cp.zeros(1, dtype=np.int32), n_decay=6, lr=1e-3)
         seen.update(fake_cupy.KERNEL_ARGS)
     for sfx, dt in (("bf16", np.float32), ("f32", np.float32), ("f64", np.float64)):
         def st(a):

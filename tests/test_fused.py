@@ -119,6 +119,7 @@ def test_clip_and_adamw_match_optim(dt, max_norm):
     M, V = np.zeros_like(P), np.zeros_like(P)
     cfg = optim.AdamWConfig(lr=1e-2)
     ref = optim.AdamW({k: p.copy() for k, p in params.items()}, cfg)
+    t = np.zeros(1, np.int32)  # AdamW's step count, advanced by the kernel
     for step in (1, 2, 3):
         gref = {k: g.copy() for k, g in grads.items()}
         norm_ref = optim.clip_grads(gref, max_norm)
@@ -126,8 +127,9 @@ def test_clip_and_adamw_match_optim(dt, max_norm):
         norm, scale, flag = fused.clip_scale(fused.grad_sumsq(G), max_norm)
         close(norm[0], norm_ref, dt)
         assert flag[0] == 0
-        fused.adamw_flat(P, G, M, V, scale, flag, n_decay=12, lr=cfg.lr, step=step, betas=cfg.betas,
+        fused.adamw_flat(P, G, M, V, scale, flag, t, n_decay=12, lr=cfg.lr, betas=cfg.betas,
                          eps=cfg.eps, weight_decay=cfg.weight_decay)
+        assert t[0] == step
         close(P[:12], ref.params["w"].ravel(), dt, 10)
         close(P[12:], ref.params["b"], dt, 10)
 
@@ -137,8 +139,10 @@ def test_nonfinite_step_skipped_on_device(dt):
     M, V = np.zeros(5, dt), np.zeros(5, dt)
     norm, scale, flag = fused.clip_scale(fused.grad_sumsq(G), 1.0)
     assert flag[0] == 1 and scale[0] == 0 and not np.isfinite(norm[0])
-    fused.adamw_flat(P, G, M, V, scale, flag, n_decay=5, lr=0.1, step=1)
+    t = np.array([7], np.int32)
+    fused.adamw_flat(P, G, M, V, scale, flag, t, n_decay=5, lr=0.1)
     assert np.all(P == 1) and np.all(M == 0) and np.all(V == 0)
+    assert t[0] == 7  # a skipped step does not count
 
 
 def test_launch_checks():
@@ -188,7 +192,7 @@ def test_fused_on_the_cupy_path_in_float32(monkeypatch):
     G = cp.asarray(rng.standard_normal(50).astype(dt))
     P, M, V = cp.asarray(np.ones(50, dt)), cp.zeros(50, dtype=dt), cp.zeros(50, dtype=dt)
     norm, scale, flag = fused.clip_scale(fused.grad_sumsq(G), 1.0)
-    fused.adamw_flat(P, G, M, V, scale, flag, n_decay=20, lr=1e-3, step=1)
+    fused.adamw_flat(P, G, M, V, scale, flag, cp.zeros(1, dtype=np.int32), n_decay=20, lr=1e-3)
     ids = cp.asarray(rng.integers(0, 5, 12))
     fused.embedding_backward(ids, cp.asarray(rng.standard_normal((12, 16)).astype(dt)), cp.zeros((5, 16), dtype=dt))
     # the only reads of device values are this test's own asnumpy calls

@@ -71,8 +71,10 @@ def test_every_kernel_matches_its_twin(cp, dt):
         nd, sd, fd = fused.clip_scale(fused.grad_sumsq(Gd), max_norm)
         _close(nd, nh, dt, 10)
         _close(sd, sh, dt, 10)
-        fused.adamw_flat(P, G, M, Vv, sh, fh, n_decay=6000, lr=1e-3, step=1)
-        fused.adamw_flat(Pd, Gd, Md, Vd, sd, fd, n_decay=6000, lr=1e-3, step=1)
+        th, td = np.zeros(1, np.int32), cp.zeros(1, dtype=np.int32)
+        fused.adamw_flat(P, G, M, Vv, sh, fh, th, n_decay=6000, lr=1e-3)
+        fused.adamw_flat(Pd, Gd, Md, Vd, sd, fd, td, n_decay=6000, lr=1e-3)
+        assert int(td.get()[0]) == int(th[0]) == 1
         _close(Pd, P, dt, 10)
         _close(Vd, Vv, dt, 10)
     bad = cp.asarray(np.array([1.0, np.nan], dt))

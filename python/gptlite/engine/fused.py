@@ -213,10 +213,20 @@ def _tw_clip_scale(grid, block, args):
     scale[...] = 0 if bad else c
 
 
+def _tw_adamw_coef(grid, block, args):
+    t, nonfinite, coef, b1, b2, lr = args
+    if not int(nonfinite.reshape(-1)[0]):
+        t[0] += 1
+    s = int(t[0])
+    coef[0] = math.sqrt(1.0 - float(b2) ** s)
+    coef[1] = float(lr) / (1.0 - float(b1) ** s)
+
+
 def _tw_adamw(grid, block, args):
-    p, g, m, v, scale, nonfinite, n, n_decay, keep, c1, b2, c2, bc2_sqrt, eps, step_size = args
+    p, g, m, v, scale, nonfinite, coef, n, n_decay, keep, c1, b2, c2, eps = args
     if int(nonfinite.reshape(-1)[0]):
         return
+    bc2_sqrt, step_size = coef[0], coef[1]
     gi = g * scale.reshape(-1)[0]
     nd = int(n_decay)
     p[:nd] *= keep
@@ -239,7 +249,7 @@ KERNEL_TWINS = {
     "ln_fwd": _tw_ln_fwd, "ln_bwd_dx": _tw_ln_bwd_dx, "ln_bwd_dwdb": _tw_ln_bwd_dwdb, "colsum": _tw_colsum,
     "bias_gelu_fwd": _tw_bias_gelu_fwd, "gelu_bwd": _tw_gelu_bwd,
     "causal_softmax_fwd": _tw_causal_softmax_fwd, "causal_softmax_bwd": _tw_causal_softmax_bwd,
-    "ce_fwd_bwd": _tw_ce_fwd_bwd, "clip_scale": _tw_clip_scale, "adamw": _tw_adamw, "embed_bwd": _tw_embed_bwd,
+    "ce_fwd_bwd": _tw_ce_fwd_bwd, "clip_scale": _tw_clip_scale, "adamw_coef": _tw_adamw_coef, "adamw": _tw_adamw, "embed_bwd": _tw_embed_bwd,
 }
 
 
@@ -440,19 +450,21 @@ def clip_scale(sumsq, max_norm, *, be=None):
     return norm, scale, flag
 
 
-def adamw_flat(P, G, M, V, scale, nonfinite, *, be=None, n_decay, lr, step, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1):
-    """One AdamW step over the whole flat buffer in one launch (optim.AdamW's
-    arithmetic); G is multiplied by the device-side ``scale`` and the step is
-    skipped on the device when ``nonfinite`` is set."""
+def adamw_flat(P, G, M, V, scale, nonfinite, t, *, be=None, n_decay, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1):
+    """One AdamW step over the whole flat buffer (optim.AdamW's arithmetic) in two
+    launches: the step count ``t`` (a (1,) int32 device array) advances unless
+    ``nonfinite`` is set and gives the bias corrections, then the update, G times the
+    device-side ``scale``, skipped on the device when ``nonfinite`` is set."""
     be = _be(be, P)
     xp = be.xp
     b1, b2 = betas
-    bc1, bc2 = 1.0 - b1 ** step, 1.0 - b2 ** step
     f = lambda v: _scalar(P.dtype, v)  # noqa: E731
+    coef = xp.empty(2, dtype=P.dtype)
+    _launch(be, "adamw_coef", P.dtype, (1,), (1,), (t, nonfinite, coef, np.float64(b1), np.float64(b2), np.float64(lr)))
     g, blk = _elem_grid(P.size)
     _launch(be, "adamw", P.dtype, g, blk,
-            (P, G, M, V, scale, nonfinite, np.int64(P.size), np.int64(n_decay), f(1.0 - lr * weight_decay), f(1.0 - b1),
-             f(b2), f(1.0 - b2), f(math.sqrt(bc2)), f(eps), f(lr / bc1)))
+            (P, G, M, V, scale, nonfinite, coef, np.int64(P.size), np.int64(n_decay), f(1.0 - lr * weight_decay), f(1.0 - b1),
+             f(b2), f(1.0 - b2), f(eps)))
 
 
 def set_tf32(enabled: bool) -> None:

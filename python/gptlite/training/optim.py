@@ -54,7 +54,8 @@ class AdamW:
         self.config = config or AdamWConfig()
         self.config.validate()
         self.params = params
-        self.t = 0
+        self._t = 0
+        self._t_dev = None  # (1,) int32 on the GPU once the fused device step runs
         self.m = {k: xp_of(p).zeros_like(p) for k, p in params.items()}
         self.v = {k: xp_of(p).zeros_like(p) for k, p in params.items()}
         self.decay = {k: decays(k, p.shape) for k, p in params.items()}
@@ -114,21 +115,35 @@ class AdamW:
                 _adamw_update(p, g, m, v, coefs, xp_of(p).empty_like(p))
 
     def step_flat_device(self, scale, nonfinite, lr: float | None = None) -> None:
-        """One AdamW update of the whole flat buffer in one fused launch, gradients
+        """One AdamW update of the whole flat buffer in fused launches, gradients
         times the device-side clip ``scale``, skipped on the device when
         ``nonfinite`` is set (engine/fused.py; for CuPy, where reading the norm back
-        to decide would cost a sync). The step count advances; the caller undoes it
-        with ``self.t -= 1`` when it learns the step was skipped."""
+        to decide would cost a sync). The step count then lives on the device and
+        advances there only for a finite step; reading ``t`` reads it back."""
         from gptlite.engine import fused
 
         if self._flat is None:
             raise ValueError("AdamW.step_flat_device needs use_flat() first")
         cfg = self.config
         lr = cfg.lr if lr is None else float(lr)
-        self.t += 1
         P, flat, M, V = self._flat
-        fused.adamw_flat(P, flat.buf, M, V, scale, nonfinite, n_decay=flat.n_decay, lr=lr, step=self.t,
+        if self._t_dev is None:
+            self._t_dev = xp_of(P).asarray(np.array([self._t], dtype=np.int32))
+        fused.adamw_flat(P, flat.buf, M, V, scale, nonfinite, self._t_dev, n_decay=flat.n_decay, lr=lr,
                          betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+    @property
+    def t(self) -> int:
+        """AdamW's step count (updates applied); on the device once step_flat_device ran."""
+        if self._t_dev is not None:
+            self._t = int(self._t_dev[0])  # a device read: at checkpoints, not in the step
+        return self._t
+
+    @t.setter
+    def t(self, value: int) -> None:
+        self._t = int(value)
+        if self._t_dev is not None:
+            self._t_dev[...] = self._t
 
     def state_dict(self) -> dict:
         """Host (NumPy) copies of m and v as flat tensors, plus the step count."""

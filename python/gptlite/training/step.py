@@ -84,7 +84,5 @@ class Update:
         flag |= (~xp.isfinite(loss)).astype(np.int32).reshape(1)
         self.opt.step_flat_device(scale, flag, lr)
         host = xp.concatenate([loss.astype(np.float64).reshape(1), norm.astype(np.float64), flag.astype(np.float64)]).get()
-        finite = not host[2]
-        if not finite:
-            self.opt.t -= 1  # the kernel skipped the update: the step count stays
+        finite = not host[2]  # a skipped update did not advance AdamW's step count (on the device)
         return {"loss": float(host[0]), "grad_norm": float(host[1]), "lr": lr, "finite": finite, "scalars": scalars}

@@ -224,15 +224,30 @@ template<typename T> __device__ void clip_scale(const T* sumsq, T max_norm, T* n
 extern "C" __global__ void gl_clip_scale_f32(const float* sumsq, float max_norm, float* norm_out, float* scale, int* nonfinite) { clip_scale<float>(sumsq, max_norm, norm_out, scale, nonfinite); }
 extern "C" __global__ void gl_clip_scale_f64(const double* sumsq, double max_norm, double* norm_out, double* scale, int* nonfinite) { clip_scale<double>(sumsq, max_norm, norm_out, scale, nonfinite); }
 
+// AdamW's step count lives on the device, so a step the flag skips does not advance it
+// and nothing is read back to decide: one thread counts the step (when finite) and writes
+// the bias corrections the update kernel reads, coef = [sqrt(1 - b2^t), lr / (1 - b1^t)],
+// computed in double and rounded once, as training/optim's are on the host.
+template<typename T> __device__ void adamw_coef(int* t, const int* nonfinite, T* coef, double b1, double b2, double lr) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    if (!nonfinite[0]) t[0] += 1;
+    double s = (double)t[0];
+    coef[0] = (T)sqrt(1.0 - pow(b2, s));
+    coef[1] = (T)(lr / (1.0 - pow(b1, s)));
+}
+extern "C" __global__ void gl_adamw_coef_f32(int* t, const int* nonfinite, float* coef, double b1, double b2, double lr) { adamw_coef<float>(t, nonfinite, coef, b1, b2, lr); }
+extern "C" __global__ void gl_adamw_coef_f64(int* t, const int* nonfinite, double* coef, double b1, double b2, double lr) { adamw_coef<double>(t, nonfinite, coef, b1, b2, lr); }
+
 // AdamW over the whole flat buffer in one launch (the same arithmetic as
 // training/optim._adamw_update): elements [0, n_decay) get decoupled decay, the clip
-// coefficient is read from the device, and a non-finite step (flag set by
-// gl_clip_scale) leaves p, m and v untouched, so nothing is read back to decide.
+// coefficient and the bias corrections are read from the device, and a non-finite step
+// (flag set by gl_clip_scale) leaves p, m and v untouched, so nothing is read back to decide.
 // The factors 1 - lr*wd, 1 - b1 and 1 - b2 come rounded from double, as optim's are.
-template<typename T> __device__ void adamw(T* p, const T* g, T* m, T* v, const T* scale, const int* nonfinite,
-                                           long long n, long long n_decay, T keep, T c1, T b2, T c2, T bc2_sqrt, T eps, T step_size) {
+template<typename T> __device__ void adamw(T* p, const T* g, T* m, T* v, const T* scale, const int* nonfinite, const T* coef,
+                                           long long n, long long n_decay, T keep, T c1, T b2, T c2, T eps) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || nonfinite[0]) return;
+    T bc2_sqrt = coef[0], step_size = coef[1];
     T gi = g[i] * scale[0];
     T pi = p[i];
     if (i < n_decay) pi *= keep;
@@ -241,12 +256,12 @@ template<typename T> __device__ void adamw(T* p, const T* g, T* m, T* v, const T
     m[i] = mi; v[i] = vi;
     p[i] = pi - mi / (sqrt(vi) / bc2_sqrt + eps) * step_size;
 }
-extern "C" __global__ void gl_adamw_f32(float* p, const float* g, float* m, float* v, const float* scale, const int* nonfinite,
-                                        long long n, long long n_decay, float keep, float c1, float b2, float c2, float bc2_sqrt, float eps, float step_size) {
-    adamw<float>(p, g, m, v, scale, nonfinite, n, n_decay, keep, c1, b2, c2, bc2_sqrt, eps, step_size); }
-extern "C" __global__ void gl_adamw_f64(double* p, const double* g, double* m, double* v, const double* scale, const int* nonfinite,
-                                        long long n, long long n_decay, double keep, double c1, double b2, double c2, double bc2_sqrt, double eps, double step_size) {
-    adamw<double>(p, g, m, v, scale, nonfinite, n, n_decay, keep, c1, b2, c2, bc2_sqrt, eps, step_size); }
+extern "C" __global__ void gl_adamw_f32(float* p, const float* g, float* m, float* v, const float* scale, const int* nonfinite, const float* coef,
+                                        long long n, long long n_decay, float keep, float c1, float b2, float c2, float eps) {
+    adamw<float>(p, g, m, v, scale, nonfinite, coef, n, n_decay, keep, c1, b2, c2, eps); }
+extern "C" __global__ void gl_adamw_f64(double* p, const double* g, double* m, double* v, const double* scale, const int* nonfinite, const double* coef,
+                                        long long n, long long n_decay, double keep, double c1, double b2, double c2, double eps) {
+    adamw<double>(p, g, m, v, scale, nonfinite, coef, n, n_decay, keep, c1, b2, c2, eps); }
 
 // Deterministic embedding backward: rows sorted by (token id, position) beforehand;
 // one block per sorted row, and only the first row of each token's run sums the run
