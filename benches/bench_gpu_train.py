@@ -46,7 +46,9 @@ def _install_stand_in():
 class GptliteStep:
     """The Trainer's step (pretrain.Trainer.train_step with one micro-batch and
     one rank): loss_and_grads, gradients into the flat buffer, device-side clip and
-    one AdamW launch, then the step's one host read."""
+    the AdamW launches, then one host read of loss and norm. The Trainer's loop now
+    defers that read to its log intervals (Update.read), so the sync count measured
+    here (1 per step) is an upper bound of the loop's."""
 
     def __init__(self, shape, seed=0, grad_clip=1.0):
         from gptlite.engine.model import GPT, GPTConfig

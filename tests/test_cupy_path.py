@@ -255,6 +255,45 @@ def test_training_batches_upload_on_a_side_stream_during_the_previous_step(monke
     assert fake_cupy.COUNTS["syncs"] == 0
 
 
+def test_training_reads_the_device_only_at_log_eval_and_checkpoint_steps(monkeypatch, tmp_path):
+    """On the GPU the loop leaves each step's loss, norm and flag on the device and reads
+    them at log/eval/checkpoint steps, all pending steps in one transfer: 12 steps logged
+    every 4 make 3 reads of step figures, not 12; losses, metrics and the non-finite
+    accounting are the CPU's."""
+    import json
+
+    import test_train as tt
+    from gptlite.training import pretrain as T
+
+    kw = dict(dtype="float64", max_steps=12, log_interval=4, eval_interval=12, eval_batches=0, ckpt_interval=100)
+    cpu = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "cpu"), **kw), log=lambda m: None).run()["losses"]
+    fake_cupy.install(monkeypatch)
+    tr = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "gpu"), device="cuda", **kw), log=lambda m: None)
+    fake_cupy.reset_counts()
+    gpu = tr.run()["losses"]
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-9)
+    step_reads = [site for site in fake_cupy.SYNC_SITES if site[0] == "step.py"]
+    assert len(step_reads) == 3, fake_cupy.SYNC_SITES
+    recs = [json.loads(x) for x in (tmp_path / "gpu" / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(x) for x in (tmp_path / "cpu" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [r["step"] for r in want] == [4, 8, 12]
+    np.testing.assert_allclose([r["loss"] for r in recs], [r["loss"] for r in want], rtol=1e-9)
+    assert [r["tokens"] for r in recs] == [r["tokens"] for r in want]
+    # non-finite steps found at the next read: skipped on the device, accounted in order
+    bad = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "bad"), device="cuda", max_bad_steps=3, **kw),
+                    log=lambda m: None)
+    real = bad.model.loss_and_grads
+
+    def poisoned(x, y, *a, **k):
+        loss, grads = real(x, y, *a, **k)
+        return (loss * np.nan if bad.step >= 5 else loss), grads
+
+    bad.model.loss_and_grads = poisoned
+    with pytest.raises(T.TrainingError, match="stopped at step 8: 3 consecutive steps"):
+        bad.run()
+    assert bad.opt.t == 5  # AdamW's count on the device: steps 1-5 applied, 6-8 skipped
+
+
 def _fused_launches():
     return {k: v for k, v in fake_cupy.KERNEL_LAUNCHES.items() if k != "gl_sumsq"}
 

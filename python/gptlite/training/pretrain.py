@@ -317,7 +317,7 @@ class Trainer:
         return total / self.cfg.eval_batches
 
     # -- one step ------------------------------------------------------------------------
-    def train_step(self) -> dict:
+    def train_step(self, defer: bool = False) -> dict:
         """Forward/backward over ``grad_accum`` micro-batches, then the shared update
         (training/step.py: clip, AdamW, schedule). Returns step stats.
 
@@ -342,12 +342,13 @@ class Trainer:
                 loss += float(l) / accum
         self.batches.position = first + accum
         several = self.world.size > 1
-        st = self.update.apply(self.step, loss, [float(self._stop_requested)] if several else [])
+        st = self.update.apply(self.step, loss, [float(self._stop_requested)] if several else [], defer=defer)
         if several:  # the stop every rank saw in this step's reduction
             self._stop_agreed = st["scalars"][0] > 0
         self.step += 1
         self.tokens_seen += accum * cfg.batch_size * cfg.block_size
-        return {k: st[k] for k in ("loss", "grad_norm", "lr", "finite")}
+        st.pop("scalars", None)
+        return st  # loss, grad_norm, lr, finite; deferred on the GPU: until Update.read
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, steps: int | None = None) -> dict:
@@ -402,6 +403,7 @@ class Trainer:
             self._stop_requested = True
 
         stopping = stop_signals(on_stop)
+        self._drain = lambda: None
         stopping.__enter__()
         losses = []
         window_t, window_tokens = 0.0, 0
@@ -409,38 +411,37 @@ class Trainer:
             if self.step == 0 and self.val_data is not None and cfg.eval_batches:
                 self.last_val = self.val_loss()
                 self._write_metrics({"step": 0, "val_loss": self.last_val})
-            while self.step < end:
-                # several ranks stop at the step all of them agreed on, so they all save
-                if self._stop_agreed if self.world.size > 1 else self._stop_requested:
-                    raise Stopped(self._stop_signum)
-                t0 = time.perf_counter()
-                self._in_step = True
-                st = self.train_step()
-                self._in_step = False
-                dt = time.perf_counter() - t0
-                window_t += dt
-                window_tokens += tokens_per_step
+            # On the GPU with one process a step reads nothing back: its loss, norm and
+            # non-finite flag stay on the device until the next log, eval or checkpoint
+            # step (or a stop), which reads every pending step at once and accounts for
+            # them in order. A run of non-finite steps is then noticed up to log_interval
+            # steps late; their updates were skipped on the device meanwhile.
+            defer = self.xp is not np and self.world.size == 1
+            pending = []
+
+            def account(step: int, st: dict) -> None:
+                nonlocal window_t, window_tokens
                 if not st["finite"]:
                     self.bad_steps += 1
-                    self._write_metrics({"step": self.step, "event": "skipped_nonfinite", "loss": _json_num(st["loss"]),
+                    self._write_metrics({"step": step, "event": "skipped_nonfinite", "loss": _json_num(st["loss"]),
                                          "grad_norm": _json_num(st["grad_norm"])})
-                    self.log(f"step {self.step}: non-finite loss/gradient (loss={st['loss']}, grad_norm={st['grad_norm']}); update skipped")
+                    self.log(f"step {step}: non-finite loss/gradient (loss={st['loss']}, grad_norm={st['grad_norm']}); update skipped")
                     if self.bad_steps >= cfg.max_bad_steps:
                         good = find_checkpoint(self.out)
                         raise TrainingError(
-                            f"stopped at step {self.step}: {self.bad_steps} consecutive steps with non-finite loss or gradients "
+                            f"stopped at step {step}: {self.bad_steps} consecutive steps with non-finite loss or gradients "
                             f"(lower lr, raise warmup_steps or check the data); last good checkpoint: {good or 'none written yet'}")
-                    continue
+                    return False
                 self.bad_steps = 0
                 losses.append(st["loss"])
                 rec = None
-                is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps
-                if self.step % cfg.log_interval == 0 or is_eval or self.step == end:
+                is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
+                if step % cfg.log_interval == 0 or is_eval or step == end:
                     tps = window_tokens / window_t if window_t > 0 else 0.0
                     flops = tps * self.flops_per_token
-                    rec = {"step": self.step, "loss": st["loss"], "lr": st["lr"], "grad_norm": st["grad_norm"],
-                           "tokens": self.tokens_seen, "tokens_per_s": tps, "flops_per_s": flops,
-                           "mfu": flops / cfg.peak_flops if cfg.peak_flops else None}
+                    rec = {"step": step, "loss": st["loss"], "lr": st["lr"], "grad_norm": st["grad_norm"],
+                           "tokens": self.tokens_seen - (self.step - step) * tokens_per_step, "tokens_per_s": tps,
+                           "flops_per_s": flops, "mfu": flops / cfg.peak_flops if cfg.peak_flops else None}
                     window_t, window_tokens = 0.0, 0
                 if is_eval and self.val_data is not None and cfg.eval_batches:
                     self.last_val = self.val_loss()
@@ -448,18 +449,58 @@ class Trainer:
                 if rec is not None:
                     self._write_metrics(rec)
                     val = f" val {self.last_val:.4f}" if self.last_val is not None else ""
-                    progress.update(done=self.step, keep=is_eval,
+                    progress.update(done=step, keep=is_eval,
                                     text=f"loss {st['loss']:.4f}{val} lr {st['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s")
+                return True
+
+            def drain() -> bool:
+                """Account for the pending steps; False when the last of them was skipped."""
+                nonlocal window_t
+                if not pending:
+                    return True
+                t0 = time.perf_counter()
+                self.update.read([st for _, st in pending])  # the one host read of these steps
+                window_t += time.perf_counter() - t0  # the device's time behind the steps' launches
+                todo = list(pending)
+                pending.clear()
+                ok = True
+                for step, st in todo:
+                    ok = account(step, st)
+                return ok
+
+            self._drain = drain
+            while self.step < end:
+                # several ranks stop at the step all of them agreed on, so they all save
+                if self._stop_agreed if self.world.size > 1 else self._stop_requested:
+                    drain()
+                    raise Stopped(self._stop_signum)
+                t0 = time.perf_counter()
+                self._in_step = True
+                st = self.train_step(defer=True) if defer else self.train_step()
+                self._in_step = False
+                window_t += time.perf_counter() - t0
+                window_tokens += tokens_per_step
+                pending.append((self.step, st))
                 due = cfg.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * cfg.ckpt_minutes
                 if cfg.ckpt_minutes > 0 and self.world.size > 1:  # rank 0's clock decides, so every rank joins the save
                     due = self.world.bcast(due)
-                if (self.step % cfg.ckpt_interval == 0 or due) and self.step < end:
+                ckpt = (self.step % cfg.ckpt_interval == 0 or due) and self.step < end
+                if (not defer or ckpt or self._stop_requested or self.step == end or self.step % cfg.log_interval == 0
+                        or self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps):
+                    if not drain():
+                        continue  # no checkpoint right after a skipped step
+                if ckpt:
                     self.save()
             path = self.save()
             progress.close()
             return {"step": self.step, "checkpoint": str(path), "losses": losses, "val_loss": self.last_val}
         except KeyboardInterrupt:
             progress.close()
+            if not self._in_step:
+                try:
+                    self._drain()  # steps whose figures were still on the device
+                except TrainingError:
+                    pass
             if self._in_step:  # a second Ctrl-C mid-step: the state is half-updated, keep the last checkpoint
                 self.log(f"interrupted inside step {self.step + 1}: nothing saved; the last checkpoint {find_checkpoint(self.out)} is kept")
                 raise

@@ -51,19 +51,24 @@ class Update:
     def add(self, grads: dict, scale: float = 1.0) -> None:
         self.flat.add(grads, scale)
 
-    def apply(self, step: int, loss, scalars=()) -> dict:
+    def apply(self, step: int, loss, scalars=(), defer: bool = False) -> dict:
         """Finish step number ``step`` (0-based; it picks the learning rate).
 
         ``loss``: this rank's share of the step's loss (a float, or a device
         scalar on the GPU); ``scalars``: more floats to sum over ranks in the
         same collective (a stop flag, partial losses). Returns ``loss``,
-        ``grad_norm``, ``lr``, ``finite`` and the summed ``scalars``."""
+        ``grad_norm``, ``lr``, ``finite`` and the summed ``scalars``.
+
+        ``defer`` (GPU, one process): read nothing now; the returned record holds
+        device values until :meth:`read` fills in many steps' records with one
+        transfer (a loop reads at its log intervals)."""
         lr = self.schedule(step)
         if self.world.size > 1:
             self.flat.reduce(self.world)
             loss, *scalars = self.world.allreduce_scalars([float(loss), *scalars])
         elif self.xp is not np:
-            return self._apply_on_device(loss, lr, list(scalars))
+            st = self._apply_on_device(loss, lr, list(scalars))
+            return st if defer else self.read([st])[0]
         loss = float(loss)
         norm = optim.clip_grads(self.flat.views, self.grad_clip)
         finite = math.isfinite(loss) and math.isfinite(norm)
@@ -82,7 +87,18 @@ class Update:
         loss = xp.asarray(loss)
         norm, scale, flag = fused.clip_scale(fused.grad_sumsq(self.flat.buf), self.grad_clip or 0.0)
         flag |= (~xp.isfinite(loss)).astype(np.int32).reshape(1)
-        self.opt.step_flat_device(scale, flag, lr)
-        host = xp.concatenate([loss.astype(np.float64).reshape(1), norm.astype(np.float64), flag.astype(np.float64)]).get()
-        finite = not host[2]  # a skipped update did not advance AdamW's step count (on the device)
-        return {"loss": float(host[0]), "grad_norm": float(host[1]), "lr": lr, "finite": finite, "scalars": scalars}
+        self.opt.step_flat_device(scale, flag, lr)  # a skipped update does not advance AdamW's count
+        packed = xp.concatenate([loss.astype(np.float64).reshape(1), norm.astype(np.float64), flag.astype(np.float64)])
+        return {"device": packed, "lr": lr, "scalars": scalars}
+
+    def read(self, records: list) -> list:
+        """Fill in ``loss``, ``grad_norm`` and ``finite`` of records :meth:`apply`
+        left on the device: one host read for all of them."""
+        todo = [r for r in records if "device" in r]
+        if todo:
+            xp = self.xp
+            host = (xp.concatenate([r["device"] for r in todo]) if len(todo) > 1 else todo[0]["device"]).get()
+            for i, r in enumerate(todo):
+                del r["device"]
+                r.update(loss=float(host[3 * i]), grad_norm=float(host[3 * i + 1]), finite=not host[3 * i + 2])
+        return records
