@@ -19,7 +19,6 @@ difference and the kernels launched (no timings: NumPy's would mean nothing).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benches"))
+from compare import report  # noqa: E402
 
 
 def _inputs(xp, B, T, H, D, dt, seed=0):
@@ -184,14 +185,7 @@ def main(argv=None) -> int:
     if min(args.batch, args.context, args.heads, args.head_size, args.reps) < 1:
         p.error("--batch, --context, --heads, --head-size and --reps must be >= 1")
     res = stand_in(args) if args.stand_in else gpu(args)
-    text = json.dumps(res, indent=2, default=float)
-    if not args.out or args.stand_in:
-        print(text)
-    if args.out:
-        from gptlite.fileio import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    return 0
+    return report(res, args.out, echo=not args.out or args.stand_in)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import alternate  # noqa: E402
+from compare import alternate, report as write_report  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, ROUNDS = 32, 64, 3
 
@@ -341,14 +341,7 @@ def main(argv=None) -> int:
         res = gpu_main(args)
     else:
         res = run_all(*build())
-    text = json.dumps(res, indent=2, default=float)
-    if args.stand_in or not args.out:
-        print(text)
-    if args.out:
-        from gptlite.fileio import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    return 0
+    return write_report(res, args.out, echo=args.stand_in or not args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ bound of real launches) and host reads of device values — no timings.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -27,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benches"))
+from compare import report  # noqa: E402
 
 SHAPE_124M = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 
@@ -189,13 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
     args = p.parse_args(argv)
     res = stand_in(args) if args.stand_in else gpu(args)
-    text = json.dumps(res, indent=2, default=float)
-    print(text)
-    if args.out:
-        from gptlite.fileio import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    return 0
+    return report(res, args.out)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,17 @@ def alternate(ours, theirs, rounds: int, pause: bool = True) -> tuple[float, flo
         theirs(r)
         t_theirs.append(time.perf_counter() - t0)
     return statistics.median(t_ours), statistics.median(t_theirs)
+
+
+def report(res: dict, out=None, echo: bool = True) -> int:
+    """Print a bench's results as JSON (when ``echo``) and write them atomically to ``out``."""
+    import json
+
+    text = json.dumps(res, indent=2, default=float)
+    if echo:
+        print(text)
+    if out:
+        from gptlite.fileio import atomic_write_text
+
+        atomic_write_text(out, text + "\n")
+    return 0

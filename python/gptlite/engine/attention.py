@@ -121,10 +121,9 @@ def module():
     """The compiled RawModule (once per process)."""
     global _module
     if _module is None:
-        import cupy as cp
+        from gptlite.engine.kernels import compile_file
 
-        with open(CU_FILE, encoding="utf-8") as f:
-            _module = cp.RawModule(code=f.read(), options=("-std=c++17",))
+        _module = compile_file(CU_FILE)
     return _module
 
 

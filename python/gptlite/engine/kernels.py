@@ -40,6 +40,14 @@ def source(name: str) -> str:
         raise FileNotFoundError(f"CUDA kernel source {path} is missing from the installed package") from None
 
 
+def compile_file(path):
+    """A RawModule of the CUDA C file ``path`` (the caller keeps it: compiled once per process)."""
+    import cupy as cp
+
+    with open(path, encoding="utf-8") as f:
+        return cp.RawModule(code=f.read(), options=("-std=c++17",))
+
+
 def kernel(name: str):
     """The compiled kernel ``name`` (compiled on first use, then cached)."""
     k = _compiled.get(name)
