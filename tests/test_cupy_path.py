@@ -294,6 +294,35 @@ def test_training_reads_the_device_only_at_log_eval_and_checkpoint_steps(monkeyp
     assert bad.opt.t == 5  # AdamW's count on the device: steps 1-5 applied, 6-8 skipped
 
 
+def test_a_stop_between_log_steps_accounts_for_the_pending_steps_and_resumes_exactly(monkeypatch, tmp_path):
+    """A stop (Ctrl-C, SIGTERM) at step 6 of a run logging every 4: the steps still on
+    the device are read and accounted before the checkpoint, and the resumed run ends
+    with the losses of an uninterrupted one."""
+    import test_train as tt
+    from gptlite.training import pretrain as T
+
+    kw = dict(dtype="float64", max_steps=10, log_interval=4, eval_interval=100, eval_batches=0, ckpt_interval=100)
+    fake_cupy.install(monkeypatch)
+    full = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "full"), device="cuda", **kw), log=lambda m: None).run()["losses"]
+    tr = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "cut"), device="cuda", **kw), log=lambda m: None)
+    step = tr.train_step
+
+    def stop_after_six(*a, **k):
+        st = step(*a, **k)
+        if tr.step == 6:
+            tr.request_stop()
+        return st
+
+    tr.train_step = stop_after_six
+    with pytest.raises(KeyboardInterrupt):
+        tr.run()
+    assert tr.step == 6 and T.find_checkpoint(tr.out) is not None
+    rest = T.Trainer(tt._cfg(tmp_path, out_dir=str(tmp_path / "cut"), device="cuda", **kw), resume=True,
+                     log=lambda m: None).run()["losses"]
+    assert len(rest) == 4
+    np.testing.assert_array_equal(rest, full[6:])
+
+
 def _fused_launches():
     return {k: v for k, v in fake_cupy.KERNEL_LAUNCHES.items() if k != "gl_sumsq"}
 
