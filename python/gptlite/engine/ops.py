@@ -262,6 +262,39 @@ def bmm(a, b, out=None, *, be=None):
     return _k(be, a).bmm(a, b, out=out)
 
 
+_causal_masks: dict = {}
+
+
+_CAUSAL_BLOCK = 64  # rows per block of a causal attention's products: below, the blocks past the diagonal are skipped
+
+
+def _causal_blocks(T):
+    """[start, stop) blocks of a causal T x T attention's keys or queries."""
+    return [(r0, min(T, r0 + _CAUSAL_BLOCK)) for r0 in range(0, T, _CAUSAL_BLOCK)]
+
+
+def _causal_mask_t(T, H, dtype):
+    """The additive causal mask in ``attend_causal``'s transposed layout,
+    (key, head*query): -inf where key > query. Cached per shape."""
+    key = (T, H, np.dtype(dtype))
+    m = _causal_masks.get(key)
+    if m is None:
+        kq = np.where(np.arange(T)[:, None] > np.arange(T)[None, :], -np.inf, 0.0).astype(dtype)
+        m = _causal_masks[key] = np.ascontiguousarray(np.broadcast_to(kq[:, None, :], (T, H, T))).reshape(T, H * T)
+    return m
+
+
+_BATCH_CHUNK_BYTES = 1 << 21  # a task's scores: a few batch rows, within a core's share of the cache
+
+
+def _parallel_batch(fn, B, row_bytes):
+    """fn(slice) over chunks of the batch rows, each chunk's ``row_bytes`` per row
+    within _BATCH_CHUNK_BYTES, spread over the cores."""
+    per = max(1, min(-(-B // cpu.workers()), _BATCH_CHUNK_BYTES // max(1, row_bytes)))
+    starts = range(0, B, per)
+    cpu.parallel_slices(lambda i: fn(slice(starts[i], min(B, starts[i] + per))), len(starts))
+
+
 def _attend_stacked(q, k, v, bias, att, yh, mm, softmax):
     """The whole (B,H) stack at once: scores, scale, mask, softmax, att @ v."""
     mm(q, k.transpose(0, 1, 3, 2), out=att)
@@ -296,7 +329,9 @@ def attention_forward(qkv, n_head, B, T, bias=None, *, be=None):
 
     qkv (B*T, 3C) -> y (B*T, C). Scores are q.k / sqrt(hs), causally masked
     (or with ``bias`` (B|1, 1|H, T, T), an additive mask), softmax over keys.
-    Cache: q, k, v (B,H,T,hs) views into qkv, att (B,H,T,T) probabilities.
+    Cache: q, k, v (B,H,T,hs) views into qkv, att (B,H,T,T) probabilities;
+    for the plain causal mask on a kernel set with ``attend_causal`` (NumPy),
+    that kernel set's layout instead: q scaled by 1/sqrt(hs), att (B,T,H,T).
     """
     be = be if be is not None else backend_of(qkv)
     xp = be.xp
@@ -305,24 +340,32 @@ def attention_forward(qkv, n_head, B, T, bias=None, *, be=None):
     q = _split_heads(qkv[:, :C], B, T, n_head)
     k = _split_heads(qkv[:, C:2 * C], B, T, n_head)
     v = _split_heads(qkv[:, 2 * C:], B, T, n_head)
+    y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
+    if bias is None and hasattr(be.kernels, "attend_causal"):
+        # the kernel set's own causal layout (NumPy: scores transposed, q pre-scaled)
+        att = xp.empty((B, T, n_head, T), dtype=qkv.dtype)
+        qs = be.kernels.attend_causal(q, k, v, att, y.transpose(0, 2, 1, 3))
+        return y.reshape(B * T, C), (qs, k, v, att, n_head, B, T, True)
     if bias is None:
         bias = causal_bias(xp, T, T, qkv.dtype)[None, None]
-    y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
     att = xp.empty((B, n_head, T, T), dtype=qkv.dtype)
     be.kernels.attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
-    return y.reshape(B * T, C), (q, k, v, att, n_head, B, T)
+    return y.reshape(B * T, C), (q, k, v, att, n_head, B, T, False)
 
 
 def attention_backward(dy, cache, *, be=None):
     """dy (B*T, C) -> dqkv (B*T, 3C)."""
-    q, k, v, att, n_head, B, T = cache
+    q, k, v, att, n_head, B, T, causal = cache
     be = be if be is not None else backend_of(dy)
     C = dy.shape[-1]
     hs = C // n_head
     dyh = _split_heads(dy, B, T, n_head)  # (B,H,T,hs)
     dqkv = be.xp.empty((B, T, 3, n_head, hs), dtype=dy.dtype)
     dq, dk, dv = (dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # (B,H,T,hs) views
-    be.kernels.attend_backward(q, k, v, att, dyh, dq, dk, dv, 1.0 / math.sqrt(hs))
+    if causal:
+        be.kernels.attend_causal_backward(q, k, v, att, dyh, dq, dk, dv)
+    else:
+        be.kernels.attend_backward(q, k, v, att, dyh, dq, dk, dv, 1.0 / math.sqrt(hs))
     return dqkv.reshape(B * T, 3 * C)
 
 
@@ -615,6 +658,79 @@ class NumpyKernels:
             np.matmul(a, v[b, hsl], out=yh[b, hsl])
 
         _parallel_heads(heads, q.shape[0], q.shape[1], q.shape[2] * k.shape[2])
+
+    # Causal training attention. The scores of a batch row are kept transposed,
+    # att[b] as (key, head, query): the softmax statistics of every (head, query)
+    # then lie along the contiguous last axis, so each softmax pass is a few long
+    # NumPy loops instead of one short loop per query row (at T=128 that per-row
+    # overhead was most of the softmax's time). The scale 1/sqrt(hs) is applied
+    # to q once, before the scores, rather than to every score.
+
+    @staticmethod
+    def attend_causal(q, k, v, att, yh):
+        """Causal ``attend``: q, k, v (B,H,T,hs); ``att`` (B,T,H,T) is written
+        with the probabilities transposed (key, head, query); yh (B,H,T,hs).
+        Returns the cache the backward needs (q scaled by 1/sqrt(hs))."""
+        B, H, T, hs = q.shape
+        blocks = _causal_blocks(T)
+        qs = np.empty((B, T, H, hs), dtype=q.dtype).transpose(0, 2, 1, 3)  # rows of (H*hs): one long loop to scale
+        mask = _causal_mask_t(T, H, q.dtype)
+        scale = q.dtype.type(1.0 / math.sqrt(hs))
+
+        def rows(sl):
+            np.multiply(q[sl].transpose(0, 2, 1, 3), scale, out=qs[sl].transpose(0, 2, 1, 3))
+            a = att[sl]
+            a3 = a.reshape(a.shape[0], T, H * T)
+            for b in range(sl.start, sl.stop):
+                at = att[b].transpose(1, 0, 2)  # (H, key, query)
+                for c0, c1 in blocks:  # key block: the queries at or after it
+                    np.matmul(k[b, :, c0:c1], qs[b, :, c0:].transpose(0, 2, 1), out=at[:, c0:c1, c0:])
+                    att[b, c0:c1, :, :c0] = -np.inf
+            a3 += mask
+            m = a3.max(axis=1, keepdims=True)
+            a3 -= m
+            np.exp(a3, out=a3)
+            ssum = a3.sum(axis=1, keepdims=True)
+            np.reciprocal(ssum, out=ssum)
+            a3 *= ssum
+            for b in range(sl.start, sl.stop):
+                at = att[b].transpose(1, 0, 2)
+                for r0, r1 in blocks:  # query block: the keys up to its end
+                    np.matmul(at[:, :r1, r0:r1].transpose(0, 2, 1), v[b, :, :r1], out=yh[b, :, r0:r1])
+
+        _parallel_batch(rows, B, att[0].nbytes)
+        return qs
+
+    @staticmethod
+    def attend_causal_backward(qs, k, v, att, dyh, dq, dk, dv):
+        """The backward of ``attend_causal`` (qs: the scaled q it returned)."""
+        B, H, T, hs = qs.shape
+        blocks = _causal_blocks(T)
+        scale = qs.dtype.type(1.0 / math.sqrt(hs))
+
+        def rows(sl):
+            n = sl.stop - sl.start
+            da = np.empty((n, T, H, T), dtype=qs.dtype)  # dL/d(scores), transposed like att
+            d3, a3 = da.reshape(n, T, H * T), att[sl].reshape(n, T, H * T)
+            for i, b in enumerate(range(sl.start, sl.stop)):
+                at, dt = att[b].transpose(1, 0, 2), da[i].transpose(1, 0, 2)  # (H, key, query)
+                for c0, c1 in blocks:
+                    np.matmul(at[:, c0:c1, c0:], dyh[b, :, c0:], out=dv[b, :, c0:c1])
+                    np.matmul(v[b, :, c0:c1], dyh[b, :, c0:].transpose(0, 2, 1), out=dt[:, c0:c1, c0:])
+                    da[i, c0:c1, :, :c0] = 0  # masked: att is 0 there, and so is this
+            t = d3 * a3
+            d3 -= t.sum(axis=1, keepdims=True)  # the softmax Jacobian-vector product
+            d3 *= a3
+            for i, b in enumerate(range(sl.start, sl.stop)):
+                dt = da[i].transpose(1, 0, 2)
+                for r0, r1 in blocks:
+                    np.matmul(dt[:, :r1, r0:r1].transpose(0, 2, 1), k[b, :, :r1], out=dq[b, :, r0:r1])
+                for c0, c1 in blocks:
+                    np.matmul(dt[:, c0:c1, c0:], qs[b, :, c0:], out=dk[b, :, c0:c1])
+            dqs = dq[sl].transpose(0, 2, 1, 3)  # (n,T,H,hs): rows of H*hs in dqkv
+            dqs *= scale
+
+        _parallel_batch(rows, B, 2 * att[0].nbytes)
 
     @staticmethod
     def attend_backward(q, k, v, att, dyh, dq, dk, dv, scale):
