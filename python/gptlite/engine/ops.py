@@ -514,7 +514,8 @@ class NumpyKernels:
 
     @staticmethod
     def layernorm_forward(x, w, b, eps):
-        mean = x.mean(axis=-1, keepdims=True)
+        mean = np.add.reduce(x, axis=-1, keepdims=True)
+        mean /= x.shape[-1]
         xhat = x - mean
         var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # one fused pass
         var /= x.shape[-1]
@@ -540,12 +541,15 @@ class NumpyKernels:
         xhat, rstd, w = cache
         C = dy.shape[-1]
         d2 = dy.reshape(-1, C)
-        db = d2.sum(axis=0)
-        dw = (d2 * xhat.reshape(-1, C)).sum(axis=0)
-        dxhat = dy * w
+        db = np.add.reduce(d2, axis=0)
+        dxhat = np.multiply(dy, xhat)  # first the product for dw, then reused for dxhat
+        dw = np.add.reduce(dxhat.reshape(-1, C), axis=0)
+        np.multiply(dy, w, out=dxhat)
         # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        m1 = dxhat.mean(axis=-1, keepdims=True)
-        m2 = (dxhat * xhat).mean(axis=-1, keepdims=True)
+        m1 = np.add.reduce(dxhat, axis=-1, keepdims=True)
+        m1 /= C
+        m2 = np.einsum("...c,...c->...", dxhat, xhat)[..., None]  # one fused pass, no temporary
+        m2 /= C
         dxhat -= m1
         m2 = xhat * m2
         dxhat -= m2
