@@ -262,6 +262,19 @@ def bmm(a, b, out=None, *, be=None):
     return _k(be, a).bmm(a, b, out=out)
 
 
+_ROW_BLOCK = 512  # rows of a row-wise pass done together (LayerNorm): fixed, so the bits do not follow the core count
+
+
+def _row_edges(n):
+    return [(r, min(n, r + _ROW_BLOCK)) for r in range(0, n, _ROW_BLOCK)]
+
+
+def _row_blocks(fn, n):
+    """fn(slice) over the fixed row blocks of an n-row array, spread over the cores."""
+    edges = _row_edges(n)
+    cpu.parallel_slices(lambda i: fn(slice(*edges[i])), len(edges))
+
+
 _causal_masks: dict = {}
 
 
@@ -284,13 +297,14 @@ def _causal_mask_t(T, H, dtype):
     return m
 
 
-_BATCH_CHUNK_BYTES = 1 << 21  # a task's scores: a few batch rows, within a core's share of the cache
+_BATCH_CHUNK_BYTES = 1 << 20  # a task's scores: a few batch rows, within a core's cache
 
 
 def _parallel_batch(fn, B, row_bytes):
     """fn(slice) over chunks of the batch rows, each chunk's ``row_bytes`` per row
-    within _BATCH_CHUNK_BYTES, spread over the cores."""
-    per = max(1, min(-(-B // cpu.workers()), _BATCH_CHUNK_BYTES // max(1, row_bytes)))
+    within _BATCH_CHUNK_BYTES, and a few chunks per core (so a core slowed by
+    another process hands its share to the others)."""
+    per = max(1, min(-(-B // (4 * cpu.workers())), _BATCH_CHUNK_BYTES // max(1, row_bytes)))
     starts = range(0, B, per)
     cpu.parallel_slices(lambda i: fn(slice(starts[i], min(B, starts[i] + per))), len(starts))
 
@@ -512,51 +526,92 @@ class NumpyKernels:
         out[sidx[starts]] += np.add.reduceat(values[order], starts, axis=0)
         return out
 
+    # LayerNorm in fixed blocks of rows spread over the cores (at the default
+    # model's size it was the largest op left on one core). The block edges
+    # depend on N alone, and the backward's column sums add the blocks' partial
+    # sums in block order, so the bits are the same whatever the thread count.
+
     @staticmethod
-    def layernorm_forward(x, w, b, eps):
-        mean = np.add.reduce(x, axis=-1, keepdims=True)
-        mean /= x.shape[-1]
-        xhat = x - mean
-        var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # one fused pass
-        var /= x.shape[-1]
-        var += eps
-        rstd = np.sqrt(var, out=var)
-        np.reciprocal(rstd, out=rstd)
-        xhat *= rstd
-        y = xhat * w
-        y += b
-        return y, (xhat, rstd, w)
+    def layernorm_forward(x, w, b, eps, x_add=None, x_bias=None, s_out=None):
+        """``x_add``/``x_bias``: LayerNorm of s = x + (x_add + x_bias) (x_add
+        gets the bias added in place), s written to ``s_out`` (may be x)."""
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)
+        n = x2.shape[0]
+        xhat, y = np.empty((n, C), dtype=x.dtype), np.empty((n, C), dtype=x.dtype)
+        rstd = np.empty((n, 1), dtype=x.dtype)
+        if x_add is not None:
+            a2, s2 = x_add.reshape(-1, C), s_out.reshape(-1, C)
+
+        def block(r):
+            xr, xh, rs = x2[r], xhat[r], rstd[r]
+            if x_add is not None:
+                if x_bias is not None:
+                    a2[r] += x_bias
+                xr = np.add(xr, a2[r], out=s2[r])
+            mean = np.add.reduce(xr, axis=1, keepdims=True)
+            mean /= C
+            np.subtract(xr, mean, out=xh)
+            np.einsum("ij,ij->i", xh, xh, out=rs[:, 0])  # one fused pass
+            rs /= C
+            rs += eps
+            np.sqrt(rs, out=rs)
+            np.reciprocal(rs, out=rs)
+            xh *= rs
+            yr = np.multiply(xh, w, out=y[r])
+            yr += b
+
+        _row_blocks(block, n)
+        return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
 
     fuses_branch_bias = False  # linear_branch_forward adds its bias itself
 
     def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None):
-        if fx_bias is not None:
-            fx += fx_bias
-        s, _ = residual_forward(x, fx, inplace)
-        y, cache = self.layernorm_forward(s, w, b, eps)
+        if not (x.flags.c_contiguous and fx.flags.c_contiguous):
+            if fx_bias is not None:
+                fx += fx_bias
+            s, _ = residual_forward(x, fx, inplace)
+            y, cache = self.layernorm_forward(s, w, b, eps)
+            return s, y, cache
+        s = x if inplace else np.empty_like(x)
+        y, cache = self.layernorm_forward(x, w, b, eps, x_add=fx, x_bias=fx_bias, s_out=s)
         return s, y, cache
 
     @staticmethod
     def layernorm_backward(dy, cache, dresidual=None):
         xhat, rstd, w = cache
         C = dy.shape[-1]
-        d2 = dy.reshape(-1, C)
-        db = np.add.reduce(d2, axis=0)
-        dxhat = np.multiply(dy, xhat)  # first the product for dw, then reused for dxhat
-        dw = np.add.reduce(dxhat.reshape(-1, C), axis=0)
-        np.multiply(dy, w, out=dxhat)
-        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        m1 = np.add.reduce(dxhat, axis=-1, keepdims=True)
-        m1 /= C
-        m2 = np.einsum("...c,...c->...", dxhat, xhat)[..., None]  # one fused pass, no temporary
-        m2 /= C
-        dxhat -= m1
-        m2 = xhat * m2
-        dxhat -= m2
-        dxhat *= rstd
-        if dresidual is not None:
-            dxhat += dresidual
-        return dxhat, dw, db
+        d2, xh2, rs2 = dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1, 1)
+        n = d2.shape[0]
+        dx = np.empty((n, C), dtype=dy.dtype)
+        dr2 = dresidual.reshape(-1, C) if dresidual is not None else None
+        edges = _row_edges(n)
+        dws, dbs = [None] * len(edges), [None] * len(edges)
+
+        def block(i):
+            r = slice(*edges[i])
+            g, xh, rs, d = d2[r], xh2[r], rs2[r], dx[r]
+            dbs[i] = np.add.reduce(g, axis=0)
+            np.multiply(g, xh, out=d)  # first the product for dw, then dxhat in the same buffer
+            dws[i] = np.add.reduce(d, axis=0)
+            np.multiply(g, w, out=d)
+            # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+            m1 = np.add.reduce(d, axis=1, keepdims=True)
+            m1 /= C
+            m2 = np.einsum("ij,ij->i", d, xh)[:, None]  # one fused pass, no temporary
+            m2 /= C
+            d -= m1
+            d -= np.multiply(xh, m2)
+            d *= rs
+            if dr2 is not None:
+                d += dr2[r]
+
+        cpu.parallel_slices(block, len(edges))
+        dw, db = dws[0], dbs[0]
+        for i in range(1, len(edges)):  # in block order
+            dw += dws[i]
+            db += dbs[i]
+        return dx.reshape(dy.shape), dw, db
 
     @staticmethod
     def erf(x):
