@@ -1,6 +1,7 @@
-"""Training throughput: gptlite's step (forward + backward + clip + AdamW) vs the
-PyTorch reference loop (HF GPT2LMHeadModel + torch.optim.AdamW), measured in the
-same run on the same batches.
+"""Training throughput: gptlite's step (forward + backward + clip + AdamW, the
+trainer's flat-buffer update of training/step.py) vs the PyTorch reference
+loop (HF GPT2LMHeadModel + torch.optim.AdamW), measured in the same run on the
+same batches.
 
     python -m pytest benches/bench_train.py --benchmark-only -s
 
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptlite.training import optim
+from gptlite.training import distributed, optim
+from gptlite.training.step import Update
 from gptlite.engine.backend import default_device, get_xp, to_numpy
 from gptlite.engine.model import GPT, GPTConfig
 
@@ -73,18 +75,23 @@ def test_train_step_throughput(benchmark, shape):
     params = {k.removeprefix("transformer."): v.detach().numpy().copy() for k, v in hf.state_dict().items()
               if k.startswith("transformer.") and not k.endswith((".attn.bias", ".attn.masked_bias"))}
     model = GPT(GPTConfig(**kw), params=params, device=device)
-    opt = optim.AdamW(model.params, optim.AdamWConfig(lr=1e-4))
+    # the trainer's update (training/step.py): weights, gradients and AdamW's
+    # state in one flat buffer each, clipped and updated over those buffers
+    update = Update(model.params, optim.AdamWConfig(lr=1e-4), optim.Schedule(1e-4, 10 ** 9, kind="constant"),
+                    1.0, distributed.World())
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, kw["vocab_size"], size=(B, T + 1)) for _ in range(4)]
     it = iter(range(10 ** 9))
 
     def ours():
-        w = batches[next(it) % len(batches)]
+        step = next(it)
+        w = batches[step % len(batches)]
+        update.zero()
         loss, grads = model.loss_and_grads(xp.asarray(w[:, :-1]), xp.asarray(w[:, 1:]))
-        optim.clip_grads(grads, 1.0)
-        opt.step(grads, 1e-4)
+        update.add(grads, 1.0)
+        out = update.apply(step, loss)
         _sync(xp)
-        return loss
+        return out["loss"]
 
     decay = [p for p in hf.parameters() if p.dim() == 2]
     rest = [p for p in hf.parameters() if p.dim() != 2]

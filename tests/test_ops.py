@@ -170,6 +170,27 @@ def test_attention_gradcheck_and_causality():
     np.testing.assert_array_equal(y2.reshape(B, T, C)[:, :-1], y.reshape(B, T, C)[:, :-1])
 
 
+@pytest.mark.parametrize("T", [64, 70, 131])
+def test_causal_attention_blocks_match_the_masked_scores(T):
+    """The causal path (no bias: its own layout, blocks past the diagonal skipped)
+    against the same attention with the mask given as a bias, at lengths that
+    cut the blocks evenly, unevenly and into three; gradients by differences."""
+    B, C, H = 3, 8, 2
+    qkv = RNG.standard_normal((B * T, 3 * C))
+    R = RNG.standard_normal((B * T, C))
+    bias = ops.causal_bias(np, T, T, qkv.dtype)[None, None]
+    y, cache = ops.attention_forward(qkv, H, B, T)
+    y_ref, cache_ref = ops.attention_forward(qkv, H, B, T, bias)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, attention_reference(qkv, H, B, T), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ops.attention_backward(R, cache), ops.attention_backward(R, cache_ref),
+                               rtol=1e-10, atol=1e-12)
+    if T == 70:
+        qkv1, R1 = qkv[:T].copy(), R[:T]
+        f = lambda: float((ops.attention_forward(qkv1, H, 1, T)[0] * R1).sum())
+        assert_close_grad(ops.attention_backward(R1, ops.attention_forward(qkv1, H, 1, T)[1]), numgrad(f, qkv1))
+
+
 def test_residual():
     x, fx = RNG.standard_normal(4), RNG.standard_normal(4)
     out, cache = ops.residual_forward(x, fx)

@@ -8,8 +8,11 @@ is used on CuPy, which schedules its own kernels.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
+
+_POOL_PREFIX = "gptlite-bmm"
 
 
 class _BlasThreads:
@@ -85,17 +88,32 @@ def parallel_slices(fn, n):
     if prev is not None and prev != 1:
         _blas_threads.set(1)
     try:
-        if nw <= 1:
+        # inline on one core, and inside a pool thread (a nested call waiting
+        # on the pool from the pool could wait forever)
+        if nw <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
             for i in range(n):
                 fn(i)
             return
         if _pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="gptlite-bmm")
-        # one task per block, handed out as workers free up: if the OS
-        # preempts one worker, the others take over its share
-        list(_pool.map(fn, range(n)))
+            _pool = ThreadPoolExecutor(max_workers=workers() - 1, thread_name_prefix=_POOL_PREFIX)
+        # blocks handed out one at a time as threads free up (if the OS preempts
+        # one, the others take over its share); the calling thread works too
+        # rather than sleeping until the pool is done: one hand-off less per
+        # call, which at the default model's size is a good part of an op
+        blocks = iter(range(n))  # next() on it is atomic under the GIL
+
+        def drain():
+            for i in blocks:
+                fn(i)
+
+        helpers = [_pool.submit(drain) for _ in range(nw - 1)]
+        try:
+            drain()
+        finally:
+            for h in helpers:
+                h.result()
     finally:
         if prev is not None and prev != 1:
             _blas_threads.set(prev)

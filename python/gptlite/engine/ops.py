@@ -262,6 +262,53 @@ def bmm(a, b, out=None, *, be=None):
     return _k(be, a).bmm(a, b, out=out)
 
 
+_ROW_BLOCK = 512  # rows of a row-wise pass done together (LayerNorm): fixed, so the bits do not follow the core count
+
+
+def _row_edges(n):
+    return [(r, min(n, r + _ROW_BLOCK)) for r in range(0, n, _ROW_BLOCK)]
+
+
+def _row_blocks(fn, n):
+    """fn(slice) over the fixed row blocks of an n-row array, spread over the cores."""
+    edges = _row_edges(n)
+    cpu.parallel_slices(lambda i: fn(slice(*edges[i])), len(edges))
+
+
+_causal_masks: dict = {}
+
+
+_CAUSAL_BLOCK = 64  # rows per block of a causal attention's products: below, the blocks past the diagonal are skipped
+
+
+def _causal_blocks(T):
+    """[start, stop) blocks of a causal T x T attention's keys or queries."""
+    return [(r0, min(T, r0 + _CAUSAL_BLOCK)) for r0 in range(0, T, _CAUSAL_BLOCK)]
+
+
+def _causal_mask_t(T, H, dtype):
+    """The additive causal mask in ``attend_causal``'s transposed layout,
+    (key, head*query): -inf where key > query. Cached per shape."""
+    key = (T, H, np.dtype(dtype))
+    m = _causal_masks.get(key)
+    if m is None:
+        kq = np.where(np.arange(T)[:, None] > np.arange(T)[None, :], -np.inf, 0.0).astype(dtype)
+        m = _causal_masks[key] = np.ascontiguousarray(np.broadcast_to(kq[:, None, :], (T, H, T))).reshape(T, H * T)
+    return m
+
+
+_BATCH_CHUNK_BYTES = 1 << 21  # a task's scores: a few batch rows (fewer, longer NumPy calls)
+
+
+def _parallel_batch(fn, B, row_bytes):
+    """fn(slice) over chunks of the batch rows, each chunk's ``row_bytes`` per row
+    within _BATCH_CHUNK_BYTES, and a few chunks per core (so a core slowed by
+    another process hands its share to the others)."""
+    per = max(1, min(-(-B // (2 * cpu.workers())), _BATCH_CHUNK_BYTES // max(1, row_bytes)))
+    starts = range(0, B, per)
+    cpu.parallel_slices(lambda i: fn(slice(starts[i], min(B, starts[i] + per))), len(starts))
+
+
 def _attend_stacked(q, k, v, bias, att, yh, mm, softmax):
     """The whole (B,H) stack at once: scores, scale, mask, softmax, att @ v."""
     mm(q, k.transpose(0, 1, 3, 2), out=att)
@@ -296,7 +343,9 @@ def attention_forward(qkv, n_head, B, T, bias=None, *, be=None):
 
     qkv (B*T, 3C) -> y (B*T, C). Scores are q.k / sqrt(hs), causally masked
     (or with ``bias`` (B|1, 1|H, T, T), an additive mask), softmax over keys.
-    Cache: q, k, v (B,H,T,hs) views into qkv, att (B,H,T,T) probabilities.
+    Cache: q, k, v (B,H,T,hs) views into qkv, att (B,H,T,T) probabilities;
+    for the plain causal mask on a kernel set with ``attend_causal`` (NumPy),
+    that kernel set's layout instead: q scaled by 1/sqrt(hs), att (B,T,H,T).
     """
     be = be if be is not None else backend_of(qkv)
     xp = be.xp
@@ -305,24 +354,32 @@ def attention_forward(qkv, n_head, B, T, bias=None, *, be=None):
     q = _split_heads(qkv[:, :C], B, T, n_head)
     k = _split_heads(qkv[:, C:2 * C], B, T, n_head)
     v = _split_heads(qkv[:, 2 * C:], B, T, n_head)
+    y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
+    if bias is None and hasattr(be.kernels, "attend_causal"):
+        # the kernel set's own causal layout (NumPy: scores transposed, q pre-scaled)
+        att = xp.empty((B, T, n_head, T), dtype=qkv.dtype)
+        qs = be.kernels.attend_causal(q, k, v, att, y.transpose(0, 2, 1, 3))
+        return y.reshape(B * T, C), (qs, k, v, att, n_head, B, T, True)
     if bias is None:
         bias = causal_bias(xp, T, T, qkv.dtype)[None, None]
-    y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
     att = xp.empty((B, n_head, T, T), dtype=qkv.dtype)
     be.kernels.attend(q, k, v, bias, att, y.transpose(0, 2, 1, 3))
-    return y.reshape(B * T, C), (q, k, v, att, n_head, B, T)
+    return y.reshape(B * T, C), (q, k, v, att, n_head, B, T, False)
 
 
 def attention_backward(dy, cache, *, be=None):
     """dy (B*T, C) -> dqkv (B*T, 3C)."""
-    q, k, v, att, n_head, B, T = cache
+    q, k, v, att, n_head, B, T, causal = cache
     be = be if be is not None else backend_of(dy)
     C = dy.shape[-1]
     hs = C // n_head
     dyh = _split_heads(dy, B, T, n_head)  # (B,H,T,hs)
     dqkv = be.xp.empty((B, T, 3, n_head, hs), dtype=dy.dtype)
     dq, dk, dv = (dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # (B,H,T,hs) views
-    be.kernels.attend_backward(q, k, v, att, dyh, dq, dk, dv, 1.0 / math.sqrt(hs))
+    if causal:
+        be.kernels.attend_causal_backward(q, k, v, att, dyh, dq, dk, dv)
+    else:
+        be.kernels.attend_backward(q, k, v, att, dyh, dq, dk, dv, 1.0 / math.sqrt(hs))
     return dqkv.reshape(B * T, 3 * C)
 
 
@@ -469,47 +526,92 @@ class NumpyKernels:
         out[sidx[starts]] += np.add.reduceat(values[order], starts, axis=0)
         return out
 
+    # LayerNorm in fixed blocks of rows spread over the cores (at the default
+    # model's size it was the largest op left on one core). The block edges
+    # depend on N alone, and the backward's column sums add the blocks' partial
+    # sums in block order, so the bits are the same whatever the thread count.
+
     @staticmethod
-    def layernorm_forward(x, w, b, eps):
-        mean = x.mean(axis=-1, keepdims=True)
-        xhat = x - mean
-        var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # one fused pass
-        var /= x.shape[-1]
-        var += eps
-        rstd = np.sqrt(var, out=var)
-        np.reciprocal(rstd, out=rstd)
-        xhat *= rstd
-        y = xhat * w
-        y += b
-        return y, (xhat, rstd, w)
+    def layernorm_forward(x, w, b, eps, x_add=None, x_bias=None, s_out=None):
+        """``x_add``/``x_bias``: LayerNorm of s = x + (x_add + x_bias) (x_add
+        gets the bias added in place), s written to ``s_out`` (may be x)."""
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)
+        n = x2.shape[0]
+        xhat, y = np.empty((n, C), dtype=x.dtype), np.empty((n, C), dtype=x.dtype)
+        rstd = np.empty((n, 1), dtype=x.dtype)
+        if x_add is not None:
+            a2, s2 = x_add.reshape(-1, C), s_out.reshape(-1, C)
+
+        def block(r):
+            xr, xh, rs = x2[r], xhat[r], rstd[r]
+            if x_add is not None:
+                if x_bias is not None:
+                    a2[r] += x_bias
+                xr = np.add(xr, a2[r], out=s2[r])
+            mean = np.add.reduce(xr, axis=1, keepdims=True)
+            mean /= C
+            np.subtract(xr, mean, out=xh)
+            np.einsum("ij,ij->i", xh, xh, out=rs[:, 0])  # one fused pass
+            rs /= C
+            rs += eps
+            np.sqrt(rs, out=rs)
+            np.reciprocal(rs, out=rs)
+            xh *= rs
+            yr = np.multiply(xh, w, out=y[r])
+            yr += b
+
+        _row_blocks(block, n)
+        return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
 
     fuses_branch_bias = False  # linear_branch_forward adds its bias itself
 
     def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None):
-        if fx_bias is not None:
-            fx += fx_bias
-        s, _ = residual_forward(x, fx, inplace)
-        y, cache = self.layernorm_forward(s, w, b, eps)
+        if not (x.flags.c_contiguous and fx.flags.c_contiguous):
+            if fx_bias is not None:
+                fx += fx_bias
+            s, _ = residual_forward(x, fx, inplace)
+            y, cache = self.layernorm_forward(s, w, b, eps)
+            return s, y, cache
+        s = x if inplace else np.empty_like(x)
+        y, cache = self.layernorm_forward(x, w, b, eps, x_add=fx, x_bias=fx_bias, s_out=s)
         return s, y, cache
 
     @staticmethod
     def layernorm_backward(dy, cache, dresidual=None):
         xhat, rstd, w = cache
         C = dy.shape[-1]
-        d2 = dy.reshape(-1, C)
-        db = d2.sum(axis=0)
-        dw = (d2 * xhat.reshape(-1, C)).sum(axis=0)
-        dxhat = dy * w
-        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        m1 = dxhat.mean(axis=-1, keepdims=True)
-        m2 = (dxhat * xhat).mean(axis=-1, keepdims=True)
-        dxhat -= m1
-        m2 = xhat * m2
-        dxhat -= m2
-        dxhat *= rstd
-        if dresidual is not None:
-            dxhat += dresidual
-        return dxhat, dw, db
+        d2, xh2, rs2 = dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1, 1)
+        n = d2.shape[0]
+        dx = np.empty((n, C), dtype=dy.dtype)
+        dr2 = dresidual.reshape(-1, C) if dresidual is not None else None
+        edges = _row_edges(n)
+        dws, dbs = [None] * len(edges), [None] * len(edges)
+
+        def block(i):
+            r = slice(*edges[i])
+            g, xh, rs, d = d2[r], xh2[r], rs2[r], dx[r]
+            dbs[i] = np.add.reduce(g, axis=0)
+            np.multiply(g, xh, out=d)  # first the product for dw, then dxhat in the same buffer
+            dws[i] = np.add.reduce(d, axis=0)
+            np.multiply(g, w, out=d)
+            # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+            m1 = np.add.reduce(d, axis=1, keepdims=True)
+            m1 /= C
+            m2 = np.einsum("ij,ij->i", d, xh)[:, None]  # one fused pass, no temporary
+            m2 /= C
+            d -= m1
+            d -= np.multiply(xh, m2)
+            d *= rs
+            if dr2 is not None:
+                d += dr2[r]
+
+        cpu.parallel_slices(block, len(edges))
+        dw, db = dws[0], dbs[0]
+        for i in range(1, len(edges)):  # in block order
+            dw += dws[i]
+            db += dbs[i]
+        return dx.reshape(dy.shape), dw, db
 
     @staticmethod
     def erf(x):
@@ -615,6 +717,79 @@ class NumpyKernels:
             np.matmul(a, v[b, hsl], out=yh[b, hsl])
 
         _parallel_heads(heads, q.shape[0], q.shape[1], q.shape[2] * k.shape[2])
+
+    # Causal training attention. The scores of a batch row are kept transposed,
+    # att[b] as (key, head, query): the softmax statistics of every (head, query)
+    # then lie along the contiguous last axis, so each softmax pass is a few long
+    # NumPy loops instead of one short loop per query row (at T=128 that per-row
+    # overhead was most of the softmax's time). The scale 1/sqrt(hs) is applied
+    # to q once, before the scores, rather than to every score.
+
+    @staticmethod
+    def attend_causal(q, k, v, att, yh):
+        """Causal ``attend``: q, k, v (B,H,T,hs); ``att`` (B,T,H,T) is written
+        with the probabilities transposed (key, head, query); yh (B,H,T,hs).
+        Returns the cache the backward needs (q scaled by 1/sqrt(hs))."""
+        B, H, T, hs = q.shape
+        blocks = _causal_blocks(T)
+        qs = np.empty((B, T, H, hs), dtype=q.dtype).transpose(0, 2, 1, 3)  # rows of (H*hs): one long loop to scale
+        mask = _causal_mask_t(T, H, q.dtype)
+        scale = q.dtype.type(1.0 / math.sqrt(hs))
+
+        def rows(sl):
+            np.multiply(q[sl].transpose(0, 2, 1, 3), scale, out=qs[sl].transpose(0, 2, 1, 3))
+            a = att[sl]
+            a3 = a.reshape(a.shape[0], T, H * T)
+            for b in range(sl.start, sl.stop):
+                at = att[b].transpose(1, 0, 2)  # (H, key, query)
+                for c0, c1 in blocks:  # key block: the queries at or after it
+                    np.matmul(k[b, :, c0:c1], qs[b, :, c0:].transpose(0, 2, 1), out=at[:, c0:c1, c0:])
+                    att[b, c0:c1, :, :c0] = -np.inf
+            a3 += mask
+            m = a3.max(axis=1, keepdims=True)
+            a3 -= m
+            np.exp(a3, out=a3)
+            ssum = a3.sum(axis=1, keepdims=True)
+            np.reciprocal(ssum, out=ssum)
+            a3 *= ssum
+            for b in range(sl.start, sl.stop):
+                at = att[b].transpose(1, 0, 2)
+                for r0, r1 in blocks:  # query block: the keys up to its end
+                    np.matmul(at[:, :r1, r0:r1].transpose(0, 2, 1), v[b, :, :r1], out=yh[b, :, r0:r1])
+
+        _parallel_batch(rows, B, att[0].nbytes)
+        return qs
+
+    @staticmethod
+    def attend_causal_backward(qs, k, v, att, dyh, dq, dk, dv):
+        """The backward of ``attend_causal`` (qs: the scaled q it returned)."""
+        B, H, T, hs = qs.shape
+        blocks = _causal_blocks(T)
+        scale = qs.dtype.type(1.0 / math.sqrt(hs))
+
+        def rows(sl):
+            n = sl.stop - sl.start
+            da = np.empty((n, T, H, T), dtype=qs.dtype)  # dL/d(scores), transposed like att
+            d3, a3 = da.reshape(n, T, H * T), att[sl].reshape(n, T, H * T)
+            for i, b in enumerate(range(sl.start, sl.stop)):
+                at, dt = att[b].transpose(1, 0, 2), da[i].transpose(1, 0, 2)  # (H, key, query)
+                for c0, c1 in blocks:
+                    np.matmul(at[:, c0:c1, c0:], dyh[b, :, c0:], out=dv[b, :, c0:c1])
+                    np.matmul(v[b, :, c0:c1], dyh[b, :, c0:].transpose(0, 2, 1), out=dt[:, c0:c1, c0:])
+                    da[i, c0:c1, :, :c0] = 0  # masked: att is 0 there, and so is this
+            t = d3 * a3
+            d3 -= t.sum(axis=1, keepdims=True)  # the softmax Jacobian-vector product
+            d3 *= a3
+            for i, b in enumerate(range(sl.start, sl.stop)):
+                dt = da[i].transpose(1, 0, 2)
+                for r0, r1 in blocks:
+                    np.matmul(dt[:, :r1, r0:r1].transpose(0, 2, 1), k[b, :, :r1], out=dq[b, :, r0:r1])
+                for c0, c1 in blocks:
+                    np.matmul(dt[:, c0:c1, c0:], qs[b, :, c0:], out=dk[b, :, c0:c1])
+            dqs = dq[sl].transpose(0, 2, 1, 3)  # (n,T,H,hs): rows of H*hs in dqkv
+            dqs *= scale
+
+        _parallel_batch(rows, B, 2 * att[0].nbytes)
 
     @staticmethod
     def attend_backward(q, k, v, att, dyh, dq, dk, dv, scale):
