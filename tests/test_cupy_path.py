@@ -323,6 +323,35 @@ def test_a_stop_between_log_steps_accounts_for_the_pending_steps_and_resumes_exa
     np.testing.assert_array_equal(rest, full[6:])
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", list(CFG))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradients_written_straight_into_the_flat_buffer(monkeypatch, device, name, dtype):
+    """loss_and_grads(grads_out=the flat buffer's views): every gradient is the view
+    itself (nothing left for FlatGrads.add to copy), with the same bits as fresh arrays."""
+    from gptlite.engine.backend import to_numpy
+    from gptlite.training.distributed import FlatGrads
+
+    if device == "cuda":
+        fake_cupy.install(monkeypatch)
+    model = GPT(CFG[name], device=device, dtype=dtype, seed=3)
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 97, (3, 11)), rng.integers(0, 97, (3, 11))
+    loss, fresh = model.loss_and_grads(x, y)
+    flat = FlatGrads(model.params)
+    views = flat.zero()
+    loss2, direct = model.loss_and_grads(x, y, grads_out=views)
+    assert float(loss2) == float(loss)
+    for k in model.params:
+        assert direct[k] is views[k], k
+        np.testing.assert_array_equal(to_numpy(direct[k]), to_numpy(fresh[k]), err_msg=k)
+    before = to_numpy(flat.buf).copy()
+    flat.add(direct, 1.0)  # nothing to copy
+    np.testing.assert_array_equal(to_numpy(flat.buf), before)
+    with pytest.raises(ValueError, match="is the buffer itself"):
+        flat.add(direct, 0.5)
+
+
 def _fused_launches():
     return {k: v for k, v in fake_cupy.KERNEL_LAUNCHES.items() if k != "gl_sumsq"}
 

@@ -120,12 +120,13 @@ class CudaKernels:
                                            x_bias=fx_bias, be=self.be)
         return cache[0], y, cache
 
-    def layernorm_backward(self, dy, cache, dresidual=None):
+    def layernorm_backward(self, dy, cache, dresidual=None, out=None):
         from gptlite.engine import fused
 
         xp = self.xp
         dres = None if dresidual is None else xp.ascontiguousarray(dresidual)
-        return fused.layernorm_backward(xp.ascontiguousarray(dy), cache, dresidual=dres, be=self.be)
+        dw, db = out if out is not None else (None, None)  # zeroed: the kernel adds into them
+        return fused.layernorm_backward(xp.ascontiguousarray(dy), cache, dw=dw, db=db, dresidual=dres, be=self.be)
 
     @staticmethod
     def erf(x):
@@ -152,14 +153,14 @@ class CudaKernels:
             h += b
         return gelu_forward(h, approximate, be=self.be)
 
-    def bias_gelu_backward(self, dy, gcache):
+    def bias_gelu_backward(self, dy, gcache, dbias=None):
         from gptlite.engine import fused
         from gptlite.engine.ops import gelu_backward
 
-        if gcache[0] == "fused":
-            return fused.bias_gelu_backward(self.xp.ascontiguousarray(dy), gcache[1], be=self.be)
+        if gcache[0] == "fused":  # a given dbias is zeroed: the kernel adds into it
+            return fused.bias_gelu_backward(self.xp.ascontiguousarray(dy), gcache[1], dbias=dbias, be=self.be)
         dh = gelu_backward(dy, gcache, be=self.be)
-        return dh, dh.sum(axis=0)
+        return dh, dh.sum(axis=0, out=dbias)
 
     def softmax_inplace(self, a):
         if not (a.flags.c_contiguous and a.dtype in (np.float32, np.float64)):
@@ -202,7 +203,7 @@ class CudaKernels:
     def scale_rows(p, w):
         p *= w[:, None]
 
-    def lm_head_cross_entropy(self, h, wte, targets, ignore_index):
+    def lm_head_cross_entropy(self, h, wte, targets, ignore_index, dwte_out=None):
         from gptlite.engine import fused
 
-        return fused.lm_head_cross_entropy(h, wte, targets, ignore_index=ignore_index, be=self.be)
+        return fused.lm_head_cross_entropy(h, wte, targets, dwte=dwte_out, ignore_index=ignore_index, be=self.be)

@@ -431,38 +431,44 @@ class GPT:
     # ------------------------------------------------------------------
     # backward
 
-    def _block_backward(self, i, dx, c, grads):
+    def _block_backward(self, i, dx, c, grads, out=None):
         """dx: the gradient of the block's output; GPT-2's residual adds are folded
         into its LayerNorm backwards (``dresidual``)."""
         cfg, be = self.config, self.backend
         pre = f"h.{i}."
         gpt2 = cfg.layout == "gpt2"
+
+        def into(part):  # the (weight, bias) buffers to write this part's gradients into
+            return None if out is None else (out[pre + part + ".weight"], out[pre + part + ".bias"])
+
         if not gpt2:
-            dx, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dx, c["ln_2"], be=be)
+            dx, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dx, c["ln_2"], out=into("ln_2"), be=be)
         # x_out = x_mid + mlp(m_in): dx flows to both
-        dh, grads[pre + "mlp.c_proj.weight"], grads[pre + "mlp.c_proj.bias"] = ops.linear_backward(dx, c["mlp_proj"], be=be)
-        dm_in, grads[pre + "mlp.c_fc.weight"], grads[pre + "mlp.c_fc.bias"] = ops.linear_gelu_backward(dh, c["c_fc"], be=be)
+        dh, grads[pre + "mlp.c_proj.weight"], grads[pre + "mlp.c_proj.bias"] = ops.linear_backward(dx, c["mlp_proj"], out=into("mlp.c_proj"), be=be)
+        dm_in, grads[pre + "mlp.c_fc.weight"], grads[pre + "mlp.c_fc.bias"] = ops.linear_gelu_backward(dh, c["c_fc"], out=into("mlp.c_fc"), be=be)
         if gpt2:  # dx_mid = ln_2's input gradient + dx_out
             dx, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = ops.layernorm_backward(dm_in, c["ln_2"],
-                                                                                              dresidual=dx, be=be)
+                                                                                              dresidual=dx, out=into("ln_2"), be=be)
         else:  # m_in is x_mid itself
             dx += dm_in
-            dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(dx, c["ln_1"], be=be)
-        da, grads[pre + "attn.c_proj.weight"], grads[pre + "attn.c_proj.bias"] = ops.linear_backward(dx, c["c_proj"], be=be)
+            dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(dx, c["ln_1"], out=into("ln_1"), be=be)
+        da, grads[pre + "attn.c_proj.weight"], grads[pre + "attn.c_proj.bias"] = ops.linear_backward(dx, c["c_proj"], out=into("attn.c_proj"), be=be)
         dqkv = attention.attention_backward(da, c["attn"], be=be)
-        da_in, grads[pre + "attn.c_attn.weight"], grads[pre + "attn.c_attn.bias"] = ops.linear_backward(dqkv, c["c_attn"], be=be)
+        da_in, grads[pre + "attn.c_attn.weight"], grads[pre + "attn.c_attn.bias"] = ops.linear_backward(dqkv, c["c_attn"], out=into("attn.c_attn"), be=be)
         if gpt2:  # dx_in = ln_1's input gradient + dx_mid
             dx, grads[pre + "ln_1.weight"], grads[pre + "ln_1.bias"] = ops.layernorm_backward(da_in, c["ln_1"],
-                                                                                              dresidual=dx, be=be)
+                                                                                              dresidual=dx, out=into("ln_1"), be=be)
         else:
             dx += da_in
         return dx
 
-    def backward(self, cache: ForwardCache, dlogits=None, dhidden=None, dwte_head=None) -> dict:
+    def backward(self, cache: ForwardCache, dlogits=None, dhidden=None, dwte_head=None, out=None) -> dict:
         """Gradients of every parameter given dL/dlogits (B,T,V) and/or
         dL/dhidden (B,T,C). The tied wte gets both the head and embedding grads;
         ``dwte_head`` is the head's share when the caller computed it already
-        (the fused chunked head, which passes dhidden instead of dlogits)."""
+        (the fused chunked head, which passes dhidden instead of dlogits).
+        ``out``: zeroed per-parameter buffers the gradients are written into (see
+        ``loss_and_grads``); ``dwte_head`` is then already ``out["wte.weight"]``."""
         self._check_trainable()
         if dlogits is None and dhidden is None:
             raise ValueError("backward needs dlogits and/or dhidden")
@@ -486,11 +492,15 @@ class GPT:
                 raise ValueError(f"dhidden has shape {tuple(dhidden.shape)}, expected {(B, T, C)}")
             dx = dhidden.reshape(B * T, C) if dx is None else dx + dhidden.reshape(B * T, C)
         if self.config.layout == "gpt2":
-            dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(dx, cache.ln_f, be=be)
+            dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(
+                dx, cache.ln_f, out=None if out is None else (out["ln_f.weight"], out["ln_f.bias"]), be=be)
         for i in reversed(range(self.config.n_layer)):
-            dx = self._block_backward(i, dx, cache.layers[i], grads)
+            dx = self._block_backward(i, dx, cache.layers[i], grads, out)
         # on the GPU a sort-based segment sum without atomics: the same bits every run
-        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head, be=be)
+        if out is not None and dwte_head is None:
+            dwte_head = out["wte.weight"]
+        dwte, dwpe = ops.embedding_backward(dx.reshape(B, T, C), cache.emb, dwte=dwte_head,
+                                            dwpe=None if out is None else out["wpe.weight"], be=be)
         grads["wte.weight"] = dwte
         grads["wpe.weight"] = dwpe
         return {name: grads[name] for name in self.params}
@@ -500,11 +510,14 @@ class GPT:
             raise ValueError(f"this model's weights are {self.quantized} (inference only): "
                              "load it without quantize= to train or take gradients")
 
-    def loss_and_grads(self, idx, targets, ignore_index=-1):
+    def loss_and_grads(self, idx, targets, ignore_index=-1, grads_out=None):
         """Mean cross-entropy of targets (B,T) and the gradient of every param.
 
         The loss is a float on the CPU and a 0-d device array on the GPU (read
         it when needed: reading it is a host sync). See ``ops.lm_head_cross_entropy``.
+        ``grads_out``: zeroed buffers, one per parameter (a flat gradient buffer's
+        views), that the gradients are written into and returned as; without
+        it every gradient is a fresh array (which a trainer then copies).
         """
         self._check_trainable()
         idx = self._check_idx(idx)
@@ -523,10 +536,11 @@ class GPT:
         # the tied head and cross-entropy, forward and backward (on the GPU chunked
         # over rows, so no (B,T,V) logits, the loss a 0-d device array; host
         # targets are range-checked on the host)
-        loss, dh, dwte_head = ops.lm_head_cross_entropy(h, self.params["wte.weight"], tg,
-                                                        ignore_index=ignore_index, be=self.backend)
+        loss, dh, dwte_head = ops.lm_head_cross_entropy(
+            h, self.params["wte.weight"], tg, ignore_index=ignore_index,
+            dwte=None if grads_out is None else grads_out["wte.weight"], be=self.backend)
         del h
-        grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head)
+        grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head, out=grads_out)
         return loss, grads
 
     def loss(self, idx, targets, ignore_index=-1) -> float:

@@ -68,11 +68,12 @@ def _scatter_add_rows(n_rows, index, values, out=None, *, be=None):
     return be.kernels.scatter_add_rows(index, values, out)
 
 
-def embedding_backward(dout, cache, dwte=None, *, be=None):
+def embedding_backward(dout, cache, dwte=None, dwpe=None, *, be=None):
     """dout (B,T,C) -> (dwte (V,C), dwpe (P,C)); repeated ids accumulate.
 
     ``dwte``: an existing (V,C) gradient to add into (the tied LM head's),
-    which saves allocating and summing a second vocabulary-sized array.
+    which saves allocating and summing a second vocabulary-sized array;
+    ``dwpe``: a zeroed (P,C) buffer to write into (a flat gradient buffer's view).
     """
     idx, pos, V, P = cache
     be = be if be is not None else backend_of(dout)
@@ -80,10 +81,11 @@ def embedding_backward(dout, cache, dwte=None, *, be=None):
     d2 = dout.reshape(-1, C)
     dwte = _scatter_add_rows(V, idx.reshape(-1), d2, out=dwte, be=be)
     if pos.ndim == 1:  # the common case: the same positions in every row
-        dwpe = be.xp.zeros((P, C), dtype=dout.dtype)
+        if dwpe is None:
+            dwpe = be.xp.zeros((P, C), dtype=dout.dtype)
         dwpe[pos] = dout.sum(axis=0)
     else:
-        dwpe = _scatter_add_rows(P, pos.reshape(-1), d2, be=be)
+        dwpe = _scatter_add_rows(P, pos.reshape(-1), d2, out=dwpe, be=be)
     return dwte, dwpe
 
 
@@ -109,11 +111,12 @@ def residual_layernorm_forward(x, fx, w, b, eps=1e-5, inplace=False, fx_bias=Non
     return _k(be, x).residual_layernorm_forward(x, fx, w, b, eps, inplace, fx_bias)
 
 
-def layernorm_backward(dy, cache, dresidual=None, *, be=None):
+def layernorm_backward(dy, cache, dresidual=None, out=None, *, be=None):
     """dy (..., C) -> (dx (..., C), dw (C,), db (C,)); ``dresidual``, the gradient
     that reached the LayerNorm's input from the residual stream, is added to dx
-    (on CUDA inside the same kernel)."""
-    return _k(be, dy).layernorm_backward(dy, cache, dresidual)
+    (on CUDA inside the same kernel). ``out``: zeroed (dw, db) buffers to write
+    into (views of a flat gradient buffer), returned as dw and db."""
+    return _k(be, dy).layernorm_backward(dy, cache, dresidual, out)
 
 
 # ----------------------------------------------------------------------------
@@ -146,12 +149,14 @@ def linear_branch_forward(x, W, b, *, be=None):
     return y, b, cache
 
 
-def linear_backward(dy, cache, *, be=None):
-    """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,))."""
+def linear_backward(dy, cache, out=None, *, be=None):
+    """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,)); ``out``: zeroed
+    (dW, db) buffers to write into (views of a flat gradient buffer)."""
     x, W = cache
+    dW_out, db_out = out if out is not None else (None, None)
     dx = matmul(dy, W.T, be=be)
-    dW = matmul(x.T, dy, be=be)
-    db = dy.sum(axis=0)
+    dW = matmul(x.T, dy, out=dW_out, be=be)
+    db = dy.sum(axis=0, out=db_out)
     return dx, dW, db
 
 
@@ -166,12 +171,14 @@ def linear_gelu_forward(x, W, b, approximate="gelu_new", *, be=None):
     return y, (x, W, gc)
 
 
-def linear_gelu_backward(dy, cache, *, be=None):
-    """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,))."""
+def linear_gelu_backward(dy, cache, out=None, *, be=None):
+    """dy (N, Cout) -> (dx (N, Cin), dW (Cin, Cout), db (Cout,)); ``out`` as in
+    ``linear_backward``."""
     x, W, gc = cache
+    dW_out, db_out = out if out is not None else (None, None)
     k = _k(be, dy)
-    dh, db = k.bias_gelu_backward(dy, gc)
-    return k.matmul(dh, W.T), k.matmul(x.T, dh), db
+    dh, db = k.bias_gelu_backward(dy, gc, db_out)
+    return k.matmul(dh, W.T), k.matmul(x.T, dh, out=dW_out), db
 
 
 # ----------------------------------------------------------------------------
@@ -476,7 +483,7 @@ def cross_entropy_backward(cache, dloss=1.0, *, be=None):
     return p.reshape(shape)
 
 
-def lm_head_cross_entropy(h, wte, targets, ignore_index=-1, *, be=None):
+def lm_head_cross_entropy(h, wte, targets, ignore_index=-1, dwte=None, *, be=None):
     """The tied LM head and mean cross-entropy, forward and backward together:
     h (N, C), wte (V, C), targets (N,) ints -> (loss, dh (N, C), dwte (V, C), the
     head's share of the embedding gradient).
@@ -485,8 +492,9 @@ def lm_head_cross_entropy(h, wte, targets, ignore_index=-1, *, be=None):
     place (one vocabulary-sized array alive), the loss a float. CUDA:
     ``fused.lm_head_cross_entropy``, chunked over rows with one fused
     softmax/cross-entropy launch per chunk (the logits never exist whole), the
-    loss a 0-d device array."""
-    return _k(be, h).lm_head_cross_entropy(h, wte, targets, ignore_index)
+    loss a 0-d device array. ``dwte``: a (V, C) buffer the head's gradient is added
+    into (a zeroed view of a flat gradient buffer), returned as dwte."""
+    return _k(be, h).lm_head_cross_entropy(h, wte, targets, ignore_index, dwte)
 
 
 # ----------------------------------------------------------------------------
@@ -578,7 +586,7 @@ class NumpyKernels:
         return s, y, cache
 
     @staticmethod
-    def layernorm_backward(dy, cache, dresidual=None):
+    def layernorm_backward(dy, cache, dresidual=None, out=None):
         xhat, rstd, w = cache
         C = dy.shape[-1]
         d2, xh2, rs2 = dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1, 1)
@@ -611,6 +619,9 @@ class NumpyKernels:
         for i in range(1, len(edges)):  # in block order
             dw += dws[i]
             db += dbs[i]
+        if out is not None:
+            out[0][...], out[1][...] = dw, db
+            dw, db = out
         return dx.reshape(dy.shape), dw, db
 
     @staticmethod
@@ -672,9 +683,9 @@ class NumpyKernels:
             h += b
         return gelu_forward(h, approximate, be=self.be)
 
-    def bias_gelu_backward(self, dy, gcache):
+    def bias_gelu_backward(self, dy, gcache, dbias=None):
         dh = gelu_backward(dy, gcache, be=self.be)
-        return dh, dh.sum(axis=0)
+        return dh, dh.sum(axis=0, out=dbias)
 
     @staticmethod
     def softmax_inplace(a):
@@ -826,12 +837,15 @@ class NumpyKernels:
         parallel_rows(block, p.shape[0])
         return picked, s
 
-    def lm_head_cross_entropy(self, h, wte, targets, ignore_index):
+    def lm_head_cross_entropy(self, h, wte, targets, ignore_index, dwte_out=None):
         be = self.be
         logits, hc = lm_head_forward(h, wte, be=be)
         loss, ce = cross_entropy_forward(logits, np.asarray(targets), ignore_index, inplace=True, be=be)
         del logits
         dh, dwte = lm_head_backward(cross_entropy_backward(ce, be=be), hc, be=be)
+        if dwte_out is not None:
+            dwte_out += dwte
+            dwte = dwte_out
         return loss, dh, dwte
 
     @staticmethod

@@ -322,6 +322,11 @@ class FlatGrads:
                 raise KeyError(f"FlatGrads.add: no gradient for parameter {k!r}")
             if tuple(g.shape) != tuple(v.shape):
                 raise ValueError(f"FlatGrads.add: gradient for {k!r} has shape {tuple(g.shape)}, parameter has {tuple(v.shape)}")
+            if g is v:  # written into the buffer by the backward (loss_and_grads(grads_out=))
+                if not (scale == 1.0 and self.fresh):
+                    raise ValueError(f"FlatGrads.add: the gradient of {k!r} is the buffer itself; only a first "
+                                     f"micro-batch with scale 1 may be written in place")
+                continue
             if scale == 1.0 and self.fresh:
                 v[...] = g
             else:
