@@ -208,17 +208,23 @@ def _tw_bwd_pre(sfx, dmax, grid, block, args):
     np.asarray(dsum).reshape(B * H, T)[...] = s
 
 
-def _tw_bwd_dkdv(sfx, dmax, grid, block, args):
+def _bwd_inputs(sfx, dmax, grid, args):
+    """What both backward twins read: sizes, the accumulation type, the inner tile,
+    q (pre-scaled), k, v and dy by head, and the forward's LSE and dsum rows."""
     qkv, dy, lse, dsum, dqkv, T, H, D, scale = args
     T, H, D = int(T), int(H), int(D)
     A = _ACC[sfx]
     B = grid[1] // H
-    BQ = inner_tile(sfx, dmax)
     q, k, v = _split_qkv(qkv, sfx, B, T, H, D)
     q = q * A(scale)
     g = _heads(dy, sfx, B, T, H, D)
     L = np.asarray(lse).reshape(B * H, T)
     Ds = np.asarray(dsum).reshape(B * H, T)
+    return dqkv, B, T, H, D, A, inner_tile(sfx, dmax), q, k, v, g, L, Ds, scale
+
+
+def _tw_bwd_dkdv(sfx, dmax, grid, block, args):
+    dqkv, B, T, H, D, A, BQ, q, k, v, g, L, Ds, _ = _bwd_inputs(sfx, dmax, grid, args)
     dk, dv = np.zeros_like(k), np.zeros_like(v)
     for c0 in range(0, T, BR):
         c1 = min(T, c0 + BR)
@@ -239,16 +245,7 @@ def _tw_bwd_dkdv(sfx, dmax, grid, block, args):
 
 
 def _tw_bwd_dq(sfx, dmax, grid, block, args):
-    qkv, dy, lse, dsum, dqkv, T, H, D, scale = args
-    T, H, D = int(T), int(H), int(D)
-    A = _ACC[sfx]
-    B = grid[1] // H
-    BC = inner_tile(sfx, dmax)
-    q, k, v = _split_qkv(qkv, sfx, B, T, H, D)
-    q = q * A(scale)
-    g = _heads(dy, sfx, B, T, H, D)
-    L = np.asarray(lse).reshape(B * H, T)
-    Ds = np.asarray(dsum).reshape(B * H, T)
+    dqkv, B, T, H, D, A, BC, q, k, v, g, L, Ds, scale = _bwd_inputs(sfx, dmax, grid, args)
     dq = np.zeros_like(q)
     for r0 in range(0, T, BR):
         r1 = min(T, r0 + BR)
