@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -72,9 +73,10 @@ def set_max_workers(n: int | None) -> None:
         _blas_threads.set(workers())
 
 
-def parallel_slices(fn, n):
+def parallel_slices(fn, n, inline=False):
     """Run fn(i) for i in range(n) on a thread pool (NumPy releases the GIL in
-    BLAS calls and ufuncs) with OpenBLAS single-threaded meanwhile.
+    BLAS calls and ufuncs) with OpenBLAS single-threaded meanwhile; ``inline``:
+    all of them on this thread (still with OpenBLAS single-threaded).
 
     Why not OpenBLAS's own threads: they spin-wait, and on an oversubscribed
     machine (2 cores, other processes) small and medium GEMMs then run
@@ -90,7 +92,7 @@ def parallel_slices(fn, n):
     try:
         # inline on one core, and inside a pool thread (a nested call waiting
         # on the pool from the pool could wait forever)
-        if nw <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
+        if inline or nw <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
             for i in range(n):
                 fn(i)
             return
@@ -213,9 +215,6 @@ def _gemv_edges(N: int):
 
 
 def _gemv_blocked(a, b, out):
-    import time
-
-    global _blas_threads
     M, K = a.shape
     N = b.shape[1]
     key = (M, K, N, b.strides)
@@ -230,20 +229,7 @@ def _gemv_blocked(a, b, out):
 
     which = choice.pick() if workers() > 1 else 0
     t0 = time.perf_counter()
-    if which == 1:
-        parallel_slices(block, len(edges))
-    else:
-        if _blas_threads is None:
-            _blas_threads = _BlasThreads()
-        prev = _blas_threads.get() if _blas_threads.get else None
-        if prev is not None and prev != 1:
-            _blas_threads.set(1)
-        try:
-            for i in range(len(edges)):
-                block(i)
-        finally:
-            if prev is not None and prev != 1:
-                _blas_threads.set(prev)
+    parallel_slices(block, len(edges), inline=which == 0)
     choice.record(which, time.perf_counter() - t0)
     return out
 

@@ -522,16 +522,11 @@ class GPT:
         self._check_trainable()
         idx = self._check_idx(idx)
         B, T = idx.shape
-        if isinstance(targets, Uploaded):  # an asynchronous upload: its host copy is checked
-            if tuple(targets.shape) != (B, T):
-                raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
-            tg = targets.reshape(-1)
-        else:
-            host_targets = targets
-            targets = self.xp.asarray(targets)
-            if tuple(targets.shape) != (B, T):
-                raise ValueError(f"targets shape {tuple(targets.shape)} does not match idx shape {(B, T)}")
-            tg = (host_targets if type(host_targets) is np.ndarray else targets).reshape(-1)
+        # host arrays and asynchronous uploads (Uploaded) are range-checked on the host
+        tg = targets if isinstance(targets, (np.ndarray, Uploaded)) else self.xp.asarray(targets)
+        if tuple(tg.shape) != (B, T):
+            raise ValueError(f"targets shape {tuple(tg.shape)} does not match idx shape {(B, T)}")
+        tg = tg.reshape(-1)
         h, cache = self._trunk(idx, keep=True)
         # the tied head and cross-entropy, forward and backward (on the GPU chunked
         # over rows, so no (B,T,V) logits, the loss a 0-d device array; host
