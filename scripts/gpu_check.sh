@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issues 17 and 18 (fused kernels, flash attention), for a fresh H100/H200 machine whose image has python3,
+# The GPU check of issues 17 and 18 (fused kernels, flash attention, bf16 mixed precision), for a fresh H100/H200 machine whose image has python3,
 # cupy-cuda13x, numpy, torch (CUDA), transformers and pytest, and no network.
 # Budget: under 8 minutes. Writes one results file: $OUT/gpu_check.txt (or ./gpu_check.txt).
 #
@@ -37,8 +37,14 @@ say "pytest exit: ${PIPESTATUS[0]}"
 
 # the issue-17 training bench comes early so the later sections cannot starve it
 say "## bench: 124M, T=1024, B=8, fp32 and TF32 vs HF GPT2LMHeadModel eager + fused AdamW"
-timeout 180 python3 benches/bench_gpu_train.py --batch 8 --context 1024 --steps 10 \
+timeout 180 python3 benches/bench_gpu_train.py --batch 8 --context 1024 --steps 10 --modes fp32,tf32 \
     --out "$OUTDIR/bench_gpu_train.json" 2>&1 | tail -60 | tee -a "$RES"
+say "bench exit: ${PIPESTATUS[0]}"
+
+say "## bf16 (issue 18): mixed-precision tests, then 124M T=1024 B=8 vs HF under bf16 autocast + SDPA + fused AdamW, MFU"
+timeout 90 python3 -m pytest -q -rs tests/test_gpu_fused.py -k bf16 2>&1 | tail -8 | tee -a "$RES"
+timeout 120 python3 benches/bench_gpu_train.py --batch 8 --context 1024 --steps 10 --modes bf16 \
+    --out "$OUTDIR/bench_gpu_train_bf16.json" 2>&1 | tail -40 | tee -a "$RES"
 say "bench exit: ${PIPESTATUS[0]}"
 
 # every later section runs only while the 8-minute budget lasts
@@ -67,6 +73,21 @@ if budget 30 "bench: generation 124M"; then
     say "## bench: generation 124M, batch-1 latency (ms/token) and batch-32 throughput (tokens/s), gptlite (CuPy) vs HF generate (torch CUDA)"
     timeout $(( left < 150 ? left : 150 )) python3 benches/bench_generate.py --device cuda --out "$OUTDIR/bench_generate.json" 2>&1 | tail -12 | tee -a "$RES"
     say "bench exit: ${PIPESTATUS[0]}"
+fi
+
+if budget 60 "bf16: 355M and 774M shapes, gptlite only"; then
+    for shape in 355M 774M; do
+        say "## bf16 $shape, T=1024, B=8: tokens/s, MFU, peak pool (gptlite only)"
+        timeout $(( left < 90 ? left : 90 )) python3 benches/bench_gpu_train.py --shape $shape --batch 8 --context 1024 \
+            --steps 3 --modes bf16 --no-torch --out "$OUTDIR/bench_gpu_train_bf16_$shape.json" 2>&1 | tail -25 | tee -a "$RES"
+        budget 60 "bf16 774M" || break
+    done
+fi
+
+if budget 150 "bf16: HF under torch.compile"; then
+    say "## bf16 124M vs HF under torch.compile (autocast bf16, SDPA, fused AdamW)"
+    timeout $(( left < 240 ? left : 240 )) python3 benches/bench_gpu_train.py --batch 8 --context 1024 --steps 10 --modes bf16 \
+        --compile --out "$OUTDIR/bench_gpu_train_compile.json" 2>&1 | tail -40 | tee -a "$RES"
 fi
 
 if budget 30 "CuPy-path tests on the real GPU"; then

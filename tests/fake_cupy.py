@@ -54,6 +54,7 @@ def reset_counts():
     TRANSFERS.clear()
     UPLOADS.clear()
     WAITS.clear()
+    GEMMS.clear()
 
 
 def _transfer(a):
@@ -305,6 +306,58 @@ class _Stream:
 
 _DEFAULT_STREAM = _Stream()
 
+GEMMS = []  # (transa, transb, m, n, k, Atype, Btype, Ctype, computeType) of each cublas.gemmEx call
+
+
+def _cublas_module():
+    """cupy_backends.cuda.libs.cublas: gemmEx done in NumPy from the raw pointers,
+    with cuBLAS's column-major reading of (op, ld), so a wrong transpose flag or
+    leading dimension in engine/bf16.py gives wrong numbers here too."""
+    import ctypes
+
+    from gptlite.engine.attention import from_bf16
+
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+    cublas.CUBLAS_POINTER_MODE_HOST, cublas.CUBLAS_POINTER_MODE_DEVICE = 0, 1
+    mode = {"pointer": 0}
+    cublas.getPointerMode = lambda handle: mode["pointer"]
+    cublas.setPointerMode = lambda handle, m: mode.__setitem__("pointer", m)
+    kinds = {0: np.dtype(np.float32), 14: np.dtype(np.uint16)}
+
+    def colmajor(ptr, dtype, rows, cols, ld):
+        """The column-major (rows, cols) matrix at ptr with leading dimension ld."""
+        n = ld * (cols - 1) + rows
+        buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
+        flat = np.frombuffer(buf, dtype=dtype, count=n)
+        return np.lib.stride_tricks.as_strided(flat, (rows, cols), (dtype.itemsize, ld * dtype.itemsize))
+
+    def gemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+               computeType, algo):
+        COUNTS["launches"] += 1
+        KERNEL_LAUNCHES["cublasGemmEx"] = KERNEL_LAUNCHES.get("cublasGemmEx", 0) + 1
+        GEMMS.append((transa, transb, m, n, k, Atype, Btype, Ctype, computeType))
+        if mode["pointer"] != 0:
+            raise RuntimeError("fake cuBLAS: alpha/beta given as host pointers under the device pointer mode")
+        if lda < max(1, m if transa == 0 else k) or ldb < max(1, k if transb == 0 else n) or ldc < max(1, m):
+            raise RuntimeError(f"fake cuBLAS: CUBLAS_STATUS_INVALID_VALUE (lda={lda} ldb={ldb} ldc={ldc} m={m} n={n} k={k})")
+
+        def operand(ptr, kind, trans, rows, cols, ld):  # op(X) as a float64 (rows, cols) matrix
+            x = colmajor(ptr, kinds[kind], *((rows, cols) if trans == 0 else (cols, rows)), ld)
+            x = from_bf16(x) if kind == 14 else x
+            return np.asarray(x, dtype=np.float64) if trans == 0 else np.asarray(x, dtype=np.float64).T
+
+        a = operand(A, Atype, transa, m, k, lda)
+        b = operand(B, Btype, transb, k, n, ldb)
+        al = np.frombuffer((ctypes.c_char * 4).from_address(alpha), np.float32)[0]
+        be = np.frombuffer((ctypes.c_char * 4).from_address(beta), np.float32)[0]
+        c = colmajor(C, kinds[Ctype], m, n, ldc)
+        if Ctype != 0:
+            raise NotImplementedError("fake cuBLAS: only a float32 result")
+        c[...] = (al * (a @ b) + (be * c.astype(np.float64) if be != 0 else 0)).astype(np.float32)
+
+    cublas.gemmEx = gemmEx
+    return cublas
+
 
 def _numpy_attr(name):
     """NumPy's attribute; functions wrapped to return device arrays (types,
@@ -335,6 +388,7 @@ def make_modules() -> dict:
         Stream=_Stream,
         Event=_Event,
         get_current_stream=lambda: _DEFAULT_STREAM,
+        device=types.SimpleNamespace(get_cublas_handle=lambda: 1),
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                       getDeviceProperties=lambda i: {"name": b"fake CuPy (NumPy)"}))
     core = types.ModuleType("cupy._core")
@@ -352,7 +406,13 @@ def make_modules() -> dict:
     special.erf = lambda x: _dev(np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype))
     cupyx.scipy = scipy
     scipy.special = special
-    return {"cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.cublas = _cublas_module()
+    backends = types.ModuleType("cupy_backends")
+    backends.cuda = types.ModuleType("cupy_backends.cuda")
+    backends.cuda.libs = libs
+    return {"cupy_backends": backends, "cupy_backends.cuda": backends.cuda, "cupy_backends.cuda.libs": libs,
+            "cupy_backends.cuda.libs.cublas": libs.cublas, "cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
 
 
 def install(monkeypatch):

@@ -16,7 +16,8 @@ def _add_model_commands(sub) -> None:
                    help="prompt text; '-' or absent reads stdin (absent on a terminal: start from <|endoftext|>)")
     p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped default model)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32",
+                   help="bfloat16: bf16 tensor-core matmuls over float32 weights (GPU only)")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8: per-channel int8 weights, quantized at load (CPU only, float32 activations)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)

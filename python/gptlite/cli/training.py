@@ -32,6 +32,9 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="stop after this many more steps (the schedule still spans max_steps)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="float32 matmuls on TF32 tensor cores on the GPU (default: the config's optim.tf32, true)")
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default=None,
+                   help="bfloat16: mixed precision on the GPU (bf16 tensor-core matmuls, float32 weights, statistics "
+                        "and checkpoints); default: the config's run.dtype, float32")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("plot", help="draw a run's train/val loss curves to PNG")
@@ -92,7 +95,9 @@ def _cmd_prepare(args) -> int:
 def _cmd_train(args) -> int:
     from gptlite.training.pretrain import Trainer, TrainingError, load_config
 
-    cfg = load_config(args.config, args.overrides + ([f"optim.tf32={str(args.tf32).lower()}"] if args.tf32 is not None else []))
+    flags = [f"optim.tf32={str(args.tf32).lower()}"] if args.tf32 is not None else []
+    flags += [f"run.dtype={args.dtype}"] if args.dtype is not None else []
+    cfg = load_config(args.config, args.overrides + flags)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     try:

@@ -60,11 +60,13 @@ def get_xp(device: str | None = None):
 class Backend:
     """One device's array module and kernel set (build with :func:`get_backend`)."""
 
-    def __init__(self, name: str, xp, index: int | None = None):
+    def __init__(self, name: str, xp, index: int | None = None, matmul_dtype: str = "float32"):
         self.name = name  # "cpu" or "cuda"
         self.xp = xp
         self.index = index  # the CUDA device ordinal; None: the process's current device
         self.is_gpu = name == "cuda"
+        # "bfloat16": mixed precision, the matmuls on bf16 tensor cores (engine/bf16.py)
+        self.matmul_dtype = matmul_dtype
         self._kernels = None
 
     @property
@@ -91,16 +93,21 @@ class Backend:
             self.xp.cuda.Device(self.index).use()
 
     def __repr__(self) -> str:
-        return f"Backend({self.device!r})"
+        extra = "" if self.matmul_dtype == "float32" else f", matmul_dtype={self.matmul_dtype!r}"
+        return f"Backend({self.device!r}{extra})"
 
 
 CPU = Backend("cpu", np)
-_gpu_backends = {}  # (cupy module, index) -> Backend
+_gpu_backends = {}  # (cupy module, index, matmul dtype) -> Backend
+MATMUL_DTYPES = ("float32", "bfloat16")
 
 
-def get_backend(device: str | None = None, index: int | None = None) -> Backend:
+def get_backend(device: str | None = None, index: int | None = None, matmul_dtype: str = "float32") -> Backend:
     """The backend of ``device`` ("cpu", "cuda" or "cuda:N"; None: cuda when a GPU
-    is visible). The same object for the same device, so kernels compile once."""
+    is visible). The same object for the same device, so kernels compile once.
+    ``matmul_dtype="bfloat16"``: the GPU's mixed-precision kernel set."""
+    if matmul_dtype not in MATMUL_DTYPES:
+        raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {matmul_dtype!r}")
     device = default_device() if device is None else device
     if isinstance(device, str) and device.startswith("cuda:"):
         head, _, num = device.partition(":")
@@ -109,11 +116,14 @@ def get_backend(device: str | None = None, index: int | None = None) -> Backend:
         device, index = head, int(num)
     xp = get_xp(device)
     if xp is np:
+        if matmul_dtype != "float32":
+            raise ValueError(f"{matmul_dtype} mixed precision runs on the GPU (device='cuda'); "
+                             "on the CPU use float32 or float64")
         return CPU
-    key = (xp, index)
+    key = (xp, index, matmul_dtype)
     be = _gpu_backends.get(key)
     if be is None:
-        be = _gpu_backends[key] = Backend("cuda", xp, index)
+        be = _gpu_backends[key] = Backend("cuda", xp, index, matmul_dtype)
     return be
 
 

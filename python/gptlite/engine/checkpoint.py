@@ -401,10 +401,11 @@ def load_model(path, device=None, dtype="float32", quantize=None):
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)} or None, got {quantize!r}")
         if device not in (None, "cpu"):
             raise ValueError(f"quantize={quantize!r} runs on the CPU only, got device={device!r}")
-        if np.dtype(dtype) != np.float32:
+        if dtype == "bfloat16" or np.dtype(dtype) != np.float32:
             raise ValueError(f"quantize={quantize!r} computes in float32, got dtype={dtype!r}")
         device = "cpu"
-    config, params = load_params(path, dtype=dtype)
+    # bfloat16 is mixed precision: float32 weights under bf16 matmuls
+    config, params = load_params(path, dtype="float32" if dtype == "bfloat16" else dtype)
     model = GPT(config, params=params, device=device, dtype=dtype)
     if quantize is not None:
         from gptlite.engine.quant import quantize_model

@@ -30,6 +30,9 @@ LM_HEAD_CHUNK = 4096  # rows of logits alive at once in lm_head_cross_entropy
 # kernels that reduce within a block: dynamic shared memory of one element per thread
 REDUCING = {"ln_fwd", "ln_bwd_dx", "causal_softmax_fwd", "causal_softmax_bwd", "ce_fwd_bwd"}
 
+# kernels with a float32 instantiation only (gl_<name>_f32): the bf16 cast
+FLOAT32_ONLY = {"to_bf16"}
+
 # cupy.ReductionKernel(*SUMSQ_KERNEL): the squared norm of the flat gradient buffer
 SUMSQ_KERNEL = ("T x", "T y", "x * x", "a + b", "y = a", "0", "gl_sumsq")
 
@@ -244,7 +247,15 @@ def _tw_embed_bwd(grid, block, args):
     dwte[ids[starts]] += sums
 
 
+def _tw_to_bf16(grid, block, args):
+    from gptlite.engine.attention import to_bf16
+
+    x, y, n = args
+    y.reshape(-1)[: int(n)] = to_bf16(x.reshape(-1)[: int(n)])
+
+
 KERNEL_TWINS = {
+    "to_bf16": _tw_to_bf16,
     "ln_fwd": _tw_ln_fwd, "ln_bwd_dx": _tw_ln_bwd_dx, "ln_bwd_dwdb": _tw_ln_bwd_dwdb, "colsum": _tw_colsum,
     "bias_gelu_fwd": _tw_bias_gelu_fwd, "gelu_bwd": _tw_gelu_bwd,
     "causal_softmax_fwd": _tw_causal_softmax_fwd, "causal_softmax_bwd": _tw_causal_softmax_bwd,
@@ -400,12 +411,14 @@ def lm_head_cross_entropy(h, wte, targets, dwte=None, ignore_index=-1, chunk=LM_
     dscale = 1.0 / max(int(n_valid), 1) if on_host else 1.0 / xp.maximum(n_valid, 1)
     dh = xp.empty_like(h)
     fresh = dwte is None
-    if fresh:
-        dwte = xp.empty_like(wte)
+    if fresh:  # float32 even when wte comes as bf16 words (mixed precision)
+        dwte = xp.empty(wte.shape, dtype=h.dtype)
     losses = xp.empty(N, dtype=h.dtype)
+    k = be.kernels
+    h_in, wte_in = k.operand(h), k.operand(wte)  # bf16 words under mixed precision: cast once
     for a in range(0, N, chunk):
         b = min(N, a + chunk)
-        logits = xp.matmul(h[a:b], wte.T)
+        logits = k.matmul(h_in[a:b], wte_in.T)
         # a device-side scale is folded in after the kernel (a scalar kernel
         # argument would need it on the host)
         _launch(be, "ce_fwd_bwd", h.dtype, (b - a,), (BLOCK,),
@@ -413,11 +426,12 @@ def lm_head_cross_entropy(h, wte, targets, dwte=None, ignore_index=-1, chunk=LM_
                  np.int64(ignore_index)))
         if not on_host:
             logits *= dscale.astype(h.dtype)
-        xp.matmul(logits, wte, out=dh[a:b])
+        dlogits = k.operand(logits)
+        k.matmul(dlogits, wte_in, out=dh[a:b])
         if fresh and a == 0:
-            xp.matmul(logits.T, h[a:b], out=dwte)
+            k.matmul(dlogits.T, h_in[a:b], out=dwte)
         else:
-            dwte += xp.matmul(logits.T, h[a:b])
+            k.matmul_add(dlogits.T, h_in[a:b], dwte)
     loss = losses.sum() * (h.dtype.type(dscale) if on_host else dscale.astype(h.dtype))
     return loss, dh, dwte
 

@@ -76,6 +76,7 @@ class CudaKernels:
     def __init__(self, be):
         self.be = be
         self.xp = be.xp
+        self.bf16 = be.matmul_dtype == "bfloat16"
 
     def launch(self, name, grid, block, args, shared_mem):
         from gptlite.engine import fused
@@ -89,8 +90,30 @@ class CudaKernels:
 
         return fused.sumsq_kernel(self.xp)(g)
 
+    def operand(self, a):
+        """What a matmul operand is kept as between a forward and its backward:
+        bf16 words under mixed precision (cast once, half the memory), else ``a``."""
+        if self.bf16:
+            from gptlite.engine import bf16
+
+            return bf16.words(a, be=self.be)
+        return a
+
     def matmul(self, a, b, out=None):
+        if self.bf16:
+            from gptlite.engine import bf16
+
+            return bf16.gemm(a, b, out=out, be=self.be)
         return self.xp.matmul(a, b, out=out)
+
+    def matmul_add(self, a, b, out):
+        """out += a @ b (under mixed precision in the GEMM itself: beta = 1)."""
+        if self.bf16:
+            from gptlite.engine import bf16
+
+            return bf16.gemm(a, b, out=out, accumulate=True, be=self.be)
+        out += self.xp.matmul(a, b)
+        return out
 
     def bmm(self, a, b, out=None):
         if out is None:

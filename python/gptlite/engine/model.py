@@ -176,6 +176,7 @@ class ForwardCache:
     emb: tuple = None
     layers: list = field(default_factory=list)
     ln_f: tuple = None
+    weights: dict = None  # under mixed precision: the bf16 words of the matrices (GPT._matmul_weights)
 
 
 @dataclass
@@ -192,6 +193,7 @@ class KVCache:
     length: int = 0
     pad: object = None
     pad_min: Optional[int] = None
+    weights: dict = None  # under mixed precision: the generation's bf16 weights, cast once (GPT._matmul_weights)
 
     @property
     def max_len(self) -> int:
@@ -209,17 +211,21 @@ class GPT:
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
+        # "bfloat16" is mixed precision: float32 weights and statistics, bf16
+        # tensor-core matmuls (engine/bf16.py), a kernel set of its own
+        mixed = isinstance(dtype, str) and dtype == "bfloat16"
         # the device is chosen here, once: every op gets this backend (its array
         # module and kernel set) instead of asking what an array is
-        self.backend = get_backend(device)
+        self.backend = get_backend(device, matmul_dtype="bfloat16" if mixed else "float32")
         # "cuda:N": CuPy allocates and launches on the current device, so N becomes it
         self.backend.use()
         self.xp = self.backend.xp
         if not self.backend.is_gpu:
             keep_freed_memory()
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(np.float32 if mixed else dtype)  # of the weights and activations
         if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+            raise ValueError(f"dtype must be float32, float64 or bfloat16, got {self.dtype}")
+        self.compute_dtype = "bfloat16" if mixed else self.dtype.name  # what the matmuls run in
         if params is None:
             params = init_params(config, seed=seed, dtype=self.dtype)
         self.params = self._adopt(params)
@@ -336,14 +342,15 @@ class GPT:
     # ------------------------------------------------------------------
     # forward
 
-    def _block_forward(self, i, x, B, T, keep, bias=None, kv=None, kv_start=0, pending=None):
+    def _block_forward(self, i, x, B, T, keep, bias=None, kv=None, kv_start=0, pending=None, params=None):
         """One transformer block on x (N, C). Returns (x, pending, cache or None).
 
         GPT-2 (pre-LN): the block's last residual add is handed back as
         ``pending`` (the MLP output and its pending bias, not yet added to x), so
         the next block's ln_1 or ln_f adds it in the same fused launch;
-        ``pending`` given here is the previous block's."""
-        cfg, p, be = self.config, self.params, self.backend
+        ``pending`` given here is the previous block's. ``params``: the weights
+        to use (self.params with the matmuls' bf16 copies under mixed precision)."""
+        cfg, p, be = self.config, self.params if params is None else params, self.backend
         pre = f"h.{i}."
         eps = cfg.layer_norm_epsilon
         c = {}
@@ -386,9 +393,12 @@ class GPT:
         x = x.reshape(B * T, -1)
         cache = ForwardCache(hidden=None, B=B, T=T, emb=emb if keep else None)
         start = kv.length if kv is not None else 0
+        cache.weights = w = self._matmul_weights(kv)
+        params = self.params if w is None else {**self.params, **w}
         pending = None
         for i in range(self.config.n_layer):
-            x, pending, c = self._block_forward(i, x, B, T, keep, bias=bias, kv=kv, kv_start=start, pending=pending)
+            x, pending, c = self._block_forward(i, x, B, T, keep, bias=bias, kv=kv, kv_start=start, pending=pending,
+                                                params=params)
             if keep:
                 cache.layers.append(c)
         if self.config.layout == "gpt2":
@@ -402,23 +412,39 @@ class GPT:
         cache.hidden = x.reshape(B, T, -1)
         return x, cache
 
-    def _head(self, h2):
-        """Tied LM head: h (N,C) -> logits (N,V)."""
-        return ops.lm_head_forward(h2, self.params["wte.weight"], be=self.backend)[0]
+    def _matmul_weights(self, kv=None):
+        """Under mixed precision, the bf16 words of every matrix a matmul reads
+        (the blocks' four and the tied head), cast once per forward, or once per
+        generation (kept in its KV cache: the weights do not change while it
+        runs); None otherwise. The float32 weights stay the master copy."""
+        if self.compute_dtype != "bfloat16":
+            return None
+        if kv is not None and kv.weights is not None:
+            return kv.weights
+        from gptlite.engine import bf16
+
+        w = {n: bf16.words(a, be=self.backend) for n, a in self.params.items() if a.ndim == 2 and n != "wpe.weight"}
+        if kv is not None:
+            kv.weights = w
+        return w
+
+    def _head(self, h2, weights=None):
+        """Tied LM head: h (N,C) -> logits (N,V); ``weights``: the forward's bf16 copies."""
+        return ops.lm_head_forward(h2, (weights or self.params)["wte.weight"], be=self.backend)[0]
 
     def forward(self, idx):
         """idx (B,T) int -> (logits (B,T,V), cache). cache.hidden is (B,T,C)."""
         idx = self._check_idx(idx)
         B, T = idx.shape
         h, cache = self._trunk(idx, keep=True)
-        return self._head(h).reshape(B, T, -1), cache
+        return self._head(h, cache.weights).reshape(B, T, -1), cache
 
     def logits(self, idx):
         """idx (B,T) -> logits (B,T,V); inference only, keeps no activations."""
         idx = self._check_idx(idx)
         B, T = idx.shape
-        h, _ = self._trunk(idx, keep=False)
-        return self._head(h).reshape(B, T, -1)
+        h, cache = self._trunk(idx, keep=False)
+        return self._head(h, cache.weights).reshape(B, T, -1)
 
     def hidden_states(self, idx):
         """idx (B,T) -> final hidden state (B,T,C) (after ln_f for gpt2)."""
@@ -532,7 +558,7 @@ class GPT:
         # over rows, so no (B,T,V) logits, the loss a 0-d device array; host
         # targets are range-checked on the host)
         loss, dh, dwte_head = ops.lm_head_cross_entropy(
-            h, self.params["wte.weight"], tg, ignore_index=ignore_index,
+            h, (cache.weights or self.params)["wte.weight"], tg, ignore_index=ignore_index,
             dwte=None if grads_out is None else grads_out["wte.weight"], be=self.backend)
         del h
         grads = self.backward(cache, dhidden=dh.reshape(B, T, -1), dwte_head=dwte_head, out=grads_out)
@@ -623,11 +649,11 @@ class GPT:
                 padc = kv.pad[:, None]
                 mask = mask | ((keys[None, None, :] < padc[:, :, None]) & (keys[None, None, :] != cols[None, :, None]))
             bias = xp.where(mask, -xp.inf, 0.0).astype(self.dtype)[:, None]  # (B|1,1,t,S)
-        h, _ = self._trunk(idx, keep=False, pos=pos, bias=bias, kv=kv)
+        h, cache = self._trunk(idx, keep=False, pos=pos, bias=bias, kv=kv)
         kv.length = S
         if last_only:
             h, t = xp.ascontiguousarray(h.reshape(B, t, -1)[:, -1]), 1
-        return self._head(h).reshape(B, t, -1)
+        return self._head(h, cache.weights).reshape(B, t, -1)
 
     # ------------------------------------------------------------------
     # sizes

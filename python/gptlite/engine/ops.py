@@ -130,7 +130,9 @@ def linear_forward(x, W, b, *, be=None):
     kernel adds the bias, and there is no cache to go backward through."""
     if getattr(W, "is_quantized", False):
         return W.matmul(x, b), None
-    y = matmul(x, W, be=be)
+    k = _k(be, x)
+    x, W = k.operand(x), k.operand(W)  # bf16 words under mixed precision, kept for the backward
+    y = k.matmul(x, W)
     if b is not None:
         y += b
     return y, (x, W)
@@ -154,9 +156,11 @@ def linear_backward(dy, cache, out=None, *, be=None):
     (dW, db) buffers to write into (views of a flat gradient buffer)."""
     x, W = cache
     dW_out, db_out = out if out is not None else (None, None)
-    dx = matmul(dy, W.T, be=be)
-    dW = matmul(x.T, dy, out=dW_out, be=be)
+    k = _k(be, dy)
     db = dy.sum(axis=0, out=db_out)
+    dy = k.operand(dy)  # cast once for both matmuls under mixed precision
+    dx = k.matmul(dy, W.T)
+    dW = k.matmul(x.T, dy, out=dW_out)
     return dx, dW, db
 
 
@@ -167,6 +171,7 @@ def linear_gelu_forward(x, W, b, approximate="gelu_new", *, be=None):
     if getattr(W, "is_quantized", False):
         return gelu_forward(W.matmul(x, b), approximate, be=be)[0], None
     k = _k(be, x)
+    x, W = k.operand(x), k.operand(W)
     y, gc = k.bias_gelu_forward(k.matmul(x, W), b, approximate)
     return y, (x, W, gc)
 
@@ -178,6 +183,7 @@ def linear_gelu_backward(dy, cache, out=None, *, be=None):
     dW_out, db_out = out if out is not None else (None, None)
     k = _k(be, dy)
     dh, db = k.bias_gelu_backward(dy, gc, db_out)
+    dh = k.operand(dh)
     return k.matmul(dh, W.T), k.matmul(x.T, dh, out=dW_out), db
 
 
@@ -521,6 +527,15 @@ class NumpyKernels:
         return np.dot(g, g).reshape(())
 
     matmul = staticmethod(cpu.matmul)
+
+    @staticmethod
+    def operand(a):  # the CPU keeps operands as they are (no mixed precision)
+        return a
+
+    @staticmethod
+    def matmul_add(a, b, out):
+        out += cpu.matmul(a, b)
+        return out
     bmm = staticmethod(cpu.bmm)
 
     @staticmethod

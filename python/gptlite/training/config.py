@@ -104,7 +104,10 @@ class TrainConfig:
 
         m = self.model
         need(self.device in ("cpu", "cuda", "auto"), f"device must be cpu, cuda or auto, got {self.device!r}")
-        need(self.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}")
+        need(self.dtype in ("float32", "float64", "bfloat16"), f"dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
+        need(self.dtype != "bfloat16" or self.device != "cpu",
+             "dtype bfloat16 is mixed precision on the GPU (bf16 tensor-core matmuls, float32 weights): "
+             "set device = cuda, or dtype = float32 on the CPU")
         need(m.layout in ("gpt2", "gpt1"), f"layout must be gpt2 or gpt1, got {m.layout!r}")
         for k in ("n_layer", "n_head", "n_embd", "n_positions"):
             v = getattr(m, k)

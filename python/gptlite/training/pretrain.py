@@ -153,7 +153,7 @@ class Trainer:
         self.device = "cuda" if self.xp is not np else "cpu"
         if self.device == "cuda" and self.world.size > 1:
             self.world.use_gpu()
-        if self.device == "cuda" and cfg.dtype == "float32":
+        if self.device == "cuda" and cfg.dtype in ("float32", "bfloat16"):  # bfloat16: what is left in float32
             from gptlite.engine import fused
 
             fused.set_tf32(cfg.tf32)

@@ -281,3 +281,14 @@ extern "C" __global__ void gl_embed_bwd_f32(const float* dout, const long long* 
     embed_bwd<float>(dout, order, sorted_ids, dwte, N, C); }
 extern "C" __global__ void gl_embed_bwd_f64(const double* dout, const long long* order, const long long* sorted_ids, double* dwte, long long N, int C) {
     embed_bwd<double>(dout, order, sorted_ids, dwte, N, C); }
+
+// float32 -> bf16 words (the upper half, rounded to nearest-even; NaN stays a quiet NaN),
+// the operands of engine/bf16.py's tensor-core matmuls; no header: the same bit
+// arithmetic as attention.to_bf16 on the host, so the two agree on every input.
+extern "C" __global__ void gl_to_bf16_f32(const float* x, unsigned short* y, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned int u = __float_as_uint(x[i]);
+    y[i] = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x40u)
+                                            : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
