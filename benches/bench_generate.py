@@ -266,17 +266,32 @@ def gpu_main(args) -> dict:
         ours[name](), theirs[name]()  # warm-up: kernels compiled, pools grown
         sec_ours[name], sec_theirs[name] = alternate(ours[name], lambda r, f=theirs[name]: f(), args.rounds, pause=False)
     a, b = figures(sec_ours, args.new_tokens, args.batch), figures(sec_theirs, args.new_tokens, args.batch)
+    # the same greedy calls with every step launched eagerly (no CUDA graph): what the graphs buy
+    import os
+
+    os.environ["GPTLITE_CUDA_GRAPHS"] = "0"
+    try:
+        eager = {}
+        for name in ("b1_greedy", "b1_greedy_first", "batch_greedy"):
+            ours[name]()
+            eager[name] = alternate(ours[name], ours[name], args.rounds, pause=False)[0]
+    finally:
+        del os.environ["GPTLITE_CUDA_GRAPHS"]
+    graphs = {"eager_b1_decode_ms_per_token": (eager["b1_greedy"] - eager["b1_greedy_first"]) / (args.new_tokens - 1) * 1e3,
+              f"eager_b{args.batch}_tokens_per_s": args.batch * args.new_tokens / eager["batch_greedy"]}
+    graphs["graph_speedup_b1_decode"] = graphs["eager_b1_decode_ms_per_token"] / a["b1_decode_ms_per_token"]
     out = {"device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "model": "gpt2 124M shape, random weights",
            "dtype": "float32 (TF32 off)", "prompt_len": PROMPT_LEN, "new_tokens": args.new_tokens, "batch": args.batch,
            "rounds": args.rounds, "hf_attention": attn, "sampled": SAMPLED,
            # float32 on two GPU stacks: greedy paths may part after a near-tie
            "greedy_first_8_agree": first_ours[:8] == first_theirs[:8],
            # above 1: gptlite is faster (ms: HF's over gptlite's; tokens/s: gptlite's over HF's)
-           "gptlite": a, "hf": b, "gptlite_speedup": {
+           "gptlite": a, "hf": b, "gptlite_without_cuda_graphs": graphs, "gptlite_speedup": {
                k: (a[k] / b[k] if k.endswith("tokens_per_s") else b[k] / a[k]) for k in a}}
     print(f"generate 124M on {out['device']}: {PROMPT_LEN}-token prompts, {args.new_tokens} new, batch 1 and {args.batch}")
     for k in a:
         print(f"  {k:28s} gptlite {a[k]:9.2f}   HF ({attn}) {b[k]:9.2f}   gptlite speedup {out['gptlite_speedup'][k]:.2f}x")
+    print(f"  without CUDA graphs: {graphs}")
     return out
 
 
@@ -302,6 +317,9 @@ def stand_in_main(args) -> dict:
     kernels._compiled.clear()
     fused._module = fused._sumsq_kernel = None
     attention._module = None
+    from gptlite.engine import cuda_graph
+
+    cuda_graph.capture = fake_cupy._fake_capture  # a replay re-runs the step and checks it launches the same
     model = GPT(cfg, params=cpu.params, dtype="float64", device="cuda")
     out = {"mode": "stand-in (NumPy fake CuPy; HF on the CPU): no timings", "new_tokens": new, "batch": B, "calls": {}}
     for name, call in gptlite_calls(model, one, batch, new).items():

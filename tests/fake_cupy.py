@@ -73,7 +73,7 @@ def _sync():
 
 
 class DeviceArray(np.ndarray):
-    def get(self):
+    def get(self, stream=None):
         _sync()
         _transfer(self)
         return np.array(self).view(np.ndarray)
@@ -159,6 +159,53 @@ def _counted(fn, name):
     return launch
 
 
+RECORDING = []  # while a fake CUDA graph replays: [(kernel, grid, block, scalar args), ...]
+
+
+def _record(name, grid, block, args):
+    if RECORDING:
+        RECORDING[-1].append((name, tuple(grid), tuple(block),
+                              tuple(a for a in args if not isinstance(a, np.ndarray))))
+
+
+class _FakeGraph:
+    """What the stand-in makes of a captured CUDA graph: nothing runs at capture,
+    and every launch re-runs the step, which must issue the same custom kernels and
+    GEMMs with the same grids and scalar arguments as the first replay (a real
+    graph replays exactly those: a position passed as a host scalar would be frozen
+    at its captured value) and read nothing back from the device (which a capture
+    cannot do)."""
+
+    def __init__(self, fn):
+        self.fn, self.signature, self.replays = fn, None, 0
+
+    def launch(self):
+        syncs, transfers = COUNTS["syncs"], len(TRANSFERS)
+        RECORDING.append([])
+        try:
+            self.fn()
+        finally:
+            rec = RECORDING.pop()
+        if COUNTS["syncs"] != syncs or len(TRANSFERS) != transfers:
+            raise RuntimeError(f"fake CUDA graph: the captured step read the device from the host at {SYNC_SITES[syncs:]}")
+        if self.signature is None:
+            self.signature = rec
+        elif rec != self.signature:
+            diff = next((i for i, (a, b) in enumerate(zip(rec, self.signature)) if a != b), min(len(rec), len(self.signature)))
+            raise RuntimeError(f"fake CUDA graph: replay {self.replays} differs from the captured step at launch {diff}: "
+                               f"{rec[diff] if diff < len(rec) else None} vs {self.signature[diff] if diff < len(self.signature) else None}")
+        self.replays += 1
+
+
+GRAPHS = []  # every fake CUDA graph captured since install()
+
+
+def _fake_capture(fn, be, stream):
+    g = _FakeGraph(fn)
+    GRAPHS.append(g)
+    return g
+
+
 def _host(a):
     """A kernel argument as the twin takes it: null pointers (an unsigned 0) as None,
     device arrays as plain NumPy views of the same memory (so the twin's own NumPy
@@ -184,6 +231,7 @@ class _RawModule:
             def launch(grid, block, args, shared_mem=0):
                 _kernel_launch(name)
                 KERNEL_ARGS[name] = tuple(args)
+                _record(name, grid, block, args)
                 fused.check_launch(name, grid, block, shared_mem)
                 twin(grid, block, tuple(_host(a) for a in args))
 
@@ -196,6 +244,7 @@ class _RawModule:
             def launch(grid, block, args, shared_mem=0):
                 _kernel_launch(name)
                 KERNEL_ARGS[name] = tuple(args)
+                _record(name, grid, block, args)
                 attention.check_launch(name, grid, block)
                 attention.run_twin(name, grid, block, tuple(_host(a) for a in args))
 
@@ -210,6 +259,7 @@ class _RawModule:
             def launch(grid, block, args, shared_mem=0):
                 _kernel_launch(name)
                 KERNEL_ARGS[name] = tuple(args)
+                _record(name, grid, block, args)
                 gen.check_sample_launch(name, grid, block, shared_mem)
                 gen.sample_kernel_twin(name, grid, block, tuple(_host(a) for a in args))
 
@@ -336,6 +386,8 @@ def _cublas_module():
         COUNTS["launches"] += 1
         KERNEL_LAUNCHES["cublasGemmEx"] = KERNEL_LAUNCHES.get("cublasGemmEx", 0) + 1
         GEMMS.append((transa, transb, m, n, k, Atype, Btype, Ctype, computeType))
+        if RECORDING:
+            RECORDING[-1].append(("cublasGemmEx", (m, n, k), (transa, transb), (lda, ldb, ldc)))
         if mode["pointer"] != 0:
             raise RuntimeError("fake cuBLAS: alpha/beta given as host pointers under the device pointer mode")
         if lda < max(1, m if transa == 0 else k) or ldb < max(1, k if transb == 0 else n) or ldc < max(1, m):
@@ -434,4 +486,8 @@ def install(monkeypatch):
 
     # a module compiled by the real CuPy (or another stand-in) must not outlive it
     monkeypatch.setattr(attention, "_module", None)
+    from gptlite.engine import cuda_graph
+
+    GRAPHS.clear()
+    monkeypatch.setattr(cuda_graph, "capture", _fake_capture)
     return mods["cupy"]

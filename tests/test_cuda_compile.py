@@ -81,7 +81,8 @@ def _arg_type(a):
 def test_every_raw_launch_matches_its_ptx_signature(monkeypatch):
     """What the CuPy path actually passes to each fa_* and gl_* kernel (recorded by the
     stand-in over a float32, a float64 and a bfloat16 training step, greedy generation with left
-    padding, the flash functions in f32/f64/bf16 and the optimiser's kernels) has the
+    padding and sampled generation (their CUDA-graph steps too), the flash functions in f32/f64/bf16 and the
+    optimiser's kernels) has the
     arity and the scalar widths of the compiled entry point: an argument added to a
     kernel and not to its launch (or an int32 passed as a 64-bit value) fails here,
     without a GPU."""
@@ -91,8 +92,11 @@ def test_every_raw_launch_matches_its_ptx_signature(monkeypatch):
     from gptlite.generate import generate
 
     sigs = {}
+    from gptlite.engine import kernels
+
     for path in (attention.CU_FILE, fused.CU_FILE):
         sigs.update(_ptx_signatures(cs.compile_source(open(path).read(), path.rsplit("/", 1)[-1], "90").decode()))
+    sigs.update(_ptx_signatures(cs.compile_source(kernels._PREAMBLE + kernels.source("sampling"), "sampling.cu", "90").decode()))
     cp = fake_cupy.install(monkeypatch)
     fake_cupy.reset_counts()
     seen = {}
@@ -101,7 +105,8 @@ def test_every_raw_launch_matches_its_ptx_signature(monkeypatch):
     for dt in ("float32", "float64", "bfloat16"):
         m = GPT(cfg, dtype=dt, device="cuda")
         m.loss_and_grads(rng.integers(0, 50, (2, 9)), rng.integers(0, 50, (2, 9)))
-        generate(m, [[1, 2, 3, 4], [5]], 3, temperature=0)
+        generate(m, [[1, 2, 3, 4], [5]], 5, temperature=0)  # 5: the graphed steps' kernels too
+        generate(m, [[1, 2, 3, 4], [5]], 5, temperature=0.7, seed=1)
         seen.update(fake_cupy.KERNEL_ARGS)
         if dt == "bfloat16":
             continue
@@ -124,6 +129,8 @@ def test_every_raw_launch_matches_its_ptx_signature(monkeypatch):
         kc = st(rng.standard_normal((2, 2, 6, 8)))
         attention.decode_attention(qkv[:2], kc, kc, 6, cp.asarray(np.array([0, 2])))
         attention.decode_attention(qkv[:2], kc, kc, 6)
+        attention.kv_append(qkv[:2], kc, kc, cp.asarray(np.array([3], np.int32)))
+        attention.decode_attention(qkv[:2], kc, kc, None, slen=cp.asarray(np.array([4], np.int32)))
         seen.update(fake_cupy.KERNEL_ARGS)
     fa_bases = {attention._parse(n)[:2] for n in seen if n.startswith("fa_")}
     assert fa_bases == {(b, s) for b in attention.KERNEL_TWINS for s in ("f32", "f64", "bf16")}

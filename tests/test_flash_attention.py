@@ -56,7 +56,7 @@ def test_every_entry_point_is_in_the_ptx():
     entries = set(re.findall(r"\.entry (\w+)", ptx))
     for base in fa.KERNEL_TWINS:
         for sfx in ("f32", "f64", "bf16"):
-            names = [f"fa_{base}_{sfx}"] if base in ("bwd_pre", "dec_comb") else [f"fa_{base}_{sfx}_d{d}" for d in fa.DMAXES]
+            names = [f"fa_{base}_{sfx}"] if base in fa.UNTILED else [f"fa_{base}_{sfx}_d{d}" for d in fa.DMAXES]
             for n in names:
                 assert n in entries, n
                 fa._parse(n)
@@ -156,8 +156,9 @@ def test_model_on_the_cupy_path_runs_flash_and_matches_numpy(monkeypatch, dtype,
     fake_cupy.reset_counts()
     assert generate(gpu, prompts, 6, temperature=0) == gen
     # the prompt: one causal forward with the padding mask; then 5 fed tokens, each two decode launches
+    # and (the graphed steps: the column on the device) the KV write
     assert _flash_launches(fake_cupy) == {f"fa_fwd_{sfx}_d32": L, f"fa_dec_part_{sfx}_d32": 5 * L,
-                                          f"fa_dec_comb_{sfx}": 5 * L}
+                                          f"fa_dec_comb_{sfx}": 5 * L, f"fa_kv_append_{sfx}": 5 * L}
     assert not any(k.startswith("softmax_") for k in fake_cupy.KERNEL_LAUNCHES)
 
 

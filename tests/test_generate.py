@@ -488,6 +488,7 @@ def test_kv_cache_allocated_once(monkeypatch, device):
         return decode(idx, kv, **kw)
 
     monkeypatch.setattr(m, "decode", recording_decode)
+    monkeypatch.setenv("GPTLITE_CUDA_GRAPHS", "0")  # every step through decode (the graphed steps: below)
     generate(m, SMALL_PROMPTS, 7, temperature=0)
     assert len(calls) == 7  # the prompt, then 6 fed-back tokens
     assert len({c[:6] for c in calls}) == 1
@@ -591,7 +592,7 @@ def test_real_sampling_kernel_matches_twin(dtype):
                 vals, ids = cp.asnumpy(x), None
             want = np.empty(B, np.int64)
             sample_kernel_twin(SAMPLE_KERNELS[np.dtype(dtype)], (B,), (SAMPLE_THREADS,),
-                               (vals, ids, want, V, k, 1.0 / cfg.temperature, top_p, seed, step))
+                               (vals, ids, want, V, k, 1.0 / cfg.temperature, top_p, seed, step, None))
             assert np.array_equal(got, want), (cfg, seed, step, got, want)
 
 
@@ -609,3 +610,80 @@ def test_real_device_sampling_generation():
         for t in row:
             assert t in np.argsort(-cpu.logits(np.array([ids]))[0, -1])[:12]
             ids.append(t)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_real_cuda_graph_steps_give_the_eager_tokens(monkeypatch, dtype):
+    """On the GPU the captured and replayed step gives the eager loop's tokens,
+    greedy and sampled, for left-padded batches, float32 and mixed precision."""
+    from gptlite.engine.model import GPTConfig
+
+    cfg = GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=97)
+    gpu = GPT(cfg, dtype=dtype, seed=3, device="cuda")
+    for kw in (dict(temperature=0), dict(temperature=0.9, seed=4)):
+        monkeypatch.setenv("GPTLITE_CUDA_GRAPHS", "0")
+        eager = generate(gpu, SMALL_PROMPTS, 20, **kw)
+        monkeypatch.setenv("GPTLITE_CUDA_GRAPHS", "1")
+        assert generate(gpu, SMALL_PROMPTS, 20, **kw) == eager, kw
+
+
+# -- CUDA graphs of the decode step (on the stand-in: tests/fake_cupy.py's _FakeGraph) ---
+
+
+@pytest.mark.parametrize("temperature", [0, 0.8])
+def test_graphed_decode_steps_give_the_eager_tokens(monkeypatch, temperature):
+    """With CUDA graphs the step after the first token is captured once and
+    replayed: the same tokens as the eager loop (greedy and sampled, left-padded
+    prompts), every replay the same launches with the same scalar arguments and no
+    read of the device (the stand-in checks both), the KV column written and the
+    filled length read on the device."""
+    import fake_cupy
+
+    fake_cupy.install(monkeypatch)
+    m = GPT(SMALL, dtype="float32", seed=3, device="cuda")
+    monkeypatch.setenv("GPTLITE_CUDA_GRAPHS", "0")
+    eager = generate(m, SMALL_PROMPTS, 9, temperature=temperature, seed=11)
+    assert not fake_cupy.GRAPHS
+    monkeypatch.setenv("GPTLITE_CUDA_GRAPHS", "1")
+    fake_cupy.reset_counts()
+    graphed = generate(m, SMALL_PROMPTS, 9, temperature=temperature, seed=11)
+    assert graphed == eager
+    (g,) = fake_cupy.GRAPHS
+    assert g.replays == 7  # steps 2..8: step 0 samples the prompt's logits, step 1 runs eagerly before the capture
+    names = [r[0] for r in g.signature]
+    assert names.count("fa_kv_append_f32") == SMALL.n_layer and any(n.startswith("fa_dec_part_f32") for n in names)
+    # one host read per token (the B ids), none inside the replays
+    assert fake_cupy.COUNTS["syncs"] <= 9 + 2
+    # one row alone gives its batched tokens (padding masked on the device too)
+    assert generate(m, SMALL_PROMPTS[1], 9, temperature=0) == generate(m, [SMALL_PROMPTS[1]], 9, temperature=0)[0]
+
+
+def test_graphs_only_where_the_step_can_be_replayed(monkeypatch):
+    """No graph for top-k/top-p (the row sort) or for too few tokens; and the
+    stand-in's graph catches a step whose scalar arguments change between replays
+    (the position passed from the host, as the eager decode does) or that reads
+    the device."""
+    import fake_cupy
+    from gptlite.generate import SamplingConfig, sample_next_device
+
+    cp = fake_cupy.install(monkeypatch)
+    m = GPT(SMALL, dtype="float32", seed=3, device="cuda")
+    generate(m, SMALL_PROMPTS, 9, temperature=1.0, top_k=5, seed=1)
+    generate(m, SMALL_PROMPTS, 3, temperature=0)
+    assert not fake_cupy.GRAPHS
+    logits = cp.asarray(np.random.default_rng(0).standard_normal((2, SMALL.vocab_size)).astype(np.float32))
+    cfg = SamplingConfig(temperature=1.0)
+    counter = iter(range(100))
+    g = fake_cupy._fake_capture(lambda: sample_next_device(logits, cfg, 7, next(counter)), m.backend, None)
+    g.launch()
+    with pytest.raises(RuntimeError, match="differs from the captured step"):
+        g.launch()
+    step_dev = cp.zeros(1, dtype=np.uint64)
+    g = fake_cupy._fake_capture(lambda: sample_next_device(logits, cfg, 7, 0, step_dev=step_dev), m.backend, None)
+    g.launch()
+    g.launch()
+    g = fake_cupy._fake_capture(lambda: float(logits.sum()), m.backend, None)
+    with pytest.raises(RuntimeError, match="read the device"):
+        g.launch()

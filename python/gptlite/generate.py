@@ -18,12 +18,13 @@ output is reproducible per seed on the GPU, but its draws (SplitMix64 on the
 device) are not the CPU's (NumPy's PCG64), so a seed gives different text on
 the two devices.
 
-The per-token step is launched eagerly, not replayed from a CUDA graph: its
-launches take the position as host values that change every token (the cache
-column written, the position embedding's row, the split-K decode kernel's
-filled length and its grid, which grows with the context), so a captured step
-would replay the token it was captured at. A graph needs those read from a
-device scalar first, in engine/attention.py's decode kernels and the embedding.
+After the first token the per-token step is a CUDA graph (engine/cuda_graph.py):
+``GPT.decode_step`` keeps the cache column, the position and the filled length
+in device scalars (the KV write and the split-K decode kernel read them; the
+decode grid covers the whole cache), the sampler reads its draw counter from the
+device, and each step writes the token the next one feeds on, so one capture
+replays at every position with one launch from the host. Not for top-k/top-p
+(CuPy's row sort is not capturable); ``GPTLITE_CUDA_GRAPHS=0`` turns graphs off.
 """
 from __future__ import annotations
 
@@ -98,15 +99,17 @@ SAMPLE_KERNELS = {np.dtype(np.float32): "gs_sample_f32", np.dtype(np.float64): "
 _MASK64 = (1 << 64) - 1
 
 
-def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int):
+def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int, step_dev=None, out=None):
     """Next token per row, chosen on the device: logits (B, V) a CuPy array ->
     (B,) int64 device ids. Greedy is the argmax (the CPU's choice exactly); else
     the filters of ``sample_next`` (temperature, top-k, top-p) and one uniform
     draw per row, SplitMix64 of (``seed``, ``step`` * B + row), in one kernel
-    launch after one sort of the rows (skipped when no filter needs the order)."""
+    launch after one sort of the rows (skipped when no filter needs the order).
+    ``step_dev``: a (1,) uint64 device array the kernel reads the step from (a
+    CUDA graph's step); ``out``: a (B,) int64 device array to write the ids into."""
     xp = xp_of(logits)
     if cfg.greedy:
-        return logits.argmax(axis=-1)
+        return logits.argmax(axis=-1, out=out)
     B, V = logits.shape
     if np.dtype(logits.dtype) not in SAMPLE_KERNELS:
         logits = logits.astype(np.float32)
@@ -118,7 +121,7 @@ def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int):
         vals = xp.ascontiguousarray(xp.take_along_axis(logits, ids, axis=-1))
     else:
         vals, ids = xp.ascontiguousarray(logits), np.uint64(0)  # a null pointer: the column is the id
-    out = xp.empty(B, dtype=xp.int64)
+    out = xp.empty(B, dtype=xp.int64) if out is None else out
     name = SAMPLE_KERNELS[np.dtype(vals.dtype)]
     grid, block, shared = (B,), (SAMPLE_THREADS,), SAMPLE_THREADS * 8
     check_sample_launch(name, grid, block, shared)
@@ -126,7 +129,8 @@ def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int):
 
     kernels.kernel("sampling").get_function(name)(
         grid, block, (vals, ids, out, np.int32(V), np.int32(k), np.float64(1.0 / cfg.temperature), np.float64(top_p),
-                      np.uint64(seed & _MASK64), np.uint64(step & _MASK64)), shared_mem=shared)
+                      np.uint64(seed & _MASK64), np.uint64(step & _MASK64),
+                      np.uint64(0) if step_dev is None else step_dev), shared_mem=shared)
     return out
 
 
@@ -154,9 +158,11 @@ def splitmix_uniform(seed: int, counter: int) -> float:
 def sample_kernel_twin(name, grid, block, args) -> None:
     """The sampling kernel in NumPy (for the CuPy stand-in): the same filters and
     draw, row by row. A null pointer or a zero unsigned scalar arrives as None."""
-    vals, ids, out, V, k, inv_temp, top_p, seed, step = args
+    vals, ids, out, V, k, inv_temp, top_p, seed, step, step_dev = args
     V, k = int(V), int(k)
     seed, step = (0 if a is None else int(a) for a in (seed, step))
+    if step_dev is not None:
+        step = int(np.asarray(step_dev).reshape(-1)[0])
     B = int(grid[0])
     x = np.asarray(vals).reshape(B, V).astype(np.float64)
     res = np.asarray(out)
@@ -240,8 +246,15 @@ def _steps(model, rows, max_new_tokens, cfg, rng, eot_token):
     # one draw from the host stream seeds the device's: reproducible per seed, and a
     # Generator passed as the seed still moves on between calls
     dev_seed = int(rng.integers(0, 1 << 64, dtype=np.uint64)) if on_device and not cfg.greedy else 0
+    graph = None
+    if on_device and _use_graph(model, kv, cfg, max_new_tokens):
+        graph = _GraphedSteps(model, kv, cfg, dev_seed)
     for step in range(max_new_tokens):
-        if on_device:
+        if graph is not None:
+            # after the first token the step is replayed: the token, its column and
+            # the draw's counter advance on the device
+            nxt = graph.first(logits) if step == 0 else graph.next(step)
+        elif on_device:
             # chosen on the device: only B ids cross to the host
             nxt = xp.asnumpy(sample_next_device(logits, cfg, dev_seed, step)).astype(np.int64)
         elif cfg.greedy:
@@ -254,9 +267,70 @@ def _steps(model, rows, max_new_tokens, cfg, rng, eot_token):
             done |= nxt == eot_token
         if done.all() or step == max_new_tokens - 1 or fed >= max_len:
             return  # all rows stopped, or the budget / the context is used up
+        if graph is not None:
+            kv.length += 1  # the next step's column, counted on the host as decode would
+            fed += 1
+            continue
         # host ids: decode checks them on the host, so the step reads nothing back from the device
         logits = model.decode(np.where(done, 0, nxt)[:, None], kv, last_only=True)[:, -1, :]  # the cache remembers pad
         fed += 1
+
+
+def _use_graph(model, kv, cfg: SamplingConfig, max_new_tokens: int) -> bool:
+    """CUDA graphs for the per-token step: on the GPU's flash decode path, for
+    greedy or plain-temperature sampling (top-k/top-p sort the row, which CuPy does
+    with host-side bookkeeping a graph cannot hold), and when there are at least
+    two steps after the one that is run eagerly before the capture."""
+    from gptlite.engine import cuda_graph
+
+    sorts = (cfg.top_k is not None and cfg.top_k < model.config.vocab_size) or (cfg.top_p is not None and cfg.top_p < 1.0)
+    return cuda_graph.enabled() and not sorts and max_new_tokens >= 4 and model.graphable(kv)
+
+
+class _GraphedSteps:
+    """The decode loop after the first token: one eager step (which compiles and
+    loads every kernel), then a CUDA graph of the step captured once and replayed;
+    each step feeds the token it sampled to the next on the device, and only the B
+    ids are copied to the host. Greedy output is the eager loop's exactly; sampled
+    output too (the same draws: the step counter lives on the device)."""
+
+    def __init__(self, model, kv, cfg, seed):
+        from gptlite.engine import cuda_graph
+
+        self.model, self.kv, self.cfg, self.seed = model, kv, cfg, seed
+        self.be = model.backend
+        self.stream = cuda_graph.stream_for(self.be)
+        self.graph = None
+
+    def first(self, logits):
+        """The first token, sampled from the prompt's logits (step 0) into the
+        device buffer the steps feed from; the device state of the steps set up."""
+        xp = self.be.xp
+        B = self.kv.batch
+        self.ids = xp.empty((B, 1), dtype=xp.int64)
+        sample_next_device(logits, self.cfg, self.seed, 0, out=self.ids.reshape(B))
+        self.kv.col = xp.full(1, self.kv.length, dtype=xp.int32)
+        self.step_dev = xp.full(1, 1, dtype=xp.uint64)
+        # the prompt's work was issued on the current stream: the graph's stream waits for it
+        self.stream.wait_event(xp.cuda.get_current_stream().record())
+        return xp.asnumpy(self.ids.reshape(B)).astype(np.int64)
+
+    def _step(self):
+        B = self.kv.batch
+        logits = self.model.decode_step(self.ids, self.kv)
+        sample_next_device(logits, self.cfg, self.seed, 0, step_dev=self.step_dev, out=self.ids.reshape(B))
+        self.step_dev += 1
+
+    def next(self, step):
+        from gptlite.engine import cuda_graph
+
+        if step == 1:
+            cuda_graph.run_eagerly(self._step, self.be, self.stream)
+        else:
+            if self.graph is None:
+                self.graph = cuda_graph.capture(self._step, self.be, self.stream)
+            self.graph.launch()
+        return self.ids.reshape(-1).get(stream=self.stream).astype(np.int64)
 
 
 def generate(model, prompt_ids, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE, top_k=None, top_p=None,

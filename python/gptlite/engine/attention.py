@@ -46,6 +46,7 @@ DEC_MIN_CHUNK = 64  # cache columns per decode split, at least
 DEC_TARGET_BLOCKS = 264  # decode blocks to aim for: two per SM of an H100/H200 (132 SMs)
 MAX_GRID_Y = 65535
 
+UNTILED = ("bwd_pre", "dec_comb", "kv_append")  # kernels without a head-size bound (no _d<DMAX> instantiations)
 _STORAGE = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.uint16): "bf16"}
 _ACC = {"f32": np.float32, "f64": np.float64, "bf16": np.float32}
 
@@ -96,7 +97,7 @@ def _parse(name: str):
         dmax = int(parts.pop()[1:])
     sfx = parts.pop()
     base = "_".join(parts)
-    if base not in KERNEL_TWINS or sfx not in _ACC or (dmax is None) != (base in ("bwd_pre", "dec_comb")) \
+    if base not in KERNEL_TWINS or sfx not in _ACC or (dmax is None) != (base in UNTILED) \
             or (dmax is not None and dmax not in DMAXES):
         raise KeyError(f"unknown flash-attention kernel {name!r}")
     return base, sfx, dmax
@@ -264,7 +265,9 @@ def _tw_bwd_dq(sfx, dmax, grid, block, args):
 
 
 def _tw_dec_part(sfx, dmax, grid, block, args):
-    q, q_stride, kc, vc, pad, part_o, part_ml, H, D, L, S, chunk, scale = args
+    q, q_stride, kc, vc, pad, part_o, part_ml, H, D, L, S, chunk, scale, slen = args
+    if slen is not None:  # the graph's step: the filled length read from the device
+        S = np.asarray(slen).reshape(-1)[0]
     H, D, L, S, chunk, qs = int(H), int(D), int(L), int(S), int(chunk), int(q_stride)
     A = _ACC[sfx]
     BH, nsplit = grid[0], grid[1]
@@ -305,7 +308,18 @@ def _tw_dec_comb(sfx, dmax, grid, block, args):
     np.asarray(y).reshape(B, H, D)[...] = _store(out, sfx)
 
 
-KERNEL_TWINS = {"fwd": _tw_fwd, "bwd_pre": _tw_bwd_pre, "bwd_dkdv": _tw_bwd_dkdv, "bwd_dq": _tw_bwd_dq,
+def _tw_kv_append(sfx, dmax, grid, block, args):
+    qkv, q_stride, kc, vc, col, H, D, L = args
+    H, D, L, qs = int(H), int(D), int(L), int(q_stride)
+    B = grid[0] // H
+    c = int(np.asarray(col).reshape(-1)[0])
+    q = np.asarray(qkv).reshape(-1)[:B * qs].reshape(B, qs)
+    C = H * D
+    np.asarray(kc).reshape(B, H, L, D)[:, :, c] = q[:, C:2 * C].reshape(B, H, D)
+    np.asarray(vc).reshape(B, H, L, D)[:, :, c] = q[:, 2 * C:3 * C].reshape(B, H, D)
+
+
+KERNEL_TWINS = {"kv_append": _tw_kv_append, "fwd": _tw_fwd, "bwd_pre": _tw_bwd_pre, "bwd_dkdv": _tw_bwd_dkdv, "bwd_dq": _tw_bwd_dq,
                 "dec_part": _tw_dec_part, "dec_comb": _tw_dec_comb}
 
 
@@ -372,6 +386,28 @@ def flash_attention_forward(qkv, n_head, B, T, pad=None):
     return y, FlashCache(qkv, y, lse, n_head, B, T)
 
 
+def _ptr_arg(xp, a):
+    """An optional device array as a kernel argument: itself, or a null pointer."""
+    if a is None:
+        return None if xp is np else np.uint64(0)
+    return a
+
+
+def kv_append(qkv, k_cache, v_cache, col):
+    """Write the new token's k and v (from qkv (B, 3C)) into column ``col`` (a (1,)
+    int32 device array) of one layer's caches (B, H, L, D), in one launch whose
+    arguments do not change with the column (a CUDA graph's decode step)."""
+    xp = xp_of(qkv)
+    B, H, L, D = k_cache.shape
+    if tuple(qkv.shape) != (B, 3 * H * D) or not qkv.flags.c_contiguous:
+        raise ValueError(f"kv_append: qkv {tuple(qkv.shape)} is not a C-contiguous (B, 3*H*D) = ({B}, {3 * H * D})")
+    if k_cache.dtype != qkv.dtype or v_cache.dtype != qkv.dtype or not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
+        raise ValueError("kv_append: the caches must be C-contiguous and of qkv's dtype")
+    sfx = _STORAGE[np.dtype(qkv.dtype)]
+    _launch(xp, f"fa_kv_append_{sfx}", (B * H,), (max(32, -(-D // 32) * 32),),
+            (qkv, np.int64(3 * H * D), k_cache, v_cache, col, np.int32(H), np.int32(D), np.int32(L)))
+
+
 def _pad_arg(xp, pad, B):
     """pad as the kernels take it: a contiguous (B,) int64 array, or a null pointer
     (None for the twins, an unsigned 0 for CuPy)."""
@@ -413,19 +449,25 @@ def decode_splits(S: int, BH: int):
     return -(-S // chunk), chunk
 
 
-def decode_attention(qkv, k_cache, v_cache, S, pad=None):
+def decode_attention(qkv, k_cache, v_cache, S, pad=None, slen=None):
     """Attention of one new token per row over the KV cache, fused.
 
     qkv (B, 3C): the new token's projection (its k and v already written to the
     cache at column S-1); k_cache, v_cache (B, H, L, D) with columns [0, S) filled;
     pad (B,) int64 or None: columns < pad[b] are left padding, masked (except the
-    query's own column). Returns y (B, C)."""
+    query's own column). Returns y (B, C).
+
+    ``slen``: a (1,) int32 device array holding S instead (a CUDA graph's step,
+    replayed at every position): the splits then cover the whole cache (L columns)
+    and those past S come out empty, so the launch is the same at every token."""
     xp = xp_of(qkv)
     B, H, L, D = k_cache.shape
     C = H * D
     if tuple(qkv.shape) != (B, 3 * C) or tuple(v_cache.shape) != (B, H, L, D):
         raise ValueError(f"decode attention: qkv {tuple(qkv.shape)}, k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)} "
                          f"do not fit (B, 3*H*D) and (B, H, L, D)")
+    if slen is not None:
+        S = L  # the launch covers every column; the kernel reads the filled length
     if not 1 <= S <= L:
         raise ValueError(f"decode attention: {S} filled columns, the cache has {L}")
     if np.dtype(qkv.dtype) not in _STORAGE or k_cache.dtype != qkv.dtype or v_cache.dtype != qkv.dtype:
@@ -443,7 +485,7 @@ def decode_attention(qkv, k_cache, v_cache, S, pad=None):
     padarg = _pad_arg(xp, pad, B)
     _launch(xp, f"fa_dec_part_{sfx}_d{dmax}", (B * H, nsplit), (DEC_THREADS,),
             (qkv, np.int64(3 * C), k_cache, v_cache, padarg, part_o, part_ml, np.int32(H), np.int32(D), np.int32(L),
-             np.int32(S), np.int32(chunk), A(1.0 / math.sqrt(D))))
+             np.int32(S), np.int32(chunk), A(1.0 / math.sqrt(D)), _ptr_arg(xp, slen)))
     y = xp.empty((B, C), dtype=qkv.dtype)
     _launch(xp, f"fa_dec_comb_{sfx}", (B * H,), (min(1024, max(32, D)),),
             (part_o, part_ml, y, np.int32(H), np.int32(D), np.int32(nsplit)))

@@ -194,6 +194,8 @@ class KVCache:
     pad: object = None
     pad_min: Optional[int] = None
     weights: dict = None  # under mixed precision: the generation's bf16 weights, cast once (GPT._matmul_weights)
+    col: object = None  # decode_step: the next column as a (1,) int32 device array (advanced on the device)
+    slen: object = None  # inside decode_step: col + 1, the filled length the decode kernels read
 
     @property
     def max_len(self) -> int:
@@ -594,6 +596,9 @@ class GPT:
         None then), else the materialised scores with the mask ``bias``."""
         C = self.config.n_embd
         H = self.config.n_head
+        if kv.slen is not None:  # decode_step: the column and the length live on the device
+            attention.kv_append(qkv, kv.k[i], kv.v[i], kv.col)
+            return attention.decode_attention(qkv, kv.k[i], kv.v[i], None, pad=kv.pad, slen=kv.slen)
         kv.k[i, :, :, start:start + t] = ops._split_heads(qkv[:, C:2 * C], B, t, H)
         kv.v[i, :, :, start:start + t] = ops._split_heads(qkv[:, 2 * C:], B, t, H)
         if bias is None:
@@ -654,6 +659,34 @@ class GPT:
         if last_only:
             h, t = xp.ascontiguousarray(h.reshape(B, t, -1)[:, -1]), 1
         return self._head(h, cache.weights).reshape(B, t, -1)
+
+    def graphable(self, kv: KVCache) -> bool:
+        """Whether ``decode_step`` can run on this cache: on the GPU with the flash
+        decode kernel (the materialised path builds its mask from host positions)."""
+        return self.backend.is_gpu and self._kv_flash(kv.batch, 1, 1)
+
+    def decode_step(self, ids, kv: KVCache):
+        """One new token per row, every position read on the device: ids (B, 1)
+        int64 device ids (the sampler's, so in range: not checked), written at
+        column ``kv.col`` (a (1,) int32 device array), which this advances on the
+        device. No argument of any launch changes from one token to the next, so a
+        CUDA graph captured once replays it at every position (generate.py);
+        ``kv.length`` and the n_positions bound are the caller's to keep. Returns
+        the logits (B, V)."""
+        if not self.graphable(kv):
+            raise ValueError("decode_step needs the GPU's flash decode kernel (see graphable)")
+        xp = self.xp
+        B = ids.shape[0]
+        if tuple(ids.shape) != (B, 1) or B != kv.batch or kv.col is None:
+            raise ValueError(f"decode_step: ids {tuple(ids.shape)} for a cache of batch {kv.batch} (col set: {kv.col is not None})")
+        pos = kv.col if kv.pad is None else xp.maximum(kv.col - kv.pad, 0).reshape(B, 1)
+        kv.slen = kv.col + 1
+        try:
+            h, cache = self._trunk(ids, keep=False, pos=pos, bias=None, kv=kv)
+        finally:
+            kv.slen = None
+        kv.col += 1
+        return self._head(h, cache.weights)
 
     # ------------------------------------------------------------------
     # sizes

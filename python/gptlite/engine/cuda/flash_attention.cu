@@ -298,7 +298,9 @@ __device__ void flash_bwd_dq(const S* qkv, const S* dy, const A* lse, const A* d
 // (max, sum of exp) to part_o (B*H*nsplit, D) and part_ml (B*H*nsplit, 2).
 template<typename S, typename A, int DMAX>
 __device__ void decode_part(const S* q, long long q_stride, const S* kc, const S* vc, const long long* pad,
-                            A* part_o, A* part_ml, int H, int D, int L, int Slen, int chunk, A scale) {
+                            A* part_o, A* part_ml, int H, int D, int L, int Slen, int chunk, A scale,
+                            const int* slen_dev) {
+    if (slen_dev) Slen = *slen_dev;  // a CUDA graph's step: the filled length lives on the device
     constexpr int PER = DMAX / 32;
     __shared__ A wm[DEC_WARPS], wl[DEC_WARPS];
     __shared__ A wo[DEC_WARPS][DMAX];
@@ -385,10 +387,26 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS) fa_bwd_dq_##SFX##_d##DM
     flash_bwd_dq<S, A, DM>(qkv, dy, lse, dsum, dqkv, T, H, D, scale); }                                        \
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) fa_dec_part_##SFX##_d##DM(                          \
     const S* q, long long q_stride, const S* kc, const S* vc, const long long* pad, A* part_o, A* part_ml,      \
-    int H, int D, int L, int Slen, int chunk, A scale) {                                                       \
-    decode_part<S, A, DM>(q, q_stride, kc, vc, pad, part_o, part_ml, H, D, L, Slen, chunk, scale); }
+    int H, int D, int L, int Slen, int chunk, A scale, const int* slen_dev) {                                  \
+    decode_part<S, A, DM>(q, q_stride, kc, vc, pad, part_o, part_ml, H, D, L, Slen, chunk, scale, slen_dev); }
+
+// The new token's k and v into column *col of one layer's caches (B, H, L, D): the
+// write of a CUDA graph's decode step, whose column advances on the device.
+// Grid (B*H,), block (>= D threads, <= 1024).
+template<typename S>
+__device__ void kv_append(const S* qkv, long long q_stride, S* kc, S* vc, const int* col, int H, int D, int L) {
+    const int bh = blockIdx.x, b = bh / H, h = bh % H, d = threadIdx.x;
+    if (d >= D) return;
+    const long long c = (long long)H * D;
+    const long long dst = ((long long)bh * L + *col) * D + d;
+    kc[dst] = qkv[(long long)b * q_stride + c + (long long)h * D + d];
+    vc[dst] = qkv[(long long)b * q_stride + 2 * c + (long long)h * D + d];
+}
 
 #define FA_ENTRIES(SFX, S, A)                                                                                   \
+extern "C" __global__ void fa_kv_append_##SFX(const S* qkv, long long q_stride, S* kc, S* vc, const int* col,  \
+                                              int H, int D, int L) {                                           \
+    kv_append<S>(qkv, q_stride, kc, vc, col, H, D, L); }                                                       \
 extern "C" __global__ void fa_bwd_pre_##SFX(const S* dy, const S* y, A* dsum, int B, int T, int H, int D) {   \
     flash_bwd_pre<S, A>(dy, y, dsum, B, T, H, D); }                                                            \
 extern "C" __global__ void fa_dec_comb_##SFX(const A* part_o, const A* part_ml, S* y, int H, int D, int nsplit) { \

@@ -110,11 +110,15 @@ __device__ void gs_sample_row(const T* vals, const long long* ids, long long* ou
     }
 }
 
+// step_dev: when not null the step is read from the device (a CUDA graph's
+// per-token step, replayed unchanged, advances it there), else ``step`` is used.
 extern "C" __global__ void gs_sample_f32(const float* vals, const long long* ids, long long* out, int V, int k,
-                                         double inv_temp, double top_p, unsigned long long seed, unsigned long long step) {
-    gs_sample_row<float>(vals, ids, out, V, k, inv_temp, top_p, seed, step);
+                                         double inv_temp, double top_p, unsigned long long seed, unsigned long long step,
+                                         const unsigned long long* step_dev) {
+    gs_sample_row<float>(vals, ids, out, V, k, inv_temp, top_p, seed, step_dev ? *step_dev : step);
 }
 extern "C" __global__ void gs_sample_f64(const double* vals, const long long* ids, long long* out, int V, int k,
-                                         double inv_temp, double top_p, unsigned long long seed, unsigned long long step) {
-    gs_sample_row<double>(vals, ids, out, V, k, inv_temp, top_p, seed, step);
+                                         double inv_temp, double top_p, unsigned long long seed, unsigned long long step,
+                                         const unsigned long long* step_dev) {
+    gs_sample_row<double>(vals, ids, out, V, k, inv_temp, top_p, seed, step_dev ? *step_dev : step);
 }
