@@ -108,6 +108,8 @@ def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int, step_d
     ``step_dev``: a (1,) uint64 device array the kernel reads the step from (a
     CUDA graph's step); ``out``: a (B,) int64 device array to write the ids into."""
     xp = xp_of(logits)
+    if step_dev is not None and (step_dev.dtype != np.uint64 or tuple(step_dev.shape) != (1,)):
+        raise TypeError(f"step_dev must be a (1,) uint64 array (the kernel reads an unsigned 64-bit step), got {step_dev.dtype}")
     if cfg.greedy:
         return logits.argmax(axis=-1, out=out)
     B, V = logits.shape
@@ -319,7 +321,7 @@ class _GraphedSteps:
         B = self.kv.batch
         logits = self.model.decode_step(self.ids, self.kv)
         sample_next_device(logits, self.cfg, self.seed, 0, step_dev=self.step_dev, out=self.ids.reshape(B))
-        self.step_dev += 1
+        self.step_dev += np.uint64(1)  # stays uint64 under every casting rule
 
     def next(self, step):
         from gptlite.engine import cuda_graph

@@ -403,6 +403,8 @@ def kv_append(qkv, k_cache, v_cache, col):
         raise ValueError(f"kv_append: qkv {tuple(qkv.shape)} is not a C-contiguous (B, 3*H*D) = ({B}, {3 * H * D})")
     if k_cache.dtype != qkv.dtype or v_cache.dtype != qkv.dtype or not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
         raise ValueError("kv_append: the caches must be C-contiguous and of qkv's dtype")
+    if col.dtype != np.int32 or tuple(col.shape) != (1,):
+        raise TypeError(f"kv_append: col must be a (1,) int32 array (the kernel reads an int), got {col.dtype} {tuple(col.shape)}")
     sfx = _STORAGE[np.dtype(qkv.dtype)]
     _launch(xp, f"fa_kv_append_{sfx}", (B * H,), (max(32, -(-D // 32) * 32),),
             (qkv, np.int64(3 * H * D), k_cache, v_cache, col, np.int32(H), np.int32(D), np.int32(L)))
@@ -467,6 +469,8 @@ def decode_attention(qkv, k_cache, v_cache, S, pad=None, slen=None):
         raise ValueError(f"decode attention: qkv {tuple(qkv.shape)}, k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)} "
                          f"do not fit (B, 3*H*D) and (B, H, L, D)")
     if slen is not None:
+        if slen.dtype != np.int32 or tuple(slen.shape) != (1,):
+            raise TypeError(f"decode attention: slen must be a (1,) int32 array (the kernel reads an int), got {slen.dtype} {tuple(slen.shape)}")
         S = L  # the launch covers every column; the kernel reads the filled length
     if not 1 <= S <= L:
         raise ValueError(f"decode attention: {S} filled columns, the cache has {L}")

@@ -680,12 +680,13 @@ class GPT:
         if tuple(ids.shape) != (B, 1) or B != kv.batch or kv.col is None:
             raise ValueError(f"decode_step: ids {tuple(ids.shape)} for a cache of batch {kv.batch} (col set: {kv.col is not None})")
         pos = kv.col if kv.pad is None else xp.maximum(kv.col - kv.pad, 0).reshape(B, 1)
-        kv.slen = kv.col + 1
+        one = np.int32(1)  # int32 in every casting rule: the kernels read a 32-bit int
+        kv.slen = kv.col + one
         try:
             h, cache = self._trunk(ids, keep=False, pos=pos, bias=None, kv=kv)
         finally:
             kv.slen = None
-        kv.col += 1
+        kv.col += one
         return self._head(h, cache.weights)
 
     # ------------------------------------------------------------------
