@@ -115,6 +115,11 @@ def test_model_step_in_bfloat16_on_the_stand_in(monkeypatch):
     loss16, g16 = model.loss_and_grads(idx, tgt)
     gemms = fake_cupy.GEMMS
     assert len(gemms) == 12 * CFG.n_layer + 3
+    # casts: the 4 matrices per layer and wte once per forward, the attention output per
+    # layer, ln_f's output, each linear's output gradient, the head's one chunk of dlogits
+    # (ln_1, ln_2 and GELU write bf16 words themselves)
+    L = CFG.n_layer
+    assert fake_cupy.KERNEL_LAUNCHES["gl_to_bf16_f32"] == (4 * L + 1) + L + 1 + 4 * L + 1
     assert all(g[5] == bf16.CUDA_R_16BF and g[6] == bf16.CUDA_R_16BF and g[7] == bf16.CUDA_R_32F
                and g[8] == bf16.CUBLAS_COMPUTE_32F for g in gemms)
     assert abs(float(loss16) - float(loss32)) <= 1e-2 * abs(float(loss32))
@@ -124,8 +129,8 @@ def test_model_step_in_bfloat16_on_the_stand_in(monkeypatch):
         g, h = _host(g).astype(np.float64), _host(g16[name]).astype(np.float64)
         assert np.linalg.norm(h - g) <= 3e-2 * np.linalg.norm(g) + 1e-7, name
     _, cache = model.forward(idx)
-    assert cache.layers[0]["c_attn"][0].dtype == np.uint16  # cached as bf16 words: half the memory
-    assert cache.layers[0]["c_attn"][1].dtype == np.uint16
+    for name in ("c_attn", "c_proj", "c_fc", "mlp_proj"):  # inputs and weights cached as bf16 words: half the memory
+        assert cache.layers[0][name][0].dtype == np.uint16 and cache.layers[0][name][1].dtype == np.uint16, name
 
 
 def test_generation_in_bfloat16_on_the_stand_in(monkeypatch):
@@ -145,7 +150,9 @@ def test_generation_in_bfloat16_on_the_stand_in(monkeypatch):
     fake_cupy.reset_counts()
     model.decode(np.array([[7]]), kv)
     assert kv.weights is w
-    assert fake_cupy.KERNEL_LAUNCHES["gl_to_bf16_f32"] == 4 * CFG.n_layer + 1  # each linear's input, the head's
+    # cast launches per token: the attention output (c_proj's input) per layer and the head's input;
+    # ln_1, ln_2 and GELU write their outputs as bf16 words themselves
+    assert fake_cupy.KERNEL_LAUNCHES["gl_to_bf16_f32"] == CFG.n_layer + 1
     # the decode step's logits are the float32 model's to bf16 precision
     l16 = _host(model.logits(np.array([prompt])))
     l32 = _host(ref.logits(np.array([prompt])))

@@ -171,6 +171,23 @@ def test_bf16_cast_and_gemm_match_their_twins_on_gpu(cp):
             np.testing.assert_allclose(cp.asnumpy(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_bf16_word_outputs_of_layernorm_and_gelu_on_gpu(cp):
+    """ln_fwd and bias_gelu_fwd writing bf16 words (mixed precision) against their
+    twins: the same values to bf16's rounding (one step of it at most)."""
+    from gptlite.engine.attention import from_bf16
+
+    rng = np.random.default_rng(3)
+    x, r = (rng.standard_normal((64, 300)).astype(np.float32) for _ in range(2))
+    w, b = rng.standard_normal(300).astype(np.float32), rng.standard_normal(300).astype(np.float32)
+    yh, _ = fused.layernorm_forward(x, w, b, residual=r, words=True)
+    yd, _ = fused.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), residual=cp.asarray(r), words=True)
+    assert yd.dtype == np.uint16
+    np.testing.assert_allclose(from_bf16(cp.asnumpy(yd)), from_bf16(yh), rtol=2 ** -7, atol=1e-6)
+    gh, _ = fused.bias_gelu_forward(x, b, words=True)
+    gd, _ = fused.bias_gelu_forward(cp.asarray(x), cp.asarray(b), words=True)
+    np.testing.assert_allclose(from_bf16(cp.asnumpy(gd)), from_bf16(gh), rtol=2 ** -7, atol=1e-6)
+
+
 def test_bf16_model_against_hf_float64_on_gpu(cp):
     """Mixed precision against the float64 reference: logits within 3e-2 of the
     largest logit and every gradient within 5e-2 relative (bf16 keeps 8 bits of

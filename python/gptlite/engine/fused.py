@@ -100,8 +100,18 @@ def _null(be, a):
 # -- the kernels' NumPy twins: same arguments, same effect on the buffers ------------
 
 
+def _words_out(y, yw, v):
+    """A kernel output only a bf16 matmul reads: bf16 words into yw when given, else v into y."""
+    from gptlite.engine.attention import to_bf16
+
+    if yw is not None:
+        yw.reshape(v.shape)[...] = to_bf16(v.astype(np.float32))
+    else:
+        y.reshape(v.shape)[...] = v
+
+
 def _tw_ln_fwd(grid, block, args):
-    x, xb, res, xsum, w, b, y, mean, rstd, C, eps = args
+    x, xb, res, xsum, w, b, y, yw, mean, rstd, C, eps = args
     C = int(C)
     xs = (x if xb is None else x + xb).reshape(-1, C)
     if res is not None:
@@ -110,7 +120,7 @@ def _tw_ln_fwd(grid, block, args):
     mu = xs.mean(axis=1)
     d = xs - mu[:, None]
     rs = 1 / np.sqrt((d * d).mean(axis=1) + eps)
-    y.reshape(-1, C)[...] = d * rs[:, None] * w + b
+    _words_out(y, yw, d * rs[:, None] * w + b)
     mean[...], rstd[...] = mu, rs
 
 
@@ -150,11 +160,11 @@ _A = 0.044715
 
 
 def _tw_bias_gelu_fwd(grid, block, args):
-    x, bias, pre, y, n, C = args
+    x, bias, pre, y, yw, n, C = args
     p = (x.reshape(-1, int(C)) + bias).reshape(pre.shape)
     pre[...] = p
     t = np.tanh(p.dtype.type(_K) * (p + p.dtype.type(_A) * p * p * p))
-    y[...] = 0.5 * p * (1 + t)
+    _words_out(y, yw, 0.5 * p * (1 + t))
 
 
 def _tw_gelu_bwd(grid, block, args):
@@ -284,9 +294,23 @@ def _contig(a, name):
     return a
 
 
-def layernorm_forward(x, w, b, eps=1e-5, residual=None, x_bias=None, *, be=None):
+def _out_pair(be, x, words):
+    """(y, y or null, words or null): a float output of x's shape and dtype, or
+    bf16 words (``words``: the output only feeds a bf16 matmul)."""
+    xp = be.xp
+    if words:
+        if x.dtype != np.float32:
+            raise TypeError(f"bf16 outputs come from float32 inputs, got {x.dtype}")
+        y = xp.empty(x.shape, dtype=np.uint16)
+        return y, be.kernels.null, y
+    y = xp.empty_like(x)
+    return y, y, be.kernels.null
+
+
+def layernorm_forward(x, w, b, eps=1e-5, residual=None, x_bias=None, words=False, *, be=None):
     """LayerNorm of ``(x + x_bias) + residual`` (either optional) over the last
-    axis, one launch; ``x_bias`` (C,) is the bias of the linear layer that made x.
+    axis, one launch; ``x_bias`` (C,) is the bias of the linear layer that made x;
+    ``words``: y as bf16 words (it only feeds a bf16 matmul).
 
     Returns (y, (xsum, mean, rstd, w)): xsum is the normalised input (the new
     residual stream when ``residual`` is given), mean/rstd are per row."""
@@ -295,12 +319,14 @@ def layernorm_forward(x, w, b, eps=1e-5, residual=None, x_bias=None, *, be=None)
     _contig(x, "x")
     C = x.shape[-1]
     N = x.size // C
-    xsum, y = xp.empty_like(x), xp.empty_like(x)
+    xsum = xp.empty_like(x)
+    y, y_arg, yw_arg = _out_pair(be, x, words)
     mean, rstd = xp.empty(N, dtype=x.dtype), xp.empty(N, dtype=x.dtype)
     if residual is not None:
         _contig(residual, "residual")
     _launch(be, "ln_fwd", x.dtype, (N,), (BLOCK,),
-            (x, _null(be, x_bias), _null(be, residual), xsum, w, b, y, mean, rstd, np.int32(C), _scalar(x.dtype, eps)))
+            (x, _null(be, x_bias), _null(be, residual), xsum, w, b, y_arg, yw_arg, mean, rstd, np.int32(C),
+             _scalar(x.dtype, eps)))
     return y, (xsum, mean, rstd, w)
 
 
@@ -324,14 +350,16 @@ def layernorm_backward(dy, cache, dw=None, db=None, dresidual=None, *, be=None):
     return dx, dw, db
 
 
-def bias_gelu_forward(x, bias, *, be=None):
-    """y = gelu_tanh(x + bias), one launch; cache: pre = x + bias."""
+def bias_gelu_forward(x, bias, words=False, *, be=None):
+    """y = gelu_tanh(x + bias), one launch; cache: pre = x + bias. ``words``: y as
+    bf16 words (it only feeds a bf16 matmul)."""
     be = _be(be, x)
     xp = be.xp
     _contig(x, "x")
-    pre, y = xp.empty_like(x), xp.empty_like(x)
+    pre = xp.empty_like(x)
+    y, y_arg, yw_arg = _out_pair(be, x, words)
     g, blk = _elem_grid(x.size)
-    _launch(be, "bias_gelu_fwd", x.dtype, g, blk, (x, bias, pre, y, np.int64(x.size), np.int32(x.shape[-1])))
+    _launch(be, "bias_gelu_fwd", x.dtype, g, blk, (x, bias, pre, y_arg, yw_arg, np.int64(x.size), np.int32(x.shape[-1])))
     return y, pre
 
 

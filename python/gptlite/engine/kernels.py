@@ -128,19 +128,19 @@ class CudaKernels:
 
         return fused.embedding_backward(index, self.xp.ascontiguousarray(values), out, be=self.be)
 
-    def layernorm_forward(self, x, w, b, eps):
+    def layernorm_forward(self, x, w, b, eps, to_matmul=False):
         from gptlite.engine import fused
 
-        return fused.layernorm_forward(self.xp.ascontiguousarray(x), w, b, eps, be=self.be)
+        return fused.layernorm_forward(self.xp.ascontiguousarray(x), w, b, eps, words=to_matmul and self.bf16, be=self.be)
 
     fuses_branch_bias = True  # the branch's bias is added inside the fused LayerNorm
 
-    def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None):
+    def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None, to_matmul=False):
         from gptlite.engine import fused
 
         xp = self.xp
         y, cache = fused.layernorm_forward(xp.ascontiguousarray(fx), w, b, eps, residual=xp.ascontiguousarray(x),
-                                           x_bias=fx_bias, be=self.be)
+                                           x_bias=fx_bias, words=to_matmul and self.bf16, be=self.be)
         return cache[0], y, cache
 
     def layernorm_backward(self, dy, cache, dresidual=None, out=None):
@@ -165,12 +165,13 @@ class CudaKernels:
     def gelu_tanh_backward(x, t, dy):
         return kernel("gelu_tanh_bwd")(x, t, dy)
 
-    def bias_gelu_forward(self, h, b, approximate):
+    def bias_gelu_forward(self, h, b, approximate, to_matmul=False):
         from gptlite.engine import fused
         from gptlite.engine.ops import gelu_forward
 
         if approximate == "gelu_new" and b is not None and h.dtype in (np.float32, np.float64):
-            y, pre = fused.bias_gelu_forward(h, b, be=self.be)  # one launch: bias add + GELU
+            # one launch: bias add + GELU (under mixed precision straight to bf16 words)
+            y, pre = fused.bias_gelu_forward(h, b, words=to_matmul and self.bf16, be=self.be)
             return y, ("fused", pre)
         if b is not None:
             h += b

@@ -360,11 +360,14 @@ class GPT:
         # pre-LN: no cache holds the residual stream itself, so it is updated
         # in place; post-LN's x is the cached input of c_attn / c_fc
         gpt2 = cfg.layout == "gpt2"
+        # GPT-2's ln_1 and ln_2 outputs feed one matmul each (bf16 words under mixed
+        # precision); GPT-1's post-LN outputs are the residual stream itself
         if gpt2 and pending is not None:
             x, a_in, c["ln_1"] = ops.residual_layernorm_forward(x, pending[0], p[pre + "ln_1.weight"], p[pre + "ln_1.bias"],
-                                                                eps, inplace=True, fx_bias=pending[1], be=be)
+                                                                eps, inplace=True, fx_bias=pending[1], to_matmul=True, be=be)
         elif gpt2:
-            a_in, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps, be=be)
+            a_in, c["ln_1"] = ops.layernorm_forward(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps, to_matmul=True,
+                                                    be=be)
         qkv, c["c_attn"] = ops.linear_forward(a_in, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"], be=be)
         if kv is None:
             a, c["attn"] = attention.attention_forward(qkv, cfg.n_head, B, T, bias, be=be)
@@ -374,7 +377,7 @@ class GPT:
                                                        be=be)
         ln = "ln_2" if gpt2 else "ln_1"
         x, m_in, c[ln] = ops.residual_layernorm_forward(x, a, p[pre + ln + ".weight"], p[pre + ln + ".bias"], eps,
-                                                        inplace=gpt2, fx_bias=ab, be=be)
+                                                        inplace=gpt2, fx_bias=ab, to_matmul=gpt2, be=be)
         if not gpt2:
             x = m_in  # post-LN: the normalised sum is the stream
         h, c["c_fc"] = ops.linear_gelu_forward(m_in, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"],

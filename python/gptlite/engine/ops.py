@@ -93,22 +93,25 @@ def embedding_backward(dout, cache, dwte=None, dwpe=None, *, be=None):
 # layernorm over the last axis
 
 
-def layernorm_forward(x, w, b, eps=1e-5, *, be=None):
+def layernorm_forward(x, w, b, eps=1e-5, to_matmul=False, *, be=None):
     """y = (x - mean) * rstd * w + b over the last axis.
 
     x (..., C), w (C,), b (C,). The cache is the kernel set's own (NumPy:
     xhat (..., C), rstd (..., 1), w; CUDA: the fused kernel's row statistics).
+    ``to_matmul``: y only feeds a matmul, so the kernel set may give it as the
+    matmul's operand (bf16 words under mixed precision; as it is elsewhere).
     """
-    return _k(be, x).layernorm_forward(x, w, b, eps)
+    return _k(be, x).layernorm_forward(x, w, b, eps, to_matmul=to_matmul)
 
 
-def residual_layernorm_forward(x, fx, w, b, eps=1e-5, inplace=False, fx_bias=None, *, be=None):
+def residual_layernorm_forward(x, fx, w, b, eps=1e-5, inplace=False, fx_bias=None, to_matmul=False, *, be=None):
     """The residual add and the LayerNorm after it: s = x + (fx + fx_bias),
-    y = layernorm(s); ``fx_bias``: the pending bias of a ``linear_branch_forward``.
+    y = layernorm(s); ``fx_bias``: the pending bias of a ``linear_branch_forward``;
+    ``to_matmul`` as in ``layernorm_forward``.
 
     Returns (s, y, cache); ``inplace`` lets s be x itself (a residual stream
     no cache holds). On CUDA one fused launch does all of it."""
-    return _k(be, x).residual_layernorm_forward(x, fx, w, b, eps, inplace, fx_bias)
+    return _k(be, x).residual_layernorm_forward(x, fx, w, b, eps, inplace, fx_bias, to_matmul=to_matmul)
 
 
 def layernorm_backward(dy, cache, dresidual=None, out=None, *, be=None):
@@ -172,7 +175,8 @@ def linear_gelu_forward(x, W, b, approximate="gelu_new", *, be=None):
         return gelu_forward(W.matmul(x, b), approximate, be=be)[0], None
     k = _k(be, x)
     x, W = k.operand(x), k.operand(W)
-    y, gc = k.bias_gelu_forward(k.matmul(x, W), b, approximate)
+    # the activation feeds the MLP's second matmul only: bf16 words under mixed precision
+    y, gc = k.bias_gelu_forward(k.matmul(x, W), b, approximate, to_matmul=True)
     return y, (x, W, gc)
 
 
@@ -555,7 +559,7 @@ class NumpyKernels:
     # sums in block order, so the bits are the same whatever the thread count.
 
     @staticmethod
-    def layernorm_forward(x, w, b, eps, x_add=None, x_bias=None, s_out=None):
+    def layernorm_forward(x, w, b, eps, x_add=None, x_bias=None, s_out=None, to_matmul=False):
         """``x_add``/``x_bias``: LayerNorm of s = x + (x_add + x_bias) (x_add
         gets the bias added in place), s written to ``s_out`` (may be x)."""
         C = x.shape[-1]
@@ -589,7 +593,7 @@ class NumpyKernels:
 
     fuses_branch_bias = False  # linear_branch_forward adds its bias itself
 
-    def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None):
+    def residual_layernorm_forward(self, x, fx, w, b, eps, inplace, fx_bias=None, to_matmul=False):
         if not (x.flags.c_contiguous and fx.flags.c_contiguous):
             if fx_bias is not None:
                 fx += fx_bias
@@ -693,7 +697,7 @@ class NumpyKernels:
         parallel_rows(block, x2.shape[0])
         return dx
 
-    def bias_gelu_forward(self, h, b, approximate):
+    def bias_gelu_forward(self, h, b, approximate, to_matmul=False):  # to_matmul: the CPU has one form
         if b is not None:
             h += b
         return gelu_forward(h, approximate, be=self.be)

@@ -9,6 +9,20 @@ template<typename T> __device__ __forceinline__ T neg_inf();
 template<> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
 template<> __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000ULL); }
 
+// float -> bf16 word: the upper half, rounded to nearest-even (NaN stays a quiet NaN);
+// the same bit arithmetic as attention.to_bf16 on the host.
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+    unsigned int u = __float_as_uint(x);
+    return (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x40u)
+                                            : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// An output that only a bf16 matmul reads: written as bf16 words when yw is given
+// (mixed precision: the float32 array never exists), else as T.
+template<typename T> __device__ __forceinline__ void put(T* y, unsigned short* yw, long long i, T v) {
+    if (yw) yw[i] = bf16_bits((float)v); else y[i] = v;
+}
+
 template<typename T> __device__ __forceinline__ T block_sum(T v, T* red) {
     // red: blockDim.x elements of dynamic shared memory; every thread gets the sum
     int tid = threadIdx.x;
@@ -30,7 +44,7 @@ template<typename T> __device__ __forceinline__ T block_max(T v, T* red) {
 // that produced it) and residual add (xs = (x + xb) + res, written to xsum so the backward
 // and the next residual see it), mean, rstd, affine, in one kernel.
 template<typename T> __device__ void ln_fwd(const T* x, const T* xb, const T* res, T* xsum, const T* w, const T* b,
-                                            T* y, T* mean, T* rstd, int C, T eps) {
+                                            T* y, unsigned short* yw, T* mean, T* rstd, int C, T eps) {
     extern __shared__ unsigned char smem_raw[];
     T* red = reinterpret_cast<T*>(smem_raw);
     long long row = blockIdx.x;
@@ -47,14 +61,15 @@ template<typename T> __device__ void ln_fwd(const T* x, const T* xb, const T* re
     T q = 0;
     for (int j = threadIdx.x; j < C; j += blockDim.x) { T d = sr[j] - mu; q += d * d; }
     T rs = (T)1 / sqrt(block_sum(q, red) / (T)C + eps);
-    T* yr = y + row * C;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) yr[j] = (sr[j] - mu) * rs * w[j] + b[j];
+    for (int j = threadIdx.x; j < C; j += blockDim.x) put(y, yw, row * C + j, (sr[j] - mu) * rs * w[j] + b[j]);
     if (threadIdx.x == 0) { mean[row] = mu; rstd[row] = rs; }
 }
 extern "C" __global__ void gl_ln_fwd_f32(const float* x, const float* xb, const float* res, float* xsum, const float* w, const float* b,
-                                         float* y, float* mean, float* rstd, int C, float eps) { ln_fwd<float>(x, xb, res, xsum, w, b, y, mean, rstd, C, eps); }
+                                         float* y, unsigned short* yw, float* mean, float* rstd, int C, float eps) {
+    ln_fwd<float>(x, xb, res, xsum, w, b, y, yw, mean, rstd, C, eps); }
 extern "C" __global__ void gl_ln_fwd_f64(const double* x, const double* xb, const double* res, double* xsum, const double* w, const double* b,
-                                         double* y, double* mean, double* rstd, int C, double eps) { ln_fwd<double>(x, xb, res, xsum, w, b, y, mean, rstd, C, eps); }
+                                         double* y, unsigned short* yw, double* mean, double* rstd, int C, double eps) {
+    ln_fwd<double>(x, xb, res, xsum, w, b, y, yw, mean, rstd, C, eps); }
 
 // LayerNorm backward dx, one block per row: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w.
 // dres (optional) is added to dx: the gradient that reached the residual sum from later on.
@@ -117,16 +132,18 @@ extern "C" __global__ void gl_colsum_f64(const double* a, double* out, int N, in
 // bias + GELU (tanh form, GPT-2's gelu_new): pre = x + bias kept for the backward.
 #define GL_GELU_K 0.7978845608028654
 #define GL_GELU_A 0.044715
-template<typename T> __device__ void bias_gelu_fwd(const T* x, const T* bias, T* pre, T* y, long long n, int C) {
+template<typename T> __device__ void bias_gelu_fwd(const T* x, const T* bias, T* pre, T* y, unsigned short* yw, long long n, int C) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     T p = x[i] + bias[i % C];
     T t = tanh((T)GL_GELU_K * (p + (T)GL_GELU_A * p * p * p));
     pre[i] = p;
-    y[i] = (T)0.5 * p * ((T)1 + t);
+    put(y, yw, i, (T)0.5 * p * ((T)1 + t));
 }
-extern "C" __global__ void gl_bias_gelu_fwd_f32(const float* x, const float* bias, float* pre, float* y, long long n, int C) { bias_gelu_fwd<float>(x, bias, pre, y, n, C); }
-extern "C" __global__ void gl_bias_gelu_fwd_f64(const double* x, const double* bias, double* pre, double* y, long long n, int C) { bias_gelu_fwd<double>(x, bias, pre, y, n, C); }
+extern "C" __global__ void gl_bias_gelu_fwd_f32(const float* x, const float* bias, float* pre, float* y, unsigned short* yw, long long n, int C) {
+    bias_gelu_fwd<float>(x, bias, pre, y, yw, n, C); }
+extern "C" __global__ void gl_bias_gelu_fwd_f64(const double* x, const double* bias, double* pre, double* y, unsigned short* yw, long long n, int C) {
+    bias_gelu_fwd<double>(x, bias, pre, y, yw, n, C); }
 
 template<typename T> __device__ void gelu_bwd(const T* pre, const T* dy, T* dx, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -282,13 +299,10 @@ extern "C" __global__ void gl_embed_bwd_f32(const float* dout, const long long* 
 extern "C" __global__ void gl_embed_bwd_f64(const double* dout, const long long* order, const long long* sorted_ids, double* dwte, long long N, int C) {
     embed_bwd<double>(dout, order, sorted_ids, dwte, N, C); }
 
-// float32 -> bf16 words (the upper half, rounded to nearest-even; NaN stays a quiet NaN),
-// the operands of engine/bf16.py's tensor-core matmuls; no header: the same bit
-// arithmetic as attention.to_bf16 on the host, so the two agree on every input.
+// float32 -> bf16 words, the operands of engine/bf16.py's tensor-core matmuls (no
+// header: bf16_bits above, bit for bit attention.to_bf16 on the host).
 extern "C" __global__ void gl_to_bf16_f32(const float* x, unsigned short* y, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    unsigned int u = __float_as_uint(x[i]);
-    y[i] = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x40u)
-                                            : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    y[i] = bf16_bits(x[i]);
 }
