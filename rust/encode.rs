@@ -13,8 +13,9 @@
 //! 1. the piece is itself a token (most English words with their leading space):
 //!    one hash lookup;
 //! 2. a bounded per-thread cache of recently merged pieces;
-//! 3. the merge loop: a small array scan for short pieces, and for long ones
-//!    (`LongMerge`) a linked list with one bucket of positions per pending merge,
+//! 3. the merge loop: an array scan for short pieces, a binary heap over a
+//!    linked list for longer ones, and from 2 KB on (`LongMerge`) the linked
+//!    list with one bucket of positions per pending merge instead of the heap,
 //!    which stays linear in practice, so that megabytes without a single space
 //!    (one letter, digits, one CJK character, whitespace) encode at a steady rate.
 
@@ -78,6 +79,9 @@ pub struct Bpe {
     dec_bytes: Vec<u8>,
     dec_off: Vec<usize>,
     dec_known: Vec<bool>,
+    /// Byte length of each id when under 256, else 0 (see `token_len`): a
+    /// table small enough to stay in cache beside the merges.
+    short_len: Vec<u8>,
     is_special: Vec<bool>,
     /// Special tokens, in id order (names sharing an id in the order given).
     specials: Vec<(String, u32)>,
@@ -209,6 +213,7 @@ impl Bpe {
             dec_bytes.extend_from_slice(b);
         }
         dec_off.push(dec_bytes.len());
+        let short_len = dec_off.windows(2).map(|w| u8::try_from(w[1] - w[0]).unwrap_or(0)).collect();
         drop(by_bytes);
         drop(by_id);
         let mut bpe = Bpe {
@@ -221,6 +226,7 @@ impl Bpe {
             dec_bytes,
             dec_off,
             dec_known,
+            short_len,
             is_special,
             specials,
             merge_list: merges,
@@ -305,6 +311,15 @@ impl Bpe {
             self.merge_heap(piece, out)
         } else {
             self.merge_small(piece, out)
+        }
+    }
+
+    /// Byte length of a regular token (an id from the merge tables).
+    #[inline(always)]
+    fn token_len(&self, id: u32) -> u32 {
+        match self.short_len[id as usize] {
+            0 => (self.dec_off[id as usize + 1] - self.dec_off[id as usize]) as u32,
+            n => n as u32,
         }
     }
 
@@ -439,7 +454,7 @@ impl Bpe {
         LONG.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
                 scratch.run(self, piece, out);
-                if scratch.nodes.capacity() > LONG_KEEP {
+                if scratch.id.capacity() > LONG_KEEP {
                     scratch.shrink(); // do not keep a huge piece's scratch for good
                 }
             }
@@ -762,21 +777,11 @@ pub(crate) fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> 
 /// with few repeats of a pair a bucket holds a position or two, and the
 /// buckets' bookkeeping cost more than a heap that small (random letters).
 const BUCKET_MIN_LEN: usize = 2048;
-/// Scratch of `merge_long` above this many nodes is freed after the call.
+/// Scratch of `merge_long` for pieces over this many bytes is freed after the call.
 const LONG_KEEP: usize = 1 << 20;
 
 thread_local! {
     static LONG: RefCell<LongMerge> = RefCell::new(LongMerge::default());
-}
-
-/// One symbol of a long piece: a node of a doubly linked list over the byte
-/// positions (a node keeps the position of its first byte; `id` is DEAD once
-/// it has been merged into its left neighbour).
-#[derive(Clone, Copy)]
-struct Node {
-    id: u32,
-    next: u32,
-    prev: u32,
 }
 
 const NIL: u32 = u32::MAX;
@@ -797,12 +802,22 @@ const DEAD: u32 = u32::MAX;
 /// (vocabularies whose merges are not in dependency order; never the OpenAI
 /// ones, whose merged tokens always rank below the merges using them) go to
 /// `urgent`, a heap that is drained before the open bucket's next position
-/// whenever its key is smaller. An entry is current iff its node still holds
-/// the pair's two ids: a node's id only changes into a longer token, so a
-/// pair, once gone from a position, never comes back there.
+/// whenever its key is smaller. An entry is current iff its position still
+/// holds the pair's two ids: a symbol only ever changes into a longer token,
+/// so a pair, once gone from a position, never comes back there.
+///
+/// The symbols are a linked list over the byte positions in 8 bytes a byte
+/// (12 with explicit next/prev links, which a 4 MB piece paid in memory traffic
+/// and fresh pages): `id[x]` is the token starting at byte x (DEAD inside a
+/// token), whose end is x + its length; `back[e]` is the start of the token
+/// ending at byte e, written when a merge makes that token (a one-byte token
+/// ends where it starts, so `back` needs no initialisation).
 #[derive(Default)]
 struct LongMerge {
-    nodes: Vec<Node>,
+    id: Vec<u32>,
+    back: Vec<u32>,
+    /// the piece's length
+    n: u32,
     /// priority -> its open bucket (an index into `lists` and `merge`), NIL
     /// when none; a direct table (one entry per merge) because a hash lookup
     /// here was a quarter of the time. Every entry is NIL again after a run.
@@ -818,26 +833,31 @@ struct LongMerge {
     urgent: BinaryHeap<Reverse<u64>>,
     /// the priority being merged; pairs at or below it go to `urgent`
     cur: Option<u32>,
+    /// a run is under way: still set at the start of the next one, a run
+    /// panicked (caught by the bindings) and the scratch may hold its buckets
+    busy: bool,
 }
 
 impl LongMerge {
     fn run(&mut self, bpe: &Bpe, piece: &[u8], out: &mut Vec<u32>) {
         let n = piece.len();
         debug_assert!(n >= 2 && n < NIL as usize);
+        if self.busy {
+            *self = LongMerge::default();
+        }
+        self.busy = true;
+        self.n = n as u32;
         self.cur = None;
         if self.slot.len() < bpe.merge_list.len() {
             self.slot.resize(bpe.merge_list.len(), NIL);
         }
-        self.nodes.clear();
-        self.nodes.extend(piece.iter().enumerate().map(|(i, &b)| Node {
-            id: bpe.byte_ids[b as usize],
-            next: i as u32 + 1,
-            prev: (i as u32).wrapping_sub(1),
-        }));
-        self.nodes[n - 1].next = NIL;
-        self.nodes[0].prev = NIL;
+        self.id.clear();
+        self.id.extend(piece.iter().map(|&b| bpe.byte_ids[b as usize]));
+        if self.back.len() < n {
+            self.back.resize(n, 0);
+        }
         for i in 0..n - 1 {
-            let (a, b) = (self.nodes[i].id, self.nodes[i + 1].id);
+            let (a, b) = (self.id[i], self.id[i + 1]);
             if let Some((p, m)) = bpe.pair(a, b) {
                 self.push(p, i as u32, a, b, m);
             }
@@ -846,6 +866,7 @@ impl LongMerge {
             let s = std::mem::replace(&mut self.slot[p as usize], NIL) as usize;
             let mut list = std::mem::take(&mut self.lists[s]);
             let (a, b, m) = self.merge[s];
+            let len_a = bpe.token_len(a);
             // Pushes arrive in nearly sorted order (a sweep pushes the left
             // neighbour's pair after its own); sort only when needed.
             if !list.windows(2).all(|w| w[0] < w[1]) {
@@ -863,35 +884,29 @@ impl LongMerge {
                 }
                 let Some(&i) = list.get(c) else { break };
                 c += 1;
-                let node = self.nodes[i as usize];
-                if node.id == a && node.next != NIL && self.nodes[node.next as usize].id == b {
-                    self.merge_at(bpe, i, m);
+                let j = i + len_a;
+                if self.id[i as usize] == a && j < self.n && self.id[j as usize] == b {
+                    self.merge_at(bpe, i, j, m);
                 }
             }
             list.clear();
             self.lists[s] = list;
             self.free.push(s as u32);
         }
-        let mut i = 0usize;
-        loop {
-            out.push(self.nodes[i].id);
-            match self.nodes[i].next {
-                NIL => break,
-                j => i = j as usize,
-            }
+        let mut i = 0;
+        while i < self.n {
+            let t = self.id[i as usize];
+            out.push(t);
+            i += bpe.token_len(t);
         }
+        self.busy = false;
     }
 
     fn shrink(&mut self) {
-        self.nodes = Vec::new();
-        self.lists = Vec::new();
-        self.merge = Vec::new();
-        self.free = Vec::new();
-        self.order = BinaryHeap::new();
-        self.urgent = BinaryHeap::new();
+        *self = LongMerge { slot: std::mem::take(&mut self.slot), ..LongMerge::default() };
     }
 
-    /// Queue the pair (a, b) of priority p (merging into m) at node `pos`.
+    /// Queue the pair (a, b) of priority p (merging into m) at position `pos`.
     #[inline]
     fn push(&mut self, p: u32, pos: u32, a: u32, b: u32, m: u32) {
         if self.cur.map_or(false, |cur| p <= cur) {
@@ -921,35 +936,39 @@ impl LongMerge {
     /// An urgent entry: merge it if its pair is still there.
     fn merge_urgent(&mut self, bpe: &Bpe, key: u64) {
         let (p, i) = ((key >> 32) as u32, key as u32);
-        let node = self.nodes[i as usize];
-        if node.id == DEAD || node.next == NIL {
+        let a = self.id[i as usize];
+        if a == DEAD {
             return;
         }
-        if let Some((q, m)) = bpe.pair(node.id, self.nodes[node.next as usize].id) {
+        let j = i + bpe.token_len(a);
+        if j >= self.n {
+            return;
+        }
+        if let Some((q, m)) = bpe.pair(a, self.id[j as usize]) {
             if q == p {
-                self.merge_at(bpe, i, m);
+                self.merge_at(bpe, i, j, m);
             }
         }
     }
 
-    /// Merge node i with its right neighbour into m; queue the two new pairs.
+    /// Merge the tokens starting at i and j (its right neighbour) into m;
+    /// queue the two new pairs.
     #[inline]
-    fn merge_at(&mut self, bpe: &Bpe, i: u32, m: u32) {
-        let j = self.nodes[i as usize].next;
-        let k = self.nodes[j as usize].next;
-        self.nodes[j as usize].id = DEAD;
-        self.nodes[i as usize].id = m;
-        self.nodes[i as usize].next = k;
-        if k != NIL {
-            self.nodes[k as usize].prev = i;
-            let r = self.nodes[k as usize].id;
+    fn merge_at(&mut self, bpe: &Bpe, i: u32, j: u32, m: u32) {
+        let k = i + bpe.token_len(m);
+        self.id[j as usize] = DEAD;
+        self.id[i as usize] = m;
+        self.back[k as usize - 1] = i;
+        if k < self.n {
+            let r = self.id[k as usize];
             if let Some((q, m2)) = bpe.pair(m, r) {
                 self.push(q, i, m, r, m2);
             }
         }
-        let h = self.nodes[i as usize].prev;
-        if h != NIL {
-            let l = self.nodes[h as usize].id;
+        if i > 0 {
+            // the token ending at i - 1: one byte if it starts there
+            let h = if self.id[i as usize - 1] != DEAD { i - 1 } else { self.back[i as usize - 1] };
+            let l = self.id[h as usize];
             if let Some((q, m2)) = bpe.pair(l, m) {
                 self.push(q, h, l, m, m2);
             }
@@ -1205,6 +1224,24 @@ mod tests {
             let piece: Vec<u8> = (0..3000).map(|_| b"ab"[rng.below(2)]).collect();
             assert_merges_agree(&t, &piece);
         }
+    }
+
+    #[test]
+    fn long_merge_walks_tokens_of_256_bytes_and_more() {
+        // a, aa, a^4 ... a^512: lengths past the one-byte length table
+        let mut toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+        let mut merges = Vec::new();
+        let mut prev = b'a' as u32;
+        for k in 1..=9 {
+            let id = toks.len() as u32;
+            toks.push((vec![b'a'; 1 << k], id));
+            merges.push((prev, prev));
+            prev = id;
+        }
+        let t = Bpe::new(toks, merges, vec![], Pattern::Gpt2).unwrap();
+        let got = assert_merges_agree(&t, &[b'a'; 5000]);
+        let lens: Vec<usize> = got.iter().map(|&id| t.token_bytes(id as i64).unwrap().len()).collect();
+        assert_eq!(lens, [vec![512; 9], vec![256, 128, 8]].concat()); // 5000 = 9 * 512 + 392
     }
 
     #[test]
