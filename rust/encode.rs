@@ -32,7 +32,8 @@ use crate::pretokenize::{for_each_piece, Pattern};
 
 // ---------------------------------------------------------------------------
 
-/// Pieces longer than this go to `merge_long` (shorter: array scan).
+/// Pieces longer than this leave the array scan for `merge_heap` (or, from
+/// BUCKET_MIN_LEN on, `merge_long`).
 const LONG_MIN_LEN: usize = 128;
 /// Pieces up to this length are cached, at most CACHE_MAX_ENTRIES of them over
 /// two generations (see the turnover in `encode_ordinary_into`).
@@ -337,7 +338,7 @@ impl Bpe {
             1 => out.push(self.byte_ids[piece[0] as usize]),
             n if n <= 24 => self.merge_scan(piece, &mut [0; 24], &mut [0; 24], out),
             n if n <= LONG_MIN_LEN => self.merge_scan(piece, &mut [0; LONG_MIN_LEN], &mut [0; LONG_MIN_LEN], out),
-            // (the encoder sends these to merge_long; tests compare the two)
+            // (the encoder sends these to merge_heap / merge_long; tests compare them)
             n => self.merge_scan(piece, &mut vec![0; n], &mut vec![0; n], out),
         }
     }
@@ -798,11 +799,11 @@ const DEAD: u32 = u32::MAX;
 /// pathological text keeps tiny. A bucket is taken whole, in position order,
 /// which sweeps the list front to back. That pops in the heap's order because
 /// a merge of priority p creates only pairs of other priorities: those above p
-/// go to their buckets, which are not open yet, while those at or below p
-/// (vocabularies whose merges are not in dependency order; never the OpenAI
-/// ones, whose merged tokens always rank below the merges using them) go to
-/// `urgent`, a heap that is drained before the open bucket's next position
-/// whenever its key is smaller. An entry is current iff its position still
+/// go to their buckets, which are not open yet, while those at or below p go
+/// to `urgent`, a heap that is drained before the open bucket's next position
+/// whenever its key is smaller. (Those need merges out of dependency order, or
+/// a token that two merges make: never in merges derived from tiktoken ranks,
+/// whose parts always rank below the token, nor seen with GPT-2's list.) An entry is current iff its position still
 /// holds the pair's two ids: a symbol only ever changes into a longer token,
 /// so a pair, once gone from a position, never comes back there.
 ///
@@ -814,7 +815,9 @@ const DEAD: u32 = u32::MAX;
 /// ends where it starts, so `back` needs no initialisation).
 #[derive(Default)]
 struct LongMerge {
+    /// the token starting at each byte, DEAD inside a token
     id: Vec<u32>,
+    /// the start of the token ending at each byte (valid at multi-byte tokens' ends)
     back: Vec<u32>,
     /// the piece's length
     n: u32,
