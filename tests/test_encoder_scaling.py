@@ -58,6 +58,8 @@ TEXTS = {
     "letter": _repeat("a"),
     "digits": _repeat("7"),
     "cjk": _repeat("中"),
+    "emoji": _repeat("😀"),
+    "punctuation": _repeat("!?"),
     "whitespace": _repeat(" "),
     "newlines": _repeat("\n"),
     "tabs": _repeat("\t"),
