@@ -8,8 +8,9 @@ round is reported. Times are the thread's CPU time (``time.thread_time``), so
 that being descheduled on a shared machine counts against no one; ratios are
 the median over rounds of the ratio within a round (a slow stretch then
 skews neither side). Every peer's output is checked equal to tiktoken's first.
-Also: pathological 1 MB inputs (one letter, digits, one CJK character,
-whitespace), timed against 0.25 MB of the same to show linear scaling.
+Also: pathological inputs (one letter, digits, one CJK character, whitespace)
+of 0.25, 1 and 4 MB, with the ratios of their times (x4 is linear scaling).
+``--pathological-only`` skips the corpus comparison.
 Targets (issue 14): >= 1.2x the fastest peer and >= 4x tiktoken per encoding.
 """
 from __future__ import annotations
@@ -93,28 +94,57 @@ def bench(name: str, docs: list[str], rounds: int) -> dict:
     return row
 
 
-def pathological(name: str) -> dict:
+PATHOLOGICAL = (("letter", "a"), ("digits", "7"), ("cjk", "中"), ("whitespace", " "))
+SIZES_MB = (0.25, 1, 4)
+
+
+def pathological(name: str, reps: int = 3) -> dict:
+    """Seconds to encode 0.25, 1 and 4 MB of one repeated character (thread CPU
+    time, the best of `reps`: the first call also makes the str's UTF-8 form,
+    which CPython then keeps), and the ratios 1MB/0.25MB and 4MB/1MB: linear
+    scaling is 4.0 for both."""
     import gptlite
 
     enc = gptlite.get_encoding(name)
     out = {}
-    for label, unit in (("letter", "a"), ("digits", "7"), ("cjk", "中"), ("whitespace", " ")):
+    for label, unit in PATHOLOGICAL:
         secs = []
-        for size in (1 << 18, 1 << 20):
-            text = unit * (size // len(unit.encode()))
-            t = time.perf_counter()
-            enc.encode_ordinary(text)
-            secs.append(time.perf_counter() - t)
-        out[label] = {"1MB_s": secs[1], "ratio_1MB_over_0.25MB": secs[1] / max(secs[0], 1e-9)}
+        for mb in SIZES_MB:
+            text = unit * int(mb * (1 << 20) // len(unit.encode()))
+            best = float("inf")
+            for _ in range(reps):
+                t = time.thread_time()
+                enc.encode_ordinary(text)
+                best = min(best, time.thread_time() - t)
+            secs.append(best)
+        out[label] = {"s": dict(zip(map(str, SIZES_MB), secs)),
+                      "ratio_1MB_over_0.25MB": secs[1] / max(secs[0], 1e-9),
+                      "ratio_4MB_over_1MB": secs[2] / max(secs[1], 1e-9)}
     return out
+
+
+def _print_pathological(name: str, rows: dict) -> None:
+    for label, p in rows.items():
+        ms = "  ".join(f"{mb} MB {t*1e3:7.1f} ms" for mb, t in p["s"].items())
+        print(f"    {name} {label:10s} {ms} | 1/0.25 MB x{p['ratio_1MB_over_0.25MB']:.2f}, "
+              f"4/1 MB x{p['ratio_4MB_over_1MB']:.2f} (linear: x4)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json")
+    ap.add_argument("--pathological-only", action="store_true")
     args = ap.parse_args()
     _cache()
+    if args.pathological_only:
+        results = []
+        for name in ENCODINGS:
+            results.append({"encoding": name, "pathological": pathological(name)})
+            _print_pathological(name, results[-1]["pathological"])
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return
     docs = [d for ds in corpus_documents().values() for d in ds]
     results = []
     for name in ENCODINGS:
@@ -124,8 +154,7 @@ def main() -> None:
         cols = "  ".join(f"{k} {v:6.1f}" for k, v in row["MB/s"].items())
         print(f"{name:12s} MB/s: {cols} | gptlite/tiktoken {row['vs_tiktoken']:.2f}x, "
               f"gptlite/{row['fastest_peer']} {row['vs_fastest_peer']:.2f}x")
-        for label, p in row["pathological"].items():
-            print(f"    1 MB of {label}: {p['1MB_s']*1e3:.1f} ms (x{p['ratio_1MB_over_0.25MB']:.1f} of 0.25 MB)")
+        _print_pathological(name, row["pathological"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -13,9 +13,11 @@
 //! 1. the piece is itself a token (most English words with their leading space):
 //!    one hash lookup;
 //! 2. a bounded per-thread cache of recently merged pieces;
-//! 3. the merge loop: a small array scan for short pieces, a binary heap over a
-//!    linked list (O(n log n)) for long ones, so that 1 MB without a single space
-//!    still encodes in well under a second.
+//! 3. the merge loop: an array scan for short pieces, a binary heap over a
+//!    linked list for longer ones, and from 2 KB on (`LongMerge`) the linked
+//!    list with one bucket of positions per pending merge instead of the heap,
+//!    which stays linear in practice, so that megabytes without a single space
+//!    (one letter, digits, one CJK character, whitespace) encode at a steady rate.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -30,8 +32,9 @@ use crate::pretokenize::{for_each_piece, Pattern};
 
 // ---------------------------------------------------------------------------
 
-/// Pieces longer than this go to the heap merge (shorter: array scan).
-const HEAP_MIN_LEN: usize = 128;
+/// Pieces longer than this leave the array scan for `merge_heap` (or, from
+/// BUCKET_MIN_LEN on, `merge_long`).
+const LONG_MIN_LEN: usize = 128;
 /// Pieces up to this length are cached, at most CACHE_MAX_ENTRIES of them over
 /// two generations (see the turnover in `encode_ordinary_into`).
 const CACHE_MAX_PIECE: usize = 64;
@@ -77,6 +80,9 @@ pub struct Bpe {
     dec_bytes: Vec<u8>,
     dec_off: Vec<usize>,
     dec_known: Vec<bool>,
+    /// Byte length of each id when under 256, else 0 (see `token_len`): a
+    /// table small enough to stay in cache beside the merges.
+    short_len: Vec<u8>,
     is_special: Vec<bool>,
     /// Special tokens, in id order (names sharing an id in the order given).
     specials: Vec<(String, u32)>,
@@ -208,6 +214,7 @@ impl Bpe {
             dec_bytes.extend_from_slice(b);
         }
         dec_off.push(dec_bytes.len());
+        let short_len = dec_off.windows(2).map(|w| u8::try_from(w[1] - w[0]).unwrap_or(0)).collect();
         drop(by_bytes);
         drop(by_id);
         let mut bpe = Bpe {
@@ -220,6 +227,7 @@ impl Bpe {
             dec_bytes,
             dec_off,
             dec_known,
+            short_len,
             is_special,
             specials,
             merge_list: merges,
@@ -298,10 +306,21 @@ impl Bpe {
 
     /// BPE of one piece, appended to `out` (no fast path, no cache).
     pub fn merge_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
-        if piece.len() > HEAP_MIN_LEN {
+        if piece.len() >= BUCKET_MIN_LEN {
+            self.merge_long(piece, out)
+        } else if piece.len() > LONG_MIN_LEN {
             self.merge_heap(piece, out)
         } else {
             self.merge_small(piece, out)
+        }
+    }
+
+    /// Byte length of a regular token (an id from the merge tables).
+    #[inline(always)]
+    fn token_len(&self, id: u32) -> u32 {
+        match self.short_len[id as usize] {
+            0 => (self.dec_off[id as usize + 1] - self.dec_off[id as usize]) as u32,
+            n => n as u32,
         }
     }
 
@@ -318,8 +337,8 @@ impl Bpe {
             0 => {}
             1 => out.push(self.byte_ids[piece[0] as usize]),
             n if n <= 24 => self.merge_scan(piece, &mut [0; 24], &mut [0; 24], out),
-            n if n <= HEAP_MIN_LEN => self.merge_scan(piece, &mut [0; HEAP_MIN_LEN], &mut [0; HEAP_MIN_LEN], out),
-            // (the encoder sends these to merge_heap; tests compare the two)
+            n if n <= LONG_MIN_LEN => self.merge_scan(piece, &mut [0; LONG_MIN_LEN], &mut [0; LONG_MIN_LEN], out),
+            // (the encoder sends these to merge_heap / merge_long; tests compare them)
             n => self.merge_scan(piece, &mut vec![0; n], &mut vec![0; n], out),
         }
     }
@@ -428,6 +447,20 @@ impl Bpe {
             }
             i = next[i] as usize;
         }
+    }
+
+    /// Merge for long pieces, in the same order as a min-heap of (priority,
+    /// position) would pop (see `LongMerge`), without the heap's cache misses.
+    fn merge_long(&self, piece: &[u8], out: &mut Vec<u32>) {
+        LONG.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                scratch.run(self, piece, out);
+                if scratch.id.capacity() > LONG_KEEP {
+                    scratch.shrink(); // do not keep a huge piece's scratch for good
+                }
+            }
+            Err(_) => LongMerge::default().run(self, piece, out),
+        })
     }
 
     /// Encode text without special-token handling.
@@ -741,6 +774,211 @@ pub(crate) fn pool(threads: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> 
     Some(p)
 }
 
+/// Pieces shorter than this (and longer than LONG_MIN_LEN) go to `merge_heap`:
+/// with few repeats of a pair a bucket holds a position or two, and the
+/// buckets' bookkeeping cost more than a heap that small (random letters).
+const BUCKET_MIN_LEN: usize = 2048;
+/// Scratch of `merge_long` for pieces over this many bytes is freed after the call.
+const LONG_KEEP: usize = 1 << 20;
+
+thread_local! {
+    static LONG: RefCell<LongMerge> = RefCell::new(LongMerge::default());
+}
+
+const NIL: u32 = u32::MAX;
+const DEAD: u32 = u32::MAX;
+
+/// The long-piece merge. The exact order is that of a min-heap of candidate
+/// pairs keyed by (priority, position) with stale entries skipped, the order of
+/// tiktoken's and GPT-2's merge loops; a binary heap of one entry per pair,
+/// though, is millions of entries on a megabyte piece, and every pop then
+/// walked ~20 levels of it through memory (1 MB took 5-8x as long as 0.25 MB).
+///
+/// Instead the candidates of one priority share a bucket (a priority names one
+/// pair, so one merge), and only the distinct priorities are in a heap, which
+/// pathological text keeps tiny. A bucket is taken whole, in position order,
+/// which sweeps the list front to back. That pops in the heap's order because
+/// a merge of priority p creates only pairs of other priorities: those above p
+/// go to their buckets, which are not open yet, while those at or below p go
+/// to `urgent`, a heap that is drained before the open bucket's next position
+/// whenever its key is smaller. (Those need merges out of dependency order, or
+/// a token that two merges make: never in merges derived from tiktoken ranks,
+/// whose parts always rank below the token, nor seen with GPT-2's list.) An entry is current iff its position still
+/// holds the pair's two ids: a symbol only ever changes into a longer token,
+/// so a pair, once gone from a position, never comes back there.
+///
+/// The symbols are a linked list over the byte positions in 8 bytes a byte
+/// (12 with explicit next/prev links, which a 4 MB piece paid in memory traffic
+/// and fresh pages): `id[x]` is the token starting at byte x (DEAD inside a
+/// token), whose end is x + its length; `back[e]` is the start of the token
+/// ending at byte e, written when a merge makes that token (a one-byte token
+/// ends where it starts, so `back` needs no initialisation).
+#[derive(Default)]
+struct LongMerge {
+    /// the token starting at each byte, DEAD inside a token
+    id: Vec<u32>,
+    /// the start of the token ending at each byte (valid at multi-byte tokens' ends)
+    back: Vec<u32>,
+    /// the piece's length
+    n: u32,
+    /// priority -> its open bucket (an index into `lists` and `merge`), NIL
+    /// when none; a direct table (one entry per merge) because a hash lookup
+    /// here was a quarter of the time. Every entry is NIL again after a run.
+    slot: Vec<u32>,
+    lists: Vec<Vec<u32>>,
+    /// (left id, right id, merged id) of each bucket's priority
+    merge: Vec<(u32, u32, u32)>,
+    /// buckets free for reuse (their lists empty, capacity kept)
+    free: Vec<u32>,
+    /// priorities with an open bucket, smallest first
+    order: BinaryHeap<Reverse<u32>>,
+    /// (priority << 32 | position) of pairs at or below the priority being merged
+    urgent: BinaryHeap<Reverse<u64>>,
+    /// the priority being merged; pairs at or below it go to `urgent`
+    cur: Option<u32>,
+    /// a run is under way: still set at the start of the next one, a run
+    /// panicked (caught by the bindings) and the scratch may hold its buckets
+    busy: bool,
+}
+
+impl LongMerge {
+    fn run(&mut self, bpe: &Bpe, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len();
+        debug_assert!(n >= 2 && n < NIL as usize);
+        if self.busy {
+            *self = LongMerge::default();
+        }
+        self.busy = true;
+        self.n = n as u32;
+        self.cur = None;
+        if self.slot.len() < bpe.merge_list.len() {
+            self.slot.resize(bpe.merge_list.len(), NIL);
+        }
+        self.id.clear();
+        self.id.extend(piece.iter().map(|&b| bpe.byte_ids[b as usize]));
+        if self.back.len() < n {
+            self.back.resize(n, 0);
+        }
+        for i in 0..n - 1 {
+            let (a, b) = (self.id[i], self.id[i + 1]);
+            if let Some((p, m)) = bpe.pair(a, b) {
+                self.push(p, i as u32, a, b, m);
+            }
+        }
+        while let Some(Reverse(p)) = self.order.pop() {
+            let s = std::mem::replace(&mut self.slot[p as usize], NIL) as usize;
+            let mut list = std::mem::take(&mut self.lists[s]);
+            let (a, b, m) = self.merge[s];
+            let len_a = bpe.token_len(a);
+            // Pushes arrive in nearly sorted order (a sweep pushes the left
+            // neighbour's pair after its own); sort only when needed.
+            if !list.windows(2).all(|w| w[0] < w[1]) {
+                list.sort_unstable();
+            }
+            self.cur = Some(p);
+            let mut c = 0;
+            loop {
+                if let Some(&Reverse(k)) = self.urgent.peek() {
+                    if c == list.len() || k < ((p as u64) << 32 | list[c] as u64) {
+                        self.urgent.pop();
+                        self.merge_urgent(bpe, k);
+                        continue;
+                    }
+                }
+                let Some(&i) = list.get(c) else { break };
+                c += 1;
+                let j = i + len_a;
+                if self.id[i as usize] == a && j < self.n && self.id[j as usize] == b {
+                    self.merge_at(bpe, i, j, m);
+                }
+            }
+            list.clear();
+            self.lists[s] = list;
+            self.free.push(s as u32);
+        }
+        let mut i = 0;
+        while i < self.n {
+            let t = self.id[i as usize];
+            out.push(t);
+            i += bpe.token_len(t);
+        }
+        self.busy = false;
+    }
+
+    fn shrink(&mut self) {
+        *self = LongMerge { slot: std::mem::take(&mut self.slot), ..LongMerge::default() };
+    }
+
+    /// Queue the pair (a, b) of priority p (merging into m) at position `pos`.
+    #[inline]
+    fn push(&mut self, p: u32, pos: u32, a: u32, b: u32, m: u32) {
+        if self.cur.map_or(false, |cur| p <= cur) {
+            self.urgent.push(Reverse((p as u64) << 32 | pos as u64));
+            return;
+        }
+        let s = match self.slot[p as usize] {
+            NIL => {
+                let s = match self.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.lists.push(Vec::new());
+                        self.merge.push((0, 0, 0));
+                        self.lists.len() as u32 - 1
+                    }
+                };
+                self.merge[s as usize] = (a, b, m);
+                self.slot[p as usize] = s;
+                self.order.push(Reverse(p));
+                s
+            }
+            s => s,
+        };
+        self.lists[s as usize].push(pos);
+    }
+
+    /// An urgent entry: merge it if its pair is still there.
+    fn merge_urgent(&mut self, bpe: &Bpe, key: u64) {
+        let (p, i) = ((key >> 32) as u32, key as u32);
+        let a = self.id[i as usize];
+        if a == DEAD {
+            return;
+        }
+        let j = i + bpe.token_len(a);
+        if j >= self.n {
+            return;
+        }
+        if let Some((q, m)) = bpe.pair(a, self.id[j as usize]) {
+            if q == p {
+                self.merge_at(bpe, i, j, m);
+            }
+        }
+    }
+
+    /// Merge the tokens starting at i and j (its right neighbour) into m;
+    /// queue the two new pairs.
+    #[inline]
+    fn merge_at(&mut self, bpe: &Bpe, i: u32, j: u32, m: u32) {
+        let k = i + bpe.token_len(m);
+        self.id[j as usize] = DEAD;
+        self.id[i as usize] = m;
+        self.back[k as usize - 1] = i;
+        if k < self.n {
+            let r = self.id[k as usize];
+            if let Some((q, m2)) = bpe.pair(m, r) {
+                self.push(q, i, m, r, m2);
+            }
+        }
+        if i > 0 {
+            // the token ending at i - 1: one byte if it starts there
+            let h = if self.id[i as usize - 1] != DEAD { i - 1 } else { self.back[i as usize - 1] };
+            let l = self.id[h as usize];
+            if let Some((q, m2)) = bpe.pair(l, m) {
+                self.push(q, h, l, m, m2);
+            }
+        }
+    }
+}
+
 /// A short byte string packed by `pack_short`, as two words rather than a
 /// u128: the tables' entries then align to 8 bytes, not 16 (24 bytes with a
 /// u32 value instead of 32), so more of the vocabulary fits in the cache.
@@ -932,7 +1170,7 @@ mod tests {
     }
 
     #[test]
-    fn heap_and_small_agree() {
+    fn long_and_small_agree() {
         let t = tiny();
         let mut state = 12345u64;
         for len in [2usize, 3, 10, 129, 300, 1000] {
@@ -943,10 +1181,108 @@ mod tests {
                         b"abc"[(state >> 33) as usize % 3]
                     })
                     .collect();
-                let (mut x, mut y) = (Vec::new(), Vec::new());
+                let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
                 t.merge_small(&piece, &mut x);
                 t.merge_heap(&piece, &mut y);
+                t.merge_long(&piece, &mut z);
                 assert_eq!(x, y, "{:?}", String::from_utf8_lossy(&piece));
+                assert_eq!(x, z, "{:?}", String::from_utf8_lossy(&piece));
+            }
+        }
+    }
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 33) % n as u64) as usize
+        }
+    }
+
+    /// All three merges of one piece, checked equal (merge_small is the reference).
+    fn assert_merges_agree(t: &Bpe, piece: &[u8]) -> Vec<u32> {
+        let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
+        t.merge_small(piece, &mut x);
+        t.merge_heap(piece, &mut y);
+        t.merge_long(piece, &mut z);
+        assert_eq!(x, y, "merge_heap on {:?}", String::from_utf8_lossy(piece));
+        assert_eq!(x, z, "merge_long on {:?}", String::from_utf8_lossy(piece));
+        x
+    }
+
+    #[test]
+    fn merges_out_of_dependency_order_go_through_urgent() {
+        // (ab, a) outranks the (a, b) that makes ab. In "abab" the heap order
+        // merges ab at 0, then at once its pair with the next a (aba), which
+        // takes the a of the second (a, b) away: [aba, b]. Merging the whole
+        // (a, b) bucket first would give [ab, ab].
+        let mut toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+        toks.push((b"ab".to_vec(), 256));
+        toks.push((b"aba".to_vec(), 257));
+        let t = Bpe::new(toks, vec![(256, 97), (97, 98)], vec![], Pattern::Gpt2).unwrap();
+        assert_eq!(assert_merges_agree(&t, b"abab"), vec![257, 98]);
+        assert_eq!(assert_merges_agree(&t, &b"ab".repeat(3000)), [257, 98].repeat(1500));
+        let mut rng = Lcg(3);
+        for _ in 0..20 {
+            let piece: Vec<u8> = (0..3000).map(|_| b"ab"[rng.below(2)]).collect();
+            assert_merges_agree(&t, &piece);
+        }
+    }
+
+    #[test]
+    fn long_merge_walks_tokens_of_256_bytes_and_more() {
+        // a, aa, a^4 ... a^512: lengths past the one-byte length table
+        let mut toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+        let mut merges = Vec::new();
+        let mut prev = b'a' as u32;
+        for k in 1..=9 {
+            let id = toks.len() as u32;
+            toks.push((vec![b'a'; 1 << k], id));
+            merges.push((prev, prev));
+            prev = id;
+        }
+        let t = Bpe::new(toks, merges, vec![], Pattern::Gpt2).unwrap();
+        let got = assert_merges_agree(&t, &[b'a'; 5000]);
+        let lens: Vec<usize> = got.iter().map(|&id| t.token_bytes(id as i64).unwrap().len()).collect();
+        assert_eq!(lens, [vec![512; 9], vec![256, 128, 8]].concat()); // 5000 = 9 * 512 + 392
+    }
+
+    #[test]
+    fn long_merge_is_exact_on_random_vocabularies() {
+        // Random tokens over a 4-letter alphabet, merges in random priority
+        // order (so often out of dependency order), random pieces with long
+        // runs: every path must give the array scan's answer.
+        let mut rng = Lcg(7);
+        for vocab in 0..40 {
+            let alphabet = b"abcd";
+            let mut toks: Vec<(Vec<u8>, u32)> = (0..256u32).map(|b| (vec![b as u8], b)).collect();
+            let mut merges = Vec::new();
+            let mut seen: FxSet<Vec<u8>> = FxSet::default();
+            let mut pool: Vec<u32> = alphabet.iter().map(|&c| c as u32).collect();
+            while merges.len() < 10 + vocab {
+                let (a, b) = (pool[rng.below(pool.len())], pool[rng.below(pool.len())]);
+                let cat = [toks[a as usize].0.clone(), toks[b as usize].0.clone()].concat();
+                if cat.len() > 12 || !seen.insert(cat.clone()) {
+                    continue;
+                }
+                let id = toks.len() as u32;
+                toks.push((cat, id));
+                merges.push((a, b));
+                pool.push(id);
+            }
+            for i in (1..merges.len()).rev() {
+                merges.swap(i, rng.below(i + 1));
+            }
+            let t = Bpe::new(toks, merges, vec![], Pattern::Gpt2).unwrap();
+            for _ in 0..6 {
+                let len = [2, 50, 200, 2047, 2048, 5000][rng.below(6)];
+                let mut piece = Vec::with_capacity(len);
+                while piece.len() < len {
+                    let c = alphabet[rng.below(alphabet.len())];
+                    let run = if rng.below(4) == 0 { rng.below(200) + 1 } else { 1 };
+                    piece.extend(std::iter::repeat(c).take(run.min(len - piece.len())));
+                }
+                assert_merges_agree(&t, &piece);
             }
         }
     }
