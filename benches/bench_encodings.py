@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "python"))
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 from conftest import DATA, corpus_documents  # noqa: E402
+from gptlite.fileio import atomic_write_text  # noqa: E402
 
 BLOB = "https://openaipublic.blob.core.windows.net"
 FILES = {
@@ -94,6 +95,45 @@ def bench(name: str, docs: list[str], rounds: int) -> dict:
     return row
 
 
+_COLD_CHILD = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
+from conftest import corpus_documents
+docs = [d for ds in corpus_documents().values() for d in ds]
+peer, name = sys.argv[3], sys.argv[4]
+if peer == "gptlite":
+    import gptlite as m
+else:
+    m = __import__(peer)
+enc = m.get_encoding(name)
+f = enc.encode_ordinary
+t = time.thread_time()
+for d in docs:
+    f(d)
+print(time.thread_time() - t)
+"""
+
+
+def cold(name: str, peers, passes: int) -> dict:
+    """One pass over the corpus in a fresh process per encoder (each document
+    encoded once, so no cache starts warm: how a corpus is tokenized once),
+    encoders alternated pass by pass; thread CPU time of the pass. Returns the
+    per-pass ratios gptlite/peer."""
+    import subprocess
+
+    secs: dict[str, list[float]] = {p: [] for p in peers}
+    for _ in range(passes):
+        for p in peers:
+            out = subprocess.run([sys.executable, "-c", _COLD_CHILD, str(ROOT / "python"), str(ROOT / "tests"), p, name],
+                                 capture_output=True, text=True, env=dict(os.environ, RAYON_NUM_THREADS="1"))
+            if out.returncode != 0:
+                print(f"  cold {p}/{name}: failed: {out.stderr.strip().splitlines()[-1:]}")
+                secs.pop(p, None)
+                break
+            secs[p].append(float(out.stdout.strip().splitlines()[-1]))
+    return {p: [tp / tg for tg, tp in zip(secs["gptlite"], secs[p])] for p in secs if p != "gptlite"}
+
+
 PATHOLOGICAL = (("letter", "a"), ("digits", "7"), ("cjk", "中"), ("whitespace", " "))
 SIZES_MB = (0.25, 1, 4)
 
@@ -135,6 +175,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json")
     ap.add_argument("--pathological-only", action="store_true")
+    ap.add_argument("--cold", type=int, default=0, metavar="PASSES",
+                    help="also PASSES cold passes: a fresh process per encoder, each document once")
     args = ap.parse_args()
     _cache()
     if args.pathological_only:
@@ -143,7 +185,7 @@ def main() -> None:
             results.append({"encoding": name, "pathological": pathological(name)})
             _print_pathological(name, results[-1]["pathological"])
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            atomic_write_text(args.json, json.dumps(results, indent=1))
         return
     docs = [d for ds in corpus_documents().values() for d in ds]
     results = []
@@ -155,8 +197,13 @@ def main() -> None:
         print(f"{name:12s} MB/s: {cols} | gptlite/tiktoken {row['vs_tiktoken']:.2f}x, "
               f"gptlite/{row['fastest_peer']} {row['vs_fastest_peer']:.2f}x")
         _print_pathological(name, row["pathological"])
+        if args.cold:
+            row["cold"] = cold(name, [p for p in ("gptlite", "tiktoken", "quicktok", "riptoken") if p in row["MB/s"]],
+                               args.cold)
+            print("    cold passes, gptlite/peer: " + "; ".join(
+                f"{p} {min(r):.2f}-{max(r):.2f}x (median {statistics.median(r):.2f}x)" for p, r in row["cold"].items()))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        atomic_write_text(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
