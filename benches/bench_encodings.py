@@ -16,10 +16,8 @@ Targets (issue 14): >= 1.2x the fastest peer and >= 4x tiktoken per encoding.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -31,25 +29,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "python"))
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
-from conftest import DATA, corpus_documents  # noqa: E402
+from conftest import corpus_documents, fill_tiktoken_cache  # noqa: E402
 from gptlite.fileio import atomic_write_text  # noqa: E402
 
-BLOB = "https://openaipublic.blob.core.windows.net"
-FILES = {
-    f"{BLOB}/gpt-2/encodings/main/encoder.json": DATA / "gpt2" / "encoder.json",
-    f"{BLOB}/gpt-2/encodings/main/vocab.bpe": DATA / "gpt2" / "vocab.bpe",
-    f"{BLOB}/encodings/cl100k_base.tiktoken": DATA / "openai" / "cl100k_base.tiktoken",
-    f"{BLOB}/encodings/o200k_base.tiktoken": DATA / "openai" / "o200k_base.tiktoken",
-}
 ENCODINGS = ("gpt2", "cl100k_base", "o200k_base")
 
 
 def _cache() -> str:
     if not os.environ.get("TIKTOKEN_CACHE_DIR"):
-        d = tempfile.mkdtemp(prefix="tiktoken_cache")
-        for url, src in FILES.items():
-            shutil.copy(src, os.path.join(d, hashlib.sha1(url.encode()).hexdigest()))
-        os.environ["TIKTOKEN_CACHE_DIR"] = d
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(fill_tiktoken_cache(tempfile.mkdtemp(prefix="tiktoken_cache")))
     return os.environ["TIKTOKEN_CACHE_DIR"]
 
 

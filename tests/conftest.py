@@ -53,6 +53,42 @@ def child_env(env: dict | None = None) -> dict:
 
 SHARED = _find_shared()
 DATA = SHARED / "data"
+
+# OpenAI's vocabulary URLs -> the shared copies (a tiktoken cache names each file by
+# the sha1 of its URL): what a user's cache holds after the first download
+OPENAI_BLOB = "https://openaipublic.blob.core.windows.net"
+TIKTOKEN_FILES = {
+    f"{OPENAI_BLOB}/gpt-2/encodings/main/encoder.json": DATA / "gpt2" / "encoder.json",
+    f"{OPENAI_BLOB}/gpt-2/encodings/main/vocab.bpe": DATA / "gpt2" / "vocab.bpe",
+    f"{OPENAI_BLOB}/encodings/cl100k_base.tiktoken": DATA / "openai" / "cl100k_base.tiktoken",
+    f"{OPENAI_BLOB}/encodings/o200k_base.tiktoken": DATA / "openai" / "o200k_base.tiktoken",
+}
+
+
+def fill_tiktoken_cache(directory) -> Path:
+    """A tiktoken cache directory filled from the shared data (used by tiktoken and gptlite alike)."""
+    import hashlib
+    import shutil
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for url, src in TIKTOKEN_FILES.items():
+        shutil.copy(src, d / hashlib.sha1(url.encode()).hexdigest())
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiktoken_cache(tmp_path_factory):
+    """TIKTOKEN_CACHE_DIR pointing at a filled cache for a module's tests, restored after."""
+    d = fill_tiktoken_cache(tmp_path_factory.mktemp("tiktoken_cache"))
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(d)
+    yield d
+    if old is None:
+        del os.environ["TIKTOKEN_CACHE_DIR"]
+    else:
+        os.environ["TIKTOKEN_CACHE_DIR"] = old
+
 GPT2_DIR = DATA / "gpt2"
 CORPORA = DATA / "corpora"
 

@@ -37,15 +37,10 @@ def test_the_docs_have_python_blocks():
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
 def test_python_blocks_run(path, tmp_path, monkeypatch, capsys):
-    import hashlib
-    import shutil
 
-    from test_encodings import FILES  # OpenAI's vocabulary URLs -> the shared copies
+    from conftest import fill_tiktoken_cache
 
-    cache = tmp_path / "tiktoken_cache"  # what a user's tiktoken cache holds after the first download
-    cache.mkdir()
-    for url, src in FILES.items():
-        shutil.copy(src, cache / hashlib.sha1(url.encode()).hexdigest())
+    cache = fill_tiktoken_cache(tmp_path / "tiktoken_cache")  # what a user's cache holds after the first download
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     monkeypatch.chdir(tmp_path)
     ns = {"__name__": "__docs__"}

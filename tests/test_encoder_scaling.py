@@ -7,41 +7,20 @@ scaling ratios are printed by ``benches/bench_encodings.py``.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import random
-import shutil
 
 import pytest
 
-from conftest import DATA
-
 tiktoken = pytest.importorskip("tiktoken")
 
-BLOB = "https://openaipublic.blob.core.windows.net"
-FILES = {
-    f"{BLOB}/gpt-2/encodings/main/encoder.json": DATA / "gpt2" / "encoder.json",
-    f"{BLOB}/gpt-2/encodings/main/vocab.bpe": DATA / "gpt2" / "vocab.bpe",
-    f"{BLOB}/encodings/cl100k_base.tiktoken": DATA / "openai" / "cl100k_base.tiktoken",
-    f"{BLOB}/encodings/o200k_base.tiktoken": DATA / "openai" / "o200k_base.tiktoken",
-}
 ENCODINGS = ("gpt2", "cl100k_base", "o200k_base")
 SIZE = 100_000  # bytes
 
 
 @pytest.fixture(scope="module", autouse=True)
-def shared_cache(tmp_path_factory):
-    """A tiktoken cache (file names: sha1 of the URL) filled from the shared data, used by both."""
-    d = tmp_path_factory.mktemp("tiktoken_cache")
-    for url, src in FILES.items():
-        shutil.copy(src, d / hashlib.sha1(url.encode()).hexdigest())
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(d)
-    yield d
-    if old is None:
-        del os.environ["TIKTOKEN_CACHE_DIR"]
-    else:
-        os.environ["TIKTOKEN_CACHE_DIR"] = old
+def shared_cache(tiktoken_cache):
+    """tiktoken and gptlite load from one cache filled from the shared data (conftest.tiktoken_cache)."""
+    return tiktoken_cache
 
 
 def _repeat(unit: str, size: int = SIZE) -> str:

@@ -2,42 +2,24 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import shutil
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import DATA, corpus_documents
+from conftest import OPENAI_BLOB, corpus_documents
 
 tiktoken = pytest.importorskip("tiktoken")
 
-BLOB = "https://openaipublic.blob.core.windows.net"
-FILES = {
-    f"{BLOB}/gpt-2/encodings/main/encoder.json": DATA / "gpt2" / "encoder.json",
-    f"{BLOB}/gpt-2/encodings/main/vocab.bpe": DATA / "gpt2" / "vocab.bpe",
-    f"{BLOB}/encodings/cl100k_base.tiktoken": DATA / "openai" / "cl100k_base.tiktoken",
-    f"{BLOB}/encodings/o200k_base.tiktoken": DATA / "openai" / "o200k_base.tiktoken",
-}
 # tiktoken has no r50k_base file here (same ranks as gpt2): compare r50k against tiktoken's gpt2.
 ORACLE = {"gpt2": "gpt2", "r50k_base": "gpt2", "cl100k_base": "cl100k_base",
           "o200k_base": "o200k_base", "o200k_harmony": "o200k_harmony"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def shared_cache(tmp_path_factory):
-    """A tiktoken cache (file names: sha1 of the URL) filled from the shared data, used by both."""
-    d = tmp_path_factory.mktemp("tiktoken_cache")
-    for url, src in FILES.items():
-        shutil.copy(src, d / hashlib.sha1(url.encode()).hexdigest())
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(d)
-    yield d
-    if old is None:
-        del os.environ["TIKTOKEN_CACHE_DIR"]
-    else:
-        os.environ["TIKTOKEN_CACHE_DIR"] = old
+def shared_cache(tiktoken_cache):
+    """tiktoken and gptlite load from one cache filled from the shared data (conftest.tiktoken_cache)."""
+    return tiktoken_cache
 
 
 def pair(name):
@@ -125,7 +107,7 @@ def test_missing_file_error_names_file_hash_and_offline_fix(tmp_path, monkeypatc
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(encodings, "_ENCODINGS", {})
     # A corrupt cached copy is not used; offline, the error says what to put where.
-    url = f"{BLOB}/encodings/cl100k_base.tiktoken"
+    url = f"{OPENAI_BLOB}/encodings/cl100k_base.tiktoken"
     (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"corrupt")
     monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(RuntimeError) as e:

@@ -89,18 +89,26 @@ def test_every_kernel_matches_its_twin(cp, dt):
     np.testing.assert_array_equal(cp.asnumpy(e1), cp.asnumpy(e2))  # no atomics: the same bits
 
 
-@pytest.mark.parametrize("tf32,tol_logits,tol_grad", [(False, 1e-4, 1e-3), (True, 2e-2, 2e-2)], ids=["fp32", "tf32"])
-def test_model_matches_hf_on_gpu(cp, tf32, tol_logits, tol_grad):
+def _hf_case():
+    """A 2-layer GPT-2 and a batch, with HF's float64 logits, loss and gradients."""
     pytest.importorskip("torch")
     import hf_reference as hf
-    from gptlite.engine.model import GPT, GPTConfig
+    from gptlite.engine.model import GPTConfig
 
     cfg = GPTConfig(vocab_size=1000, n_positions=128, n_embd=128, n_layer=2, n_head=4)
     ref = hf.hf_model(cfg, seed=0, dtype="float64")
     params = hf.params_from_hf(ref, cfg, dtype="float32")
     rng = np.random.default_rng(1)
     idx, targets = rng.integers(0, 1000, (2, 96)), rng.integers(0, 1000, (2, 96))
-    hl, hloss, hgrads = hf.hf_loss_and_grads(ref, idx, targets, cfg)
+    return cfg, params, idx, targets, hf.hf_loss_and_grads(ref, idx, targets, cfg)
+
+
+@pytest.mark.parametrize("tf32,tol_logits,tol_grad", [(False, 1e-4, 1e-3), (True, 2e-2, 2e-2)], ids=["fp32", "tf32"])
+def test_model_matches_hf_on_gpu(cp, tf32, tol_logits, tol_grad):
+    import hf_reference as hf
+    from gptlite.engine.model import GPT
+
+    cfg, params, idx, targets, (hl, hloss, hgrads) = _hf_case()
     fused.set_tf32(tf32)
     try:
         m = GPT(cfg, params=params, dtype="float32", device="cuda")
@@ -192,16 +200,10 @@ def test_bf16_model_against_hf_float64_on_gpu(cp):
     """Mixed precision against the float64 reference: logits within 3e-2 of the
     largest logit and every gradient within 5e-2 relative (bf16 keeps 8 bits of
     mantissa in every matmul operand; the accumulation is float32)."""
-    pytest.importorskip("torch")
     import hf_reference as hf
-    from gptlite.engine.model import GPT, GPTConfig
+    from gptlite.engine.model import GPT
 
-    cfg = GPTConfig(vocab_size=1000, n_positions=128, n_embd=128, n_layer=2, n_head=4)
-    ref = hf.hf_model(cfg, seed=0, dtype="float64")
-    params = hf.params_from_hf(ref, cfg, dtype="float32")
-    rng = np.random.default_rng(1)
-    idx, targets = rng.integers(0, 1000, (2, 96)), rng.integers(0, 1000, (2, 96))
-    hl, hloss, hgrads = hf.hf_loss_and_grads(ref, idx, targets, cfg)
+    cfg, params, idx, targets, (hl, hloss, hgrads) = _hf_case()
     m = GPT(cfg, params=params, dtype="bfloat16", device="cuda")
     logits = cp.asnumpy(m.logits(idx))
     assert np.abs(logits - hl).max() <= 3e-2 * max(1.0, np.abs(hl).max())
