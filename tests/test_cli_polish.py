@@ -98,3 +98,28 @@ def test_finetune_predict(tmp_path, capsys):
     assert metrics["accuracy"] == pytest.approx(acc)
     assert main(["finetune", "--task", "classification"]) == 2
     assert "needs --train, --out" in capsys.readouterr().err
+
+
+def test_offline_vocabulary_download_is_one_line(tmp_path, monkeypatch, capsys):
+    """No network and no cached GPT-2 files: `gptlite prepare --tokenizer gpt2` says
+    what to do in one line (exit 2), no traceback; a vocabulary download failing in
+    the API raises DownloadError (a RuntimeError, as before, and an OSError)."""
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network here")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("GPTLITE_GPT2_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tk"))
+    (tmp_path / "c.txt").write_text("hello world\n" * 50)
+    rc = main(["prepare", str(tmp_path / "c.txt"), "-o", str(tmp_path / "data"), "--tokenizer", "gpt2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "could not download" in err and "GPTLITE_GPT2_DIR" in err and "Traceback" not in err
+    from gptlite.tokenizer.load import DownloadError, cached_file
+
+    with pytest.raises(DownloadError, match="To use it offline") as e:
+        cached_file("https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken", "0" * 64)
+    assert isinstance(e.value, RuntimeError) and isinstance(e.value, OSError)

@@ -108,7 +108,9 @@ class Tokenizer:
             data = _download(url)
             got = _sha256(data)
             if got != GPT2_SHA256[name]:
-                raise RuntimeError(f"{url}: sha256 {got} does not match the expected {GPT2_SHA256[name]}")
+                from gptlite.tokenizer.load import DownloadError
+
+                raise DownloadError(f"{url}: sha256 {got} does not match the expected {GPT2_SHA256[name]}")
             atomic_write_bytes(path, data)
         return cls.from_files(d, name="gpt2")
 
@@ -627,7 +629,9 @@ def _download(url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=30) as r:
             return r.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(
+        from gptlite.tokenizer.load import DownloadError
+
+        raise DownloadError(
             f"could not download GPT-2's tokenizer files ({url}: {exc}). If you are offline, put encoder.json "
             f"and vocab.bpe in a directory and set GPTLITE_GPT2_DIR to it (or pass cache_dir=...)."
         ) from exc

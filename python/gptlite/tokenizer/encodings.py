@@ -110,7 +110,7 @@ def _core_for(spec: EncodingSpec):
         try:
             path = cached_file(*spec.tiktoken_file)
             return _core.CoreBPE.from_tiktoken_file(str(path), specials, spec.pattern)
-        except RuntimeError:
+        except RuntimeError:  # a DownloadError (or a bad cached file): for gpt2 / r50k_base GPT-2's own files serve as well
             if not spec.gpt2_files:
                 raise
     enc, bpe = (cached_file(url, sha) for url, sha in GPT2_FILES)

@@ -16,6 +16,11 @@ from pathlib import Path
 from gptlite.fileio import atomic_write_bytes
 
 
+class DownloadError(RuntimeError, OSError):
+    """A vocabulary file could not be fetched (offline, or a bad download): the
+    RuntimeError it always was, and an OSError so the CLI reports it in one line."""
+
+
 def cache_dir() -> Path:
     for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
         if os.environ.get(var):
@@ -53,9 +58,9 @@ def cached_file(url: str, sha256: str) -> Path:
             data = r.read()
     except (urllib.error.URLError, OSError) as exc:
         stale = f" The cached copy {path} has the wrong sha256." if path.is_file() else ""
-        raise RuntimeError(f"could not download {name} from {url} ({exc}).{stale} {offline_hint}") from exc
+        raise DownloadError(f"could not download {name} from {url} ({exc}).{stale} {offline_hint}") from exc
     got = hashlib.sha256(data).hexdigest()
     if got != sha256:
-        raise RuntimeError(f"{url}: downloaded {name} has sha256 {got}, expected {sha256}. {offline_hint}")
+        raise DownloadError(f"{url}: downloaded {name} has sha256 {got}, expected {sha256}. {offline_hint}")
     atomic_write_bytes(path, data)
     return path
