@@ -24,6 +24,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use rayon::prelude::*;
 
 pub use crate::fxhash::FxMap;
 use crate::fxhash::FxSet;
@@ -238,11 +239,17 @@ impl Bpe {
         // loop would: check each token once (true for every GPT-2 token).
         let mut whole = FxMap::default();
         whole.reserve(tokens.len());
-        let mut scratch = Vec::new();
-        for (b, id) in &tokens {
-            scratch.clear();
-            bpe.merge_piece(b, &mut scratch);
-            if scratch.len() == 1 && scratch[0] == *id {
+        // each check reads the tables only: over the cores, then kept in token order
+        let merges_to_itself: Vec<bool> = tokens
+            .par_iter()
+            .map_init(Vec::new, |scratch, (b, id)| {
+                scratch.clear();
+                bpe.merge_piece(b, scratch);
+                scratch.len() == 1 && scratch[0] == *id
+            })
+            .collect();
+        for ((b, id), &itself) in tokens.iter().zip(&merges_to_itself) {
+            if itself {
                 match pack_short(b) {
                     Some(k) => {
                         bpe.whole_short.insert(k, *id);
@@ -739,7 +746,6 @@ impl Bpe {
     /// The threads come from a persistent pool per thread count, so their piece
     /// caches stay warm from one batch to the next.
     pub fn encode_batch(&self, texts: &[&str], allowed: &[&str], threads: usize) -> Vec<Vec<u32>> {
-        use rayon::prelude::*;
         let threads = threads.clamp(1, 256);
         if threads == 1 || texts.len() < 2 {
             return texts.iter().map(|t| self.encode_with_specials(t, allowed)).collect();
@@ -1089,36 +1095,43 @@ pub fn derive_merges(ranks: &[(Vec<u8>, u32)]) -> Result<Vec<(u32, u32)>, String
     }
     let mut order: Vec<&(Vec<u8>, u32)> = ranks.iter().filter(|t| t.0.len() > 1).collect();
     order.sort_by_key(|t| t.1);
-    let mut merges = Vec::with_capacity(order.len());
-    for (tok, rank) in order {
-        // parts as byte ranges; merge the adjacent pair whose concatenation has the
-        // lowest rank below `rank`, leftmost first
-        let mut bounds: Vec<usize> = (0..=tok.len()).collect();
-        loop {
-            let mut best: Option<(u32, usize)> = None;
-            for i in 0..bounds.len().saturating_sub(2) {
-                if let Some(&r) = by_bytes.get(&tok[bounds[i]..bounds[i + 2]]) {
-                    if r < *rank && best.map_or(true, |(br, _)| r < br) {
-                        best = Some((r, i));
-                    }
+    // each token's merge depends on the lower ranks only (read, never written):
+    // the tokens are independent, so they run over the cores (most of loading a
+    // 200k vocabulary), collected in rank order
+    let by_bytes = &by_bytes;
+    let found: Vec<Option<(u32, u32)>> = order.par_iter().map(|&(tok, rank)| last_merge(by_bytes, tok, *rank)).collect();
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// The merge that makes `tok` (rank `rank`): BPE over its bytes with the tokens
+/// ranked below it, down to two parts; None when no two parts remain.
+fn last_merge(by_bytes: &FxMap<&[u8], u32>, tok: &[u8], rank: u32) -> Option<(u32, u32)> {
+    // parts as byte ranges; merge the adjacent pair whose concatenation has the
+    // lowest rank below `rank`, leftmost first
+    let mut bounds: Vec<usize> = (0..=tok.len()).collect();
+    loop {
+        let mut best: Option<(u32, usize)> = None;
+        for i in 0..bounds.len().saturating_sub(2) {
+            if let Some(&r) = by_bytes.get(&tok[bounds[i]..bounds[i + 2]]) {
+                if r < rank && best.map_or(true, |(br, _)| r < br) {
+                    best = Some((r, i));
                 }
-            }
-            match best {
-                Some((_, i)) => {
-                    bounds.remove(i + 1);
-                }
-                None => break,
             }
         }
-        if bounds.len() == 3 {
-            let a = by_bytes.get(&tok[bounds[0]..bounds[1]]);
-            let b = by_bytes.get(&tok[bounds[1]..bounds[2]]);
-            if let (Some(&a), Some(&b)) = (a, b) {
-                merges.push((a, b));
+        match best {
+            Some((_, i)) => {
+                bounds.remove(i + 1);
             }
+            None => break,
         }
     }
-    Ok(merges)
+    if bounds.len() != 3 {
+        return None;
+    }
+    match (by_bytes.get(&tok[bounds[0]..bounds[1]]), by_bytes.get(&tok[bounds[1]..bounds[2]])) {
+        (Some(&a), Some(&b)) => Some((a, b)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
