@@ -327,7 +327,7 @@ class _GraphedSteps:
         from gptlite.engine import cuda_graph
 
         if step == 1:
-            cuda_graph.run_eagerly(self._step, self.be, self.stream)
+            cuda_graph.run_eagerly(self._step, self.stream)
         else:
             if self.graph is None:
                 self.graph = cuda_graph.capture(self._step, self.be, self.stream)

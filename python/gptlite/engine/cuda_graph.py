@@ -51,7 +51,7 @@ def capture(fn, be, stream) -> Graph:
     return Graph(graph, stream, pool)
 
 
-def run_eagerly(fn, be, stream) -> None:
+def run_eagerly(fn, stream) -> None:
     """``fn()`` on ``stream``, now: the step before a capture, which also compiles
     and loads every kernel the capture will record."""
     with stream:
