@@ -23,6 +23,12 @@ const ROWS_PER_TASK: usize = 32;
 /// memory that the prefetch below keeps ahead of, instead of 1,500 short ones.
 const MAX_TASKS: usize = 64;
 
+/// Multiply-adds (m * n * k) up to which a product runs on the calling thread:
+/// decoding's 768 x 768 projection (590 KB of weights) took 112 us over the pool
+/// between Python ops (its worker asleep by then) and 70 us on one thread; the
+/// 1.8-2.4 MB projections were no faster on one thread, so they keep the pool.
+const INLINE_MAX: usize = 1 << 20;
+
 /// How far ahead of the row group being multiplied its weights are prefetched,
 /// in groups of four rows (~6 KB at k = 768). Weights that do not fit the cache
 /// stream from DRAM. The SIMD kernels prefetch the group this far ahead one
@@ -136,7 +142,7 @@ pub fn qmatmul(
     let mut out_t = vec![0f32; n * m];
     // a multiple of 4 so every task but the last runs whole groups of four rows
     let per_task = ROWS_PER_TASK.max((n + MAX_TASKS - 1) / MAX_TASKS).div_ceil(4) * 4;
-    out_t.par_chunks_mut(per_task * m).enumerate().for_each(|(t, chunk)| {
+    let task = |(t, chunk): (usize, &mut [f32])| {
         let j0 = t * per_task;
         let rows = chunk.len() / m;
         rows_kernel(isa, x, m, k, &q[j0 * k..(j0 + rows) * k], chunk);
@@ -147,7 +153,14 @@ pub fn qmatmul(
                 *v = *v * s + b;
             }
         }
-    });
+    };
+    // the same tasks either way (the same bits): a small product runs on this
+    // thread, where waking the pool cost more than the second core gave
+    if m * n * k <= INLINE_MAX {
+        out_t.chunks_mut(per_task * m).enumerate().for_each(task);
+    } else {
+        out_t.par_chunks_mut(per_task * m).enumerate().for_each(task);
+    }
     if m == 1 {
         return Ok(out_t);
     }
