@@ -147,14 +147,9 @@ def gpu(args) -> dict:
 
 def stand_in(args) -> dict:
     import fake_cupy
-    from gptlite.engine import attention, backend, fused, kernels
+    from gptlite.engine import backend
 
-    sys.modules.update(fake_cupy.make_modules())
-    backend._cupy, backend._cupy_checked = sys.modules["cupy"], True
-    kernels._compiled.clear()
-    fused._module = fused._sumsq_kernel = None
-    attention._module = None
-    cp = sys.modules["cupy"]
+    cp = fake_cupy.install()
     be = backend.get_backend("cuda")
     B, T, H, D = args.batch, args.context, args.heads, args.head_size
     out = {"mode": "stand-in (NumPy fake CuPy)", "batch": B, "context": T, "heads": H, "head_size": D}

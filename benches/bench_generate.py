@@ -300,7 +300,6 @@ def stand_in_main(args) -> dict:
     import fake_cupy
     from hf_reference import hf_model, load_into_hf
 
-    from gptlite.engine import attention, backend, fused, kernels
     from gptlite.engine.model import GPT, GPTConfig
 
     cfg = GPTConfig(vocab_size=512, n_positions=64, n_embd=32, n_layer=2, n_head=4)
@@ -312,14 +311,7 @@ def stand_in_main(args) -> dict:
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
     theirs = {k: f() for k, f in hf_calls(hf, one, batch, new, "cpu").items()}
-    sys.modules.update(fake_cupy.make_modules())
-    backend._cupy, backend._cupy_checked = sys.modules["cupy"], True
-    kernels._compiled.clear()
-    fused._module = fused._sumsq_kernel = None
-    attention._module = None
-    from gptlite.engine import cuda_graph
-
-    cuda_graph.capture = fake_cupy._fake_capture  # a replay re-runs the step and checks it launches the same
+    fake_cupy.install()  # its CUDA graph re-runs the step and checks each replay launches the same
     model = GPT(cfg, params=cpu.params, dtype="float64", device="cuda")
     out = {"mode": "stand-in (NumPy fake CuPy; HF on the CPU): no timings", "new_tokens": new, "batch": B, "calls": {}}
     for name, call in gptlite_calls(model, one, batch, new).items():

@@ -15,8 +15,6 @@ bound of real launches) and host reads of device values — no timings.
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,18 +36,6 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 
 def peak_bf16(name: str):
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
-
-
-def _install_stand_in():
-    import fake_cupy
-    from gptlite.engine import attention, backend, fused, kernels
-
-    sys.modules.update(fake_cupy.make_modules())
-    backend._cupy, backend._cupy_checked = sys.modules["cupy"], True
-    kernels._compiled.clear()
-    fused._module = fused._sumsq_kernel = None
-    attention._module = None
-    return fake_cupy
 
 
 class GptliteStep:
@@ -85,7 +71,9 @@ class GptliteStep:
 
 
 def stand_in(args) -> dict:
-    fc = _install_stand_in()
+    import fake_cupy as fc
+
+    fc.install()
     shape = dict(SHAPES[args.shape], n_positions=max(args.context, 64))
     step = GptliteStep(shape, dtype="bfloat16" if "bf16" in args.modes else "float32")
     rng = np.random.default_rng(0)

@@ -467,27 +467,25 @@ def make_modules() -> dict:
             "cupy_backends.cuda.libs.cublas": libs.cublas, "cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
 
 
-def install(monkeypatch):
-    """Make gptlite see the fake as CuPy with one GPU; undone by monkeypatch."""
-    from gptlite.engine import backend
-    from gptlite.engine import kernels
+def install(monkeypatch=None):
+    """Make gptlite see the fake as CuPy with one GPU: undone by ``monkeypatch``
+    (tests), or for the rest of the process without one (the benches' --stand-in)."""
+    from gptlite.engine import attention, backend, cuda_graph, fused, kernels
 
+    set_attr = monkeypatch.setattr if monkeypatch is not None else setattr
     mods = make_modules()
     for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(backend, "_cupy", mods["cupy"])
-    monkeypatch.setattr(backend, "_cupy_checked", True)
-    monkeypatch.setattr(kernels, "_compiled", {})
-    from gptlite.engine import fused
-
-    monkeypatch.setattr(fused, "_module", None)
-    monkeypatch.setattr(fused, "_sumsq_kernel", None)
-    from gptlite.engine import attention
-
+        if monkeypatch is not None:
+            monkeypatch.setitem(sys.modules, name, mod)
+        else:
+            sys.modules[name] = mod
+    set_attr(backend, "_cupy", mods["cupy"])
+    set_attr(backend, "_cupy_checked", True)
+    set_attr(kernels, "_compiled", {})
+    set_attr(fused, "_module", None)
+    set_attr(fused, "_sumsq_kernel", None)
     # a module compiled by the real CuPy (or another stand-in) must not outlive it
-    monkeypatch.setattr(attention, "_module", None)
-    from gptlite.engine import cuda_graph
-
+    set_attr(attention, "_module", None)
     GRAPHS.clear()
-    monkeypatch.setattr(cuda_graph, "capture", _fake_capture)
+    set_attr(cuda_graph, "capture", _fake_capture)
     return mods["cupy"]
