@@ -117,7 +117,7 @@ def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int, step_d
         logits = logits.astype(np.float32)
     k = V if cfg.top_k is None else min(int(cfg.top_k), V)
     top_p = 1.0 if cfg.top_p is None else float(cfg.top_p)
-    if k < V or top_p < 1.0:
+    if sorts_rows(cfg, V):
         # descending order: the top-k cut and the top-p prefix are prefixes of the sorted row
         ids = xp.ascontiguousarray(xp.argsort(-logits, axis=-1))
         vals = xp.ascontiguousarray(xp.take_along_axis(logits, ids, axis=-1))
@@ -134,6 +134,11 @@ def sample_next_device(logits, cfg: SamplingConfig, seed: int, step: int, step_d
                       np.uint64(seed & _MASK64), np.uint64(step & _MASK64),
                       np.uint64(0) if step_dev is None else step_dev), shared_mem=shared)
     return out
+
+
+def sorts_rows(cfg: SamplingConfig, V: int) -> bool:
+    """Whether the device sampler sorts the rows first: a top-k below V or a top-p below 1."""
+    return (cfg.top_k is not None and cfg.top_k < V) or (cfg.top_p is not None and cfg.top_p < 1.0)
 
 
 def check_sample_launch(name, grid, block, shared_mem) -> None:
@@ -285,8 +290,8 @@ def _use_graph(model, kv, cfg: SamplingConfig, max_new_tokens: int) -> bool:
     two steps after the one that is run eagerly before the capture."""
     from gptlite.engine import cuda_graph
 
-    sorts = (cfg.top_k is not None and cfg.top_k < model.config.vocab_size) or (cfg.top_p is not None and cfg.top_p < 1.0)
-    return cuda_graph.enabled() and not sorts and max_new_tokens >= 4 and model.graphable(kv)
+    return (cuda_graph.enabled() and not sorts_rows(cfg, model.config.vocab_size) and max_new_tokens >= 4
+            and model.graphable(kv))
 
 
 class _GraphedSteps:
